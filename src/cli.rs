@@ -1,0 +1,50 @@
+//! The command line: one clap variant per subcommand. `main.rs` turns a parsed [`Cli`] into
+//! a loaded [`crate::config::Config`] and starts the matching role.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::LogFormat;
+
+/// FraiseQL: a GraphQL API, event reactions and analytics on top of PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "fraiseql", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (default: ./fraiseql.toml when it exists).
+    #[arg(long, global = true, env = "FRAISEQL_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Log format; the level comes from FRAISEQL_LOG (or RUST_LOG), else [log] level.
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve HTTP: /healthz, /readyz and /metrics.
+    Serve {
+        /// Address to bind (overrides [server] listen).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+    /// Manage the database objects FraiseQL owns (the `fraiseql` schema).
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+    /// Validate the configuration and reach every configured service.
+    Check,
+    /// Print the Grafana dashboard JSON built into this binary.
+    Dashboard,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Create or upgrade the `fraiseql` schema (idempotent, safe to run concurrently).
+    Init,
+}

@@ -1,0 +1,126 @@
+//! PostgreSQL access: the connection pool every role shares, readiness checks, and the
+//! appliance's own migrations ([`migrate`]).
+//!
+//! The pool opens connections lazily, so a role starts while the database is down and
+//! recovers by itself when it comes back; [`ping`] is what `/readyz` and `check` use.
+
+pub mod migrate;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+
+use crate::config::{DatabaseConfig, redact_url};
+use crate::metrics::metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid database URL {url}: {message}")]
+    Url { url: String, message: String },
+    #[error("cannot create the connection pool: {0}")]
+    Build(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Query(String),
+    #[error("timed out after {0:?} waiting for the database")]
+    Timeout(Duration),
+}
+
+/// Human-readable cause of a tokio-postgres error, without SQL text.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
+    }
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg = format!("{msg}: {s}");
+        source = s.source();
+    }
+    msg
+}
+
+fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => describe(e),
+        deadpool_postgres::PoolError::Timeout(_) => "timed out waiting for a connection".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Parses the URL into a tokio-postgres config with the configured timeouts applied.
+pub fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError> {
+    let mut pg = tokio_postgres::Config::from_str(&cfg.url).map_err(|e| DbError::Url {
+        url: redact_url(&cfg.url),
+        message: e.to_string(),
+    })?;
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
+    }
+    if pg.get_application_name().is_none() {
+        pg.application_name("fraiseql");
+    }
+    if cfg.statement_timeout_ms > 0 {
+        let existing = pg.get_options().unwrap_or("").to_string();
+        pg.options(format!(
+            "{existing} -c statement_timeout={}",
+            cfg.statement_timeout_ms
+        ));
+    }
+    pg.keepalives(true);
+    Ok(pg)
+}
+
+/// Builds the shared pool. No connection is opened until one is needed.
+pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
+    let pg = pg_config(cfg)?;
+    let manager = Manager::from_config(
+        pg,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let acquire = Duration::from_millis(cfg.acquire_timeout_ms);
+    Pool::builder(manager)
+        .max_size(cfg.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(acquire))
+        .create_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)))
+        .recycle_timeout(Some(acquire))
+        .build()
+        .map_err(|e| DbError::Build(e.to_string()))
+}
+
+/// Takes a connection and runs `SELECT version()`; returns the server version.
+pub async fn ping(pool: &Pool, timeout: Duration) -> Result<String, DbError> {
+    let work = async {
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| DbError::Unavailable(describe_pool(&e)))?;
+        let row = client
+            .query_one("SELECT current_setting('server_version')", &[])
+            .await
+            .map_err(|e| DbError::Unavailable(describe(&e)))?;
+        Ok::<_, DbError>(row.get::<_, String>(0))
+    };
+    let result = match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(DbError::Timeout(timeout)),
+    };
+    metrics().db_up.set(i64::from(result.is_ok()));
+    result
+}
+
+/// Copies the pool's status into the pool gauges (called when `/metrics` is scraped).
+pub fn record_pool_metrics(pool: &Pool) {
+    let s = pool.status();
+    let m = metrics();
+    m.db_pool_max.set(s.max_size as i64);
+    m.db_pool_size.set(s.size as i64);
+    m.db_pool_in_use.set(s.size.saturating_sub(s.available) as i64);
+    m.db_pool_waiting.set(s.waiting as i64);
+}

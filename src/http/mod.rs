@@ -1,0 +1,193 @@
+//! The HTTP server (hyper 1): routing, body limits, per-request metrics and graceful
+//! shutdown. Routes: `/healthz` (alive), `/readyz` (database reachable), `/metrics`
+//! (Prometheus text).
+//!
+//! [`serve`] takes an already-bound listener, so tests bind port 0 and run the server
+//! in-process; it returns once shutdown is requested and in-flight requests have finished
+//! (or the grace period ran out).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::metrics;
+
+pub type Body = Full<Bytes>;
+
+/// What every request handler can reach.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub pool: deadpool_postgres::Pool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("accept failed: {0}")]
+    Accept(std::io::Error),
+}
+
+/// Serves HTTP on `listener` until `shutdown` is cancelled, then stops accepting and waits
+/// up to `server.grace_period_ms` for open connections to finish their requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) -> Result<(), HttpError> {
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .keep_alive(true);
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Running out of file descriptors is transient: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(state, req).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+
+    drop(listener);
+    let grace = Duration::from_millis(state.config.server.grace_period_ms);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; closing remaining connections");
+        }
+    }
+    Ok(())
+}
+
+/// Routes one request and records its metrics.
+async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let path = req.uri().path().to_string();
+    let (route, response) = route(&state, req, &path).await;
+    let m = metrics();
+    m.http_requests
+        .with_label_values(&[route, response.status().as_str()])
+        .inc();
+    m.http_request_duration
+        .with_label_values(&[route])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn route(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    path: &str,
+) -> (&'static str, Response<Body>) {
+    let metrics_path = state.config.metrics.enabled && path == state.config.metrics.path;
+    match path {
+        "/healthz" => ("/healthz", only_get(&req).unwrap_or_else(healthz)),
+        "/readyz" => {
+            let resp = match only_get(&req) {
+                Some(r) => r,
+                None => readyz(state).await,
+            };
+            ("/readyz", resp)
+        }
+        _ if metrics_path => {
+            let resp = match only_get(&req) {
+                Some(r) => r,
+                None => metrics_endpoint(state),
+            };
+            ("/metrics", resp)
+        }
+        _ => ("other", json_error(StatusCode::NOT_FOUND, "not found")),
+    }
+}
+
+/// `Some(405)` unless the method is GET or HEAD.
+fn only_get(req: &Request<Incoming>) -> Option<Response<Body>> {
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        None
+    } else {
+        let mut r = json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        r.headers_mut()
+            .insert(hyper::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        Some(r)
+    }
+}
+
+fn healthz() -> Response<Body> {
+    json(StatusCode::OK, serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(state: &AppState) -> Response<Body> {
+    match crate::db::ping(&state.pool, Duration::from_secs(2)).await {
+        Ok(_) => json(StatusCode::OK, serde_json::json!({"status": "ready"})),
+        Err(e) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "unavailable", "reason": e.to_string()}),
+        ),
+    }
+}
+
+fn metrics_endpoint(state: &AppState) -> Response<Body> {
+    crate::db::record_pool_metrics(&state.pool);
+    let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render())));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+/// Reads a whole request body, refusing more than `limit` bytes.
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body larger than {limit} bytes"),
+        )),
+        Err(_) => Err(json_error(StatusCode::BAD_REQUEST, "could not read the request body")),
+    }
+}
+
+pub fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
+    json(status, serde_json::json!({"error": message}))
+}

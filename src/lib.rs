@@ -1,0 +1,13 @@
+//! FraiseQL: one binary that puts a GraphQL API, event reactions and analytics on top of
+//! PostgreSQL. `main.rs` parses the command line and starts one role; each role lives in its
+//! own module and exposes `run(config, shutdown)`.
+
+pub mod assets;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod metrics;
+pub mod serve;
+pub mod shutdown;

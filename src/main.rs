@@ -1,0 +1,104 @@
+//! Entry point: parse the command line, load the configuration, start one role, and map
+//! errors to exit codes (0 ok, 1 failure, 2 bad configuration or usage).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use fraiseql::cli::{Cli, Command, DbCommand};
+use fraiseql::config::{Config, LogFormat, Overrides};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        listen: match &cli.command {
+            Command::Serve { listen } => *listen,
+            _ => None,
+        },
+        log_format: cli.log_format,
+    };
+    let config = match Config::load(cli.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { .. } => {
+            let shutdown = CancellationToken::new();
+            fraiseql::shutdown::cancel_on_signals(shutdown.clone());
+            fraiseql::serve::run(config, shutdown).await?;
+        }
+        Command::Db {
+            command: DbCommand::Init,
+        } => {
+            let pg = fraiseql::db::pg_config(&config.database)?;
+            let (mut client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot connect to {}: {}",
+                    fraiseql::config::redact_url(&config.database.url),
+                    fraiseql::db::describe(&e)
+                )
+            })?;
+            tokio::spawn(connection);
+            let report = fraiseql::db::migrate::run(&mut client).await?;
+            for (version, name) in &report.applied {
+                println!("applied {version:04}_{name}");
+            }
+            println!(
+                "fraiseql schema up to date ({} applied, {} already present)",
+                report.applied.len(),
+                report.already
+            );
+        }
+        Command::Check => {
+            let items = fraiseql::check::run(&config).await;
+            if !fraiseql::check::print(&items) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Dashboard => {
+            use std::io::Write;
+            std::io::stdout().write_all(&fraiseql::assets::dashboard())?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("FRAISEQL_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
