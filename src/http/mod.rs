@@ -95,7 +95,14 @@ pub async fn serve(
 async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let path = req.uri().path().to_string();
-    let (route, response) = route(&state, req, &path).await;
+    let timeout = Duration::from_millis(state.config.server.request_timeout_ms);
+    let (route, response) = match tokio::time::timeout(timeout, route(&state, req, &path)).await {
+        Ok(r) => r,
+        Err(_) => (
+            route_label(&path),
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "request timed out"),
+        ),
+    };
     let m = metrics();
     m.http_requests
         .with_label_values(&[route, response.status().as_str()])
@@ -104,6 +111,17 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
         .with_label_values(&[route])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// The metrics label for a path: known routes by name, everything else as "other" so
+/// arbitrary paths cannot blow up label cardinality.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        _ => "other",
+    }
 }
 
 async fn route(

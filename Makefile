@@ -1,0 +1,43 @@
+# FraiseQL — `make help` lists the targets.
+SHELL := /bin/bash
+CARGO ?= cargo
+HOST_TARGET := x86_64-unknown-linux-gnu
+MUSL_TARGET := x86_64-unknown-linux-musl
+# The static build: musl when that target is installed, else glibc with crt-static.
+STATIC_TARGET := $(shell rustup target list --installed 2>/dev/null | grep -qx $(MUSL_TARGET) && echo $(MUSL_TARGET) || echo $(HOST_TARGET))
+STATIC_ENV := CARGO_TARGET_$(shell echo $(STATIC_TARGET) | tr 'a-z-' 'A-Z_')_RUSTFLAGS="-C target-feature=+crt-static"
+DEMO_DB ?= fraiseql_demo
+DEMO_URL ?= postgres://postgres@127.0.0.1:5432/$(DEMO_DB)
+
+.PHONY: help build run test static lint bench demo
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+build: ## build the release binary (target/release/fraiseql)
+	$(CARGO) build --release
+
+run: build ## create the demo database if missing, run db init, start serve on 127.0.0.1:8080
+	@psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$(DEMO_DB)'" postgres | grep -q 1 \
+	  || createdb -h 127.0.0.1 -U postgres $(DEMO_DB)
+	FRAISEQL_DATABASE_URL=$(DEMO_URL) ./target/release/fraiseql db init
+	FRAISEQL_DATABASE_URL=$(DEMO_URL) ./target/release/fraiseql serve
+
+static: ## build dist/fraiseql, statically linked (no dynamic section)
+	$(STATIC_ENV) $(CARGO) build --release --target $(STATIC_TARGET)
+	@mkdir -p dist
+	cp target/$(STATIC_TARGET)/release/fraiseql dist/fraiseql
+	@if readelf -d dist/fraiseql | grep -q 'Dynamic section'; then echo "dist/fraiseql is not static" >&2; exit 1; fi
+	@echo "dist/fraiseql: static, $$(du -m dist/fraiseql | cut -f1) MB"
+
+test: static ## run every test (unit + integration) against the local services
+	$(STATIC_ENV) $(CARGO) nextest run --release --target $(STATIC_TARGET) --no-fail-fast
+
+lint: ## cargo fmt --check and clippy with warnings denied
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+bench: ## side-by-side benchmarks against the named peers
+	@echo "no benchmarks yet"
+
+demo: run ## alias of run
