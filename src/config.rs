@@ -222,10 +222,12 @@ impl Config {
                 path: p.clone(),
                 message: friendly(e.to_string().trim_end()),
             })?;
-            table = text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid {
-                path: p.clone(),
-                message: e.to_string(),
-            })?;
+            table = text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Invalid {
+                    path: p.clone(),
+                    message: e.to_string(),
+                })?;
         }
 
         let mut origins = Origins {
@@ -369,7 +371,11 @@ fn apply_env(
                 var: var.clone(),
                 message: format!(
                     "unknown key `{key}` in section `{section}`; expected one of {}",
-                    section_defaults.keys().cloned().collect::<Vec<_>>().join(", ")
+                    section_defaults
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             });
         };
@@ -476,7 +482,11 @@ mod tests {
 
     #[test]
     fn precedence_flags_env_file_defaults() {
-        let c = load("[server]\nlisten = \"127.0.0.1:9000\"\ngrace_period_ms = 5\n", &[]).unwrap();
+        let c = load(
+            "[server]\nlisten = \"127.0.0.1:9000\"\ngrace_period_ms = 5\n",
+            &[],
+        )
+        .unwrap();
         assert_eq!(c.server.listen.port(), 9000);
         assert_eq!(c.server.grace_period_ms, 5);
         assert_eq!(c.database.pool_size, 16);
@@ -487,7 +497,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.server.listen.port(), 9001);
-        assert_eq!(c.origins.of("server.listen"), "environment variable FRAISEQL_SERVER_LISTEN");
+        assert_eq!(
+            c.origins.of("server.listen"),
+            "environment variable FRAISEQL_SERVER_LISTEN"
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
@@ -518,7 +531,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let e = load("[server]\nlisten_addr = \"x\"\n", &[]).unwrap_err().to_string();
+        let e = load("[server]\nlisten_addr = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("fraiseql.toml"), "{e}");
         assert!(e.contains("listen_addr"), "{e}");
         let e = load("[servr]\n", &[]).unwrap_err().to_string();
@@ -527,27 +542,46 @@ mod tests {
 
     #[test]
     fn wrong_type_is_named() {
-        let e = load("[database]\npool_size = \"many\"\n", &[]).unwrap_err().to_string();
+        let e = load("[database]\npool_size = \"many\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("pool_size") || e.contains("line 2"), "{e}");
         assert!(e.contains("integer"), "{e}");
-        let e = load("", &[("FRAISEQL_DATABASE_POOL_SIZE", "many")]).unwrap_err().to_string();
-        assert!(e.contains("FRAISEQL_DATABASE_POOL_SIZE") && e.contains("integer"), "{e}");
+        let e = load("", &[("FRAISEQL_DATABASE_POOL_SIZE", "many")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FRAISEQL_DATABASE_POOL_SIZE") && e.contains("integer"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_values_are_named_without_secrets() {
-        let e = load("[database]\nurl = \"mysql://u:hunter2@h/x\"\n", &[]).unwrap_err().to_string();
+        let e = load("[database]\nurl = \"mysql://u:hunter2@h/x\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("database.url"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
-        let e = load("[server]\nlisten = \"nowhere\"\n", &[]).unwrap_err().to_string();
+        let e = load("[server]\nlisten = \"nowhere\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen") && e.contains("socket address"), "{e}");
-        let e = load("", &[("FRAISEQL_SERVR_LISTEN", "x")]).unwrap_err().to_string();
-        assert!(e.contains("FRAISEQL_SERVR_LISTEN") && e.contains("unknown section"), "{e}");
+        let e = load("", &[("FRAISEQL_SERVR_LISTEN", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FRAISEQL_SERVR_LISTEN") && e.contains("unknown section"),
+            "{e}"
+        );
     }
 
     #[test]
     fn redaction() {
-        assert_eq!(redact_url("postgres://u:pw@h:5/db"), "postgres://u:***@h:5/db");
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5/db"),
+            "postgres://u:***@h:5/db"
+        );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(
             redact_url("postgres://h/db?user=u&password=pw&x=1"),
@@ -567,7 +601,9 @@ mod tests {
         let _ = parsed;
         let defaults = toml::Table::try_from(Config::default()).unwrap();
         for (section, keys) in &defaults {
-            let toml::Value::Table(keys) = keys else { continue };
+            let toml::Value::Table(keys) = keys else {
+                continue;
+            };
             for key in keys.keys() {
                 assert!(
                     text.contains(&format!("[{section}]")) && text.contains(&format!("{key} =")),

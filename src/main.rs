@@ -27,7 +27,10 @@ fn main() -> ExitCode {
     };
     init_logging(&config);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -55,13 +58,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             command: DbCommand::Init,
         } => {
             let pg = fraiseql::db::pg_config(&config.database)?;
-            let (mut client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot connect to {}: {}",
-                    fraiseql::config::redact_url(&config.database.url),
-                    fraiseql::db::describe(&e)
-                )
-            })?;
+            let (mut client, connection) =
+                pg.connect(tokio_postgres::NoTls).await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot connect to {}: {}",
+                        fraiseql::config::redact_url(&config.database.url),
+                        fraiseql::db::describe(&e)
+                    )
+                })?;
             tokio::spawn(connection);
             let report = fraiseql::db::migrate::run(&mut client).await?;
             for (version, name) in &report.applied {

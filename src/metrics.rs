@@ -6,7 +6,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 const NAMESPACE: &str = "fraiseql";
@@ -34,19 +35,23 @@ pub struct Metrics {
     /// 1 when the last database check succeeded, else 0.
     pub db_up: IntGauge,
     /// Build information as labels; the value is always 1.
-    pub build_info: IntCounterVec,
+    pub build_info: IntGaugeVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
         .expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::with_opts(Opts::new(name, help).namespace(NAMESPACE)).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("unique metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
     g
 }
 
@@ -58,7 +63,9 @@ fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -
         labels,
     )
     .expect("valid metric");
-    registry.register(Box::new(h.clone())).expect("unique metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
     h
 }
 
@@ -67,20 +74,28 @@ impl Metrics {
         let registry = Registry::new();
         #[cfg(target_os = "linux")]
         registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::new(
-                std::process::id() as i32,
-                NAMESPACE,
-            )))
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::new(
+                    std::process::id() as i32,
+                    NAMESPACE,
+                ),
+            ))
             .expect("unique metric");
-        let build_info = counter_vec(
-            &registry,
-            "build_info",
-            "FraiseQL build information; the value is always 1.",
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "build_info",
+                "FraiseQL build information; the value is always 1.",
+            )
+            .namespace(NAMESPACE),
             &["version"],
-        );
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("unique metric");
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .inc();
+            .set(1);
         Self {
             http_requests: counter_vec(
                 &registry,

@@ -37,15 +37,15 @@ pub async fn run_on(
 
     // Warm one connection so the first request does not pay for it, and say early whether
     // the database is reachable. Failure is not fatal: /readyz reports it until it recovers.
-    match crate::db::ping(&pool, std::time::Duration::from_secs(2)).await {
-        Ok(version) => tracing::info!(
-            database = %redact_url(&state.config.database.url), %version, "database reachable"
-        ),
-        Err(e) => tracing::warn!(
-            database = %redact_url(&state.config.database.url), error = %e,
-            "database not reachable yet; serving and retrying"
-        ),
-    }
+    let (warm_pool, url) = (pool.clone(), redact_url(&state.config.database.url));
+    tokio::spawn(async move {
+        match crate::db::ping(&warm_pool, std::time::Duration::from_secs(5)).await {
+            Ok(version) => tracing::info!(database = %url, %version, "database reachable"),
+            Err(e) => tracing::warn!(
+                database = %url, error = %e, "database not reachable yet; serving and retrying"
+            ),
+        }
+    });
     tracing::info!(%addr, startup_ms = started.elapsed().as_millis() as u64, "serving HTTP");
     http::serve(listener, state, shutdown).await?;
     pool.close();

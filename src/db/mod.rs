@@ -121,6 +121,7 @@ pub fn record_pool_metrics(pool: &Pool) {
     let m = metrics();
     m.db_pool_max.set(s.max_size as i64);
     m.db_pool_size.set(s.size as i64);
-    m.db_pool_in_use.set(s.size.saturating_sub(s.available) as i64);
+    m.db_pool_in_use
+        .set(s.size.saturating_sub(s.available) as i64);
     m.db_pool_waiting.set(s.waiting as i64);
 }

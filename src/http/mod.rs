@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::metrics::metrics;
@@ -46,6 +47,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), HttpError> {
     let graceful = GracefulShutdown::new();
+    // hyper's HTTP/1 graceful shutdown closes a connection whose GET request has been read
+    // but not yet answered (it looks idle), so in-flight requests are tracked here and
+    // awaited before connections are told to close.
+    let in_flight = TaskTracker::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -67,9 +72,20 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let in_flight = in_flight.clone();
+        let shutdown = shutdown.clone();
         let service = service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(state, req).await) }
+            let shutdown = shutdown.clone();
+            in_flight.track_future(async move {
+                let mut response = handle(state, req).await;
+                if shutdown.is_cancelled() {
+                    response
+                        .headers_mut()
+                        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(response)
+            })
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
@@ -82,11 +98,23 @@ pub async fn serve(
 
     drop(listener);
     let grace = Duration::from_millis(state.config.server.grace_period_ms);
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(grace) => {
-            tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; closing remaining connections");
-        }
+    let deadline = tokio::time::Instant::now() + grace;
+    in_flight.close();
+    if tokio::time::timeout_at(deadline, in_flight.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            requests = in_flight.len(),
+            grace_ms = grace.as_millis() as u64,
+            "grace period over with requests still running; closing"
+        );
+        return Ok(());
+    }
+    // Responses are written by the connection tasks; give them the rest of the grace period.
+    match tokio::time::timeout_at(deadline, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections closed"),
+        Err(_) => tracing::warn!("grace period over; closing remaining connections"),
     }
     Ok(())
 }
@@ -194,7 +222,10 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<B
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("request body larger than {limit} bytes"),
         )),
-        Err(_) => Err(json_error(StatusCode::BAD_REQUEST, "could not read the request body")),
+        Err(_) => Err(json_error(
+            StatusCode::BAD_REQUEST,
+            "could not read the request body",
+        )),
     }
 }
 

@@ -1,0 +1,556 @@
+//! The appliance (issue 2): HTTP health and readiness, metrics, graceful shutdown,
+//! configuration errors, `db init`, the dashboard and the static binary.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Proxy, TestDb, TestServer, bin, get};
+
+#[tokio::test]
+async fn health_ready_metrics_and_errors() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(db.config()).await;
+
+    let (status, body) = get(&server.url("/healthz")).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (status, body) = get(&server.url("/readyz")).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ready"}"#));
+
+    let (status, _) = get(&server.url("/nope")).await;
+    assert_eq!(status, 404);
+    let r = common::http()
+        .post(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers()["allow"], "GET, HEAD");
+
+    let (status, text) = get(&server.url("/metrics")).await;
+    assert_eq!(status, 200);
+    for name in [
+        "fraiseql_http_requests_total{route=\"/healthz\",status=\"200\"} 1",
+        "fraiseql_http_requests_total{route=\"/healthz\",status=\"405\"} 1",
+        "fraiseql_http_requests_total{route=\"other\",status=\"404\"} 1",
+        "fraiseql_http_request_duration_seconds_bucket{route=\"/readyz\"",
+        "fraiseql_db_pool_max_connections 16",
+        "fraiseql_db_up 1",
+        "fraiseql_process_resident_memory_bytes",
+        "fraiseql_build_info",
+    ] {
+        assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn database_down_at_start_then_up_then_gone_again() {
+    let db = TestDb::new().await;
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    proxy.down();
+    let mut config = db.config();
+    config.database.url = format!("postgres://postgres@{}/{}", proxy.addr, db.name);
+    config.database.connect_timeout_ms = 500;
+    let server = TestServer::start(config).await;
+
+    // Down at start: serve keeps running, /readyz says why.
+    let (status, body) = get(&server.url("/readyz")).await;
+    assert_eq!(status, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "unavailable");
+    assert!(
+        v["reason"].as_str().unwrap().contains("database"),
+        "reason names the database: {body}"
+    );
+    assert_eq!(get(&server.url("/healthz")).await.0, 200);
+
+    proxy.up();
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            get(&server.url("/readyz")).await.0 == 200
+        })
+        .await,
+        "ready once the database is back"
+    );
+
+    // Gone again: pooled connections are broken; readiness reports it, then recovers.
+    proxy.down();
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            get(&server.url("/readyz")).await.0 == 503
+        })
+        .await
+    );
+    proxy.up();
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            get(&server.url("/readyz")).await.0 == 200
+        })
+        .await
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    let db = TestDb::new().await;
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mut config = db.config();
+    config.database.url = format!("postgres://postgres@{}/{}", proxy.addr, db.name);
+    let server = TestServer::start(config).await;
+    assert_eq!(get(&server.url("/readyz")).await.0, 200);
+    // Make the next database connection take ~1 s, so /readyz is in flight at shutdown.
+    proxy.down();
+    proxy.up();
+    proxy.set_delay(1000);
+    let url = server.url("/readyz");
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = Instant::now();
+    let addr = server.addr;
+    server.shutdown.cancel();
+    let (status, _) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "the in-flight request finished");
+    server.stopped(Duration::from_secs(10)).await;
+    assert!(stopping.elapsed() < Duration::from_secs(5));
+    // No longer accepting.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn binary_serves_and_exits_zero_on_sigterm() {
+    let db = TestDb::new().await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = bin()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("FRAISEQL_DATABASE_URL", db.url())
+        .env("FRAISEQL_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    assert!(
+        common::eventually(Duration::from_secs(10), || {
+            let url = url.clone();
+            async move {
+                match common::http().get(&url).send().await {
+                    Ok(r) => r.status().as_u16() == 200,
+                    Err(_) => false,
+                }
+            }
+        })
+        .await,
+        "serve became ready"
+    );
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// Runs the binary with `args` and `env`; returns (exit code, stderr).
+fn run_bin(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = bin();
+    cmd.args(args).env_remove("DATABASE_URL");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FRAISEQL_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn six_kinds_of_bad_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let unknown = write(
+        "unknown.toml",
+        b"[server]\nlisten = \"127.0.0.1:1\"\nlisten_adress = \"x\"\n",
+    );
+    let wrong_type = write("wrong.toml", b"[database]\npool_size = \"sixteen\"\n");
+    let bad_url = write(
+        "url.toml",
+        b"[database]\nurl = \"mysql://app:hunter2@db.example/app\"\n",
+    );
+    let bad_listen = write("listen.toml", b"[server]\nlisten = \"localhost-8080\"\n");
+    let missing = dir.path().join("missing.toml");
+    let unreadable = dir.path().join("a-directory.toml");
+    std::fs::create_dir(&unreadable).unwrap();
+
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "unknown key",
+            unknown.clone(),
+            vec![&unknown, "unknown field `listen_adress`", "line 3"],
+        ),
+        (
+            "wrong type",
+            wrong_type.clone(),
+            vec![&wrong_type, "pool_size", "expected a non-negative integer"],
+        ),
+        (
+            "bad database URL",
+            bad_url.clone(),
+            vec!["database.url", &bad_url, "invalid PostgreSQL URL"],
+        ),
+        (
+            "bad listen address",
+            bad_listen.clone(),
+            vec![&bad_listen, "listen", "invalid socket address"],
+        ),
+        (
+            "missing file",
+            missing.to_str().unwrap().into(),
+            vec!["missing.toml: not found"],
+        ),
+        (
+            "unreadable file",
+            unreadable.to_str().unwrap().into(),
+            vec!["a-directory.toml: cannot be read"],
+        ),
+    ];
+    for (what, path, expected) in cases {
+        let (code, stderr) = run_bin(&["--config", &path, "check"], &[]);
+        println!("{what}: {}", stderr.trim());
+        assert_eq!(code, 2, "{what}: exit code 2, got {code}: {stderr}");
+        for e in expected {
+            assert!(stderr.contains(e), "{what}: expected {e:?} in {stderr:?}");
+        }
+        assert!(
+            !stderr.contains("hunter2"),
+            "{what}: secret printed: {stderr}"
+        );
+    }
+
+    // Environment overrides are checked the same way.
+    let (code, stderr) = run_bin(&["check"], &[("FRAISEQL_SERVER_GRACE_PERIOD_MS", "soon")]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("FRAISEQL_SERVER_GRACE_PERIOD_MS") && stderr.contains("integer"),
+        "{stderr}"
+    );
+    let (code, stderr) = run_bin(&["check"], &[("FRAISEQL_DATABSE_URL", "x")]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("FRAISEQL_DATABSE_URL") && stderr.contains("unknown section"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn check_reports_each_item_and_fails_when_database_is_unreachable() {
+    let db = TestDb::new().await;
+    let out = bin()
+        .arg("check")
+        .env("FRAISEQL_DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("ok    config"), "{stdout}");
+    assert!(
+        stdout.contains("ok    database") && stdout.contains("PostgreSQL"),
+        "{stdout}"
+    );
+
+    let out = bin()
+        .arg("check")
+        .env(
+            "FRAISEQL_DATABASE_URL",
+            "postgres://app:s3cret@127.0.0.1:1/x",
+        )
+        .env("FRAISEQL_DATABASE_CONNECT_TIMEOUT_MS", "500")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  database postgres://app:***@127.0.0.1:1/x"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("s3cret"));
+}
+
+const OBJECTS_SQL: &str = "SELECT
+    (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'fraiseql'),
+    (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'fraiseql'),
+    (SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'fraiseql' AND NOT t.tgisinternal),
+    (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = 'fraiseql'),
+    (SELECT count(*) FROM fraiseql.schema_migrations)";
+
+async fn object_counts(db: &TestDb) -> Vec<i64> {
+    let row = db.client().await.query_one(OBJECTS_SQL, &[]).await.unwrap();
+    (0..5).map(|i| row.get::<_, i64>(i)).collect()
+}
+
+#[tokio::test]
+async fn db_init_twice_and_concurrently_changes_nothing() {
+    let db = TestDb::empty().await;
+    let init = || {
+        let mut cmd = tokio::process::Command::new(common::bin_path());
+        cmd.args(["db", "init"])
+            .env("FRAISEQL_DATABASE_URL", db.url());
+        cmd
+    };
+    // Twice at once on an empty database.
+    let (a, b) = tokio::join!(init().output(), init().output());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let applied: Vec<String> = [&a, &b]
+        .iter()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .collect();
+    assert_eq!(
+        applied
+            .iter()
+            .filter(|s| s.contains("applied 0001_core"))
+            .count(),
+        1,
+        "exactly one run applied the migration: {applied:?}"
+    );
+    let first = object_counts(&db).await;
+    assert!(first[0] >= 3 && first[1] >= 5 && first[2] == 1, "{first:?}");
+
+    // Then twice more in sequence: nothing changes.
+    for _ in 0..2 {
+        let out = init().output().await.unwrap();
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("0 applied"));
+    }
+    assert_eq!(object_counts(&db).await, first);
+
+    // What it created works: a tracked table writes the change log and notifies.
+    db.exec(
+        "CREATE TABLE tb_thing (pk_thing bigint GENERATED ALWAYS AS IDENTITY, id uuid DEFAULT gen_random_uuid(), name text);
+         SELECT fraiseql.track_changes('tb_thing', 'Thing');
+         INSERT INTO tb_thing (name) VALUES ('a');
+         UPDATE tb_thing SET name = 'b';
+         UPDATE tb_thing SET name = 'b';
+         DELETE FROM tb_thing;",
+    )
+    .await;
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT op, changed_fields, before->>'name', after->>'name', entity_id IS NOT NULL
+               FROM fraiseql.tb_entity_change_log WHERE entity = 'Thing' ORDER BY pk",
+            &[],
+        )
+        .await
+        .unwrap();
+    let seen: Vec<(
+        String,
+        Option<Vec<String>>,
+        Option<String>,
+        Option<String>,
+        bool,
+    )> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                "INSERT".into(),
+                Some(vec!["id".into(), "name".into(), "pk_thing".into()]),
+                None,
+                Some("a".into()),
+                true
+            ),
+            (
+                "UPDATE".into(),
+                Some(vec!["name".into()]),
+                Some("a".into()),
+                Some("b".into()),
+                true
+            ),
+            ("DELETE".into(), None, Some("b".into()), None, true),
+        ],
+        "a no-op UPDATE writes nothing"
+    );
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT (fraiseql.mutation_ok(gen_random_uuid(), 'Thing', '{\"a\":1}')).succeeded,
+                    (fraiseql.mutation_err('NOT_FOUND', 'no such thing')).error_class",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+    assert_eq!(row.get::<_, String>(1), "NOT_FOUND");
+}
+
+/// Metric names a PromQL expression refers to: identifiers starting with `fraiseql_`.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = expr[i..].find("fraiseql_") {
+        let start = i + pos;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        let preceded =
+            start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        if !preceded {
+            names.push(expr[start..end].to_string());
+        }
+        i = end;
+    }
+    names
+}
+
+#[tokio::test]
+async fn dashboard_only_uses_exported_metrics() {
+    let out = bin().arg("dashboard").output().unwrap();
+    assert!(out.status.success());
+    let dashboard: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("dashboard is JSON");
+    let mut exprs = Vec::new();
+    fn collect(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    if k == "expr" || k == "query" {
+                        if let Some(s) = v.as_str() {
+                            out.push(s.to_string());
+                        }
+                    } else {
+                        collect(v, out);
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| collect(v, out)),
+            _ => {}
+        }
+    }
+    collect(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 6, "the dashboard has panels: {exprs:?}");
+
+    // Drive traffic so labelled series exist, then read the running binary's /metrics.
+    let db = TestDb::new().await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = bin()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("FRAISEQL_DATABASE_URL", db.url())
+        .env("FRAISEQL_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(
+        common::eventually(Duration::from_secs(10), || {
+            let url = format!("{base}/readyz");
+            async move { common::http().get(&url).send().await.is_ok() }
+        })
+        .await
+    );
+    get(&format!("{base}/healthz")).await;
+    get(&format!("{base}/nope")).await;
+    let (_, exported) = get(&format!("{base}/metrics")).await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let mut missing = Vec::new();
+    for expr in &exprs {
+        for name in metric_names(expr) {
+            if !exported
+                .lines()
+                .any(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+            {
+                missing.push(format!("{name} (in `{expr}`)"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "dashboard names metrics /metrics does not export: {missing:#?}"
+    );
+}
+
+#[test]
+fn static_binary_runs_alone_in_a_chroot() {
+    let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/fraiseql");
+    assert!(
+        dist.exists(),
+        "dist/fraiseql missing: `make static` builds it (make test does)"
+    );
+    let readelf = std::process::Command::new("readelf")
+        .arg("-d")
+        .arg(&dist)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&readelf.stdout);
+    assert!(
+        text.contains("There is no dynamic section"),
+        "readelf -d: {text}"
+    );
+
+    let root = tempfile::tempdir().unwrap();
+    std::fs::copy(&dist, root.path().join("fraiseql")).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new("chroot")
+            .arg(root.path())
+            .arg("/fraiseql")
+            .args(args)
+            .env_clear()
+            .env(
+                "FRAISEQL_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            )
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--version"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        version.trim(),
+        format!("fraiseql {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = run(&["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!(
+        "chroot check:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("ok    database postgres://postgres@127.0.0.1:5432/postgres: PostgreSQL")
+    );
+}

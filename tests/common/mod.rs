@@ -1,0 +1,278 @@
+//! The shared integration-test harness: a fresh PostgreSQL database per test, the role
+//! started in-process on port 0 or the real binary as a child process, a TCP proxy to cut
+//! and restore a service connection, and small HTTP helpers.
+//!
+//! Everything a test creates is dropped when its guard goes out of scope, so tests run in
+//! parallel and leave nothing behind.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use fraiseql::config::Config;
+
+pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The binary under test.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fraiseql"))
+}
+
+pub fn bin_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fraiseql"))
+}
+
+async fn admin() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(ADMIN_URL, tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL at 127.0.0.1:5432 (start it: see README)");
+    tokio::spawn(conn);
+    client
+}
+
+/// A database created for one test and dropped (with FORCE) when this guard drops.
+pub struct TestDb {
+    pub name: String,
+    url: String,
+}
+
+impl TestDb {
+    /// An empty database.
+    pub async fn empty() -> TestDb {
+        let name = format!("fraiseql_t_{}", uuid::Uuid::new_v4().simple());
+        admin()
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        TestDb {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            name,
+        }
+    }
+
+    /// A database with FraiseQL's own schema (`db init`) applied.
+    pub async fn new() -> TestDb {
+        let db = Self::empty().await;
+        let mut client = db.client().await;
+        fraiseql::db::migrate::run(&mut client)
+            .await
+            .expect("migrations apply");
+        db
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to test database");
+        tokio::spawn(conn);
+        client
+    }
+
+    /// Runs a SQL script (several statements).
+    pub async fn exec(&self, sql: &str) {
+        self.client()
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("SQL failed: {e:?}"));
+    }
+
+    /// A config pointing at this database, with everything else at its default.
+    pub fn config(&self) -> Config {
+        let mut c = Config::default();
+        c.database.url = self.url.clone();
+        c.server.grace_period_ms = 5_000;
+        c
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; a fresh thread with its own runtime avoids
+        // blocking it.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(ADMIN_URL, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// `serve` running in-process on an ephemeral port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(fraiseql::serve::run_on(listener, config, shutdown.clone()));
+        TestServer {
+            addr,
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Requests shutdown and waits for `run_on` to return Ok.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.stopped(Duration::from_secs(15)).await;
+    }
+
+    /// Waits for the server to return Ok (after shutdown was requested elsewhere).
+    pub async fn stopped(mut self, within: Duration) {
+        let handle = self.handle.take().expect("not yet joined");
+        tokio::time::timeout(within, handle)
+            .await
+            .expect("server stops within its grace period")
+            .expect("server task")
+            .expect("server returns Ok");
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// GET `url`; returns status and body text.
+pub async fn get(url: &str) -> (u16, String) {
+    let r = http().get(url).send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap())
+}
+
+/// A TCP forwarder to a real service that a test can cut (`down`) and restore (`up`), and
+/// slow down, to see how FraiseQL behaves when the service goes away or lags.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    cut: Arc<tokio::sync::Notify>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (up2, delay2, cut2) = (up.clone(), delay_ms.clone(), cut.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let delay = delay2.load(Ordering::SeqCst);
+                let cut = cut2.clone();
+                tokio::spawn(async move {
+                    if delay > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                    }
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            up,
+            delay_ms,
+            cut,
+            task,
+        }
+    }
+
+    /// Refuses new connections and cuts the open ones.
+    pub fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    pub fn up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+
+    /// Delays each new connection before it reaches the service.
+    pub fn set_delay(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Polls `check` every 50 ms until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
