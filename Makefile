@@ -37,7 +37,7 @@ lint: ## cargo fmt --check and clippy with warnings denied
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-bench: ## side-by-side benchmarks against the named peers
-	@echo "no benchmarks yet"
+bench: build ## benchmarks: serve start-up time and idle memory
+	bench/startup.sh target/release/fraiseql
 
 demo: run ## alias of run
