@@ -121,31 +121,8 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 #[tokio::test]
 async fn binary_serves_and_exits_zero_on_sigterm() {
     let db = TestDb::new().await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut child = bin()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("FRAISEQL_DATABASE_URL", db.url())
-        .env("FRAISEQL_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}/readyz");
-    assert!(
-        common::eventually(Duration::from_secs(10), || {
-            let url = url.clone();
-            async move {
-                match common::http().get(&url).send().await {
-                    Ok(r) => r.status().as_u16() == 200,
-                    Err(_) => false,
-                }
-            }
-        })
-        .await,
-        "serve became ready"
-    );
-    let pid = child.id().to_string();
+    let mut child = common::ServeProcess::start(db.url(), &[]).await;
+    let pid = child.child.id().to_string();
     assert!(
         std::process::Command::new("kill")
             .args(["-TERM", &pid])
@@ -153,7 +130,7 @@ async fn binary_serves_and_exits_zero_on_sigterm() {
             .unwrap()
             .success()
     );
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+    let status = tokio::task::spawn_blocking(move || child.child.wait().unwrap())
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0));
@@ -458,29 +435,12 @@ async fn dashboard_only_uses_exported_metrics() {
 
     // Drive traffic so labelled series exist, then read the running binary's /metrics.
     let db = TestDb::new().await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut child = bin()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("FRAISEQL_DATABASE_URL", db.url())
-        .env("FRAISEQL_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    assert!(
-        common::eventually(Duration::from_secs(10), || {
-            let url = format!("{base}/readyz");
-            async move { common::http().get(&url).send().await.is_ok() }
-        })
-        .await
-    );
+    let child = common::ServeProcess::start(db.url(), &[]).await;
+    let base = child.base.clone();
     get(&format!("{base}/healthz")).await;
     get(&format!("{base}/nope")).await;
     let (_, exported) = get(&format!("{base}/metrics")).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 
     let mut missing = Vec::new();
     for expr in &exprs {

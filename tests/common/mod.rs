@@ -171,6 +171,52 @@ impl Drop for TestServer {
     }
 }
 
+/// The real binary running `serve` on a free port, killed when dropped.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl ServeProcess {
+    /// Starts `fraiseql serve` against `db_url` with extra `env`, and waits until it answers.
+    pub async fn start(db_url: &str, env: &[(&str, &str)]) -> ServeProcess {
+        let port = free_port();
+        let mut cmd = bin();
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("FRAISEQL_DATABASE_URL", db_url)
+            .env("FRAISEQL_LOG", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start fraiseql serve");
+        let base = format!("http://127.0.0.1:{port}");
+        let url = format!("{base}/readyz");
+        let ready =
+            eventually(Duration::from_secs(10), || {
+                let url = url.clone();
+                async move {
+                    matches!(http().get(&url).send().await, Ok(r) if r.status().as_u16() == 200)
+                }
+            })
+            .await;
+        assert!(ready, "fraiseql serve became ready on {base}");
+        ServeProcess { child, base }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago (for child processes that must bind it themselves).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
