@@ -5,7 +5,7 @@ HOST_TARGET := x86_64-unknown-linux-gnu
 MUSL_TARGET := x86_64-unknown-linux-musl
 # The static build: musl when that target is installed, else glibc with crt-static.
 STATIC_TARGET := $(shell rustup target list --installed 2>/dev/null | grep -qx $(MUSL_TARGET) && echo $(MUSL_TARGET) || echo $(HOST_TARGET))
-STATIC_ENV := CARGO_TARGET_$(shell echo $(STATIC_TARGET) | tr 'a-z-' 'A-Z_')_RUSTFLAGS="-C target-feature=+crt-static"
+STATIC_ENV := CARGO_TARGET_$(shell echo $(STATIC_TARGET) | tr 'a-z-' 'A-Z_')_RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static"
 DEMO_DB ?= fraiseql_demo
 DEMO_URL ?= postgres://postgres@127.0.0.1:5432/$(DEMO_DB)
 
