@@ -9,5 +9,6 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod metrics;
+pub mod net;
 pub mod serve;
 pub mod shutdown;

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
 
 use crate::config::{DatabaseConfig, redact_url};
 use crate::metrics::metrics;
@@ -73,12 +74,74 @@ pub fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError
     Ok(pg)
 }
 
+/// Opens one connection, resolving TCP host names with [`crate::net::resolve`] (not NSS)
+/// and driving the connection on its own task.
+pub async fn connect(
+    pg: &tokio_postgres::Config,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+    let resolved = with_resolved_hosts(pg).await;
+    let (client, connection) = resolved.as_ref().unwrap_or(pg).connect(NoTls).await?;
+    let handle = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "database connection closed");
+        }
+    });
+    Ok((client, handle))
+}
+
+/// A copy of `pg` with `hostaddr` set for every TCP host given by name. `None` when nothing
+/// needs resolving (or a name cannot be resolved: the connect attempt then reports it).
+async fn with_resolved_hosts(pg: &tokio_postgres::Config) -> Option<tokio_postgres::Config> {
+    use tokio_postgres::config::Host;
+    if !pg.get_hostaddrs().is_empty() {
+        return None;
+    }
+    let hosts = pg.get_hosts();
+    let needs = hosts.iter().any(|h| match h {
+        Host::Tcp(name) => name.parse::<std::net::IpAddr>().is_err(),
+        #[cfg(unix)]
+        Host::Unix(_) => false,
+    });
+    if !needs || hosts.iter().any(|h| !matches!(h, Host::Tcp(_))) {
+        return None;
+    }
+    let mut resolved = pg.clone();
+    for host in hosts {
+        let Host::Tcp(name) = host else { return None };
+        match crate::net::resolve(name).await {
+            Ok(addrs) => {
+                resolved.hostaddr(addrs[0]);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "host name resolution failed");
+                return None;
+            }
+        }
+    }
+    Some(resolved)
+}
+
+struct ResolvingConnect;
+
+impl deadpool_postgres::Connect for ResolvingConnect {
+    fn connect(
+        &self,
+        pg: &tokio_postgres::Config,
+    ) -> futures_util::future::BoxFuture<
+        '_,
+        Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+    > {
+        let pg = pg.clone();
+        Box::pin(async move { connect(&pg).await })
+    }
+}
+
 /// Builds the shared pool. No connection is opened until one is needed.
 pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
     let pg = pg_config(cfg)?;
-    let manager = Manager::from_config(
+    let manager = Manager::from_connect(
         pg,
-        tokio_postgres::NoTls,
+        ResolvingConnect,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
