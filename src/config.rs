@@ -86,6 +86,8 @@ pub struct DatabaseConfig {
     pub acquire_timeout_ms: u64,
     /// `statement_timeout` set on every connection, in milliseconds (0 = none).
     pub statement_timeout_ms: u64,
+    /// PEM file of CA certificates for `sslmode=require`; empty = the bundled Mozilla roots.
+    pub tls_ca_file: String,
 }
 
 impl Default for DatabaseConfig {
@@ -96,7 +98,18 @@ impl Default for DatabaseConfig {
             connect_timeout_ms: 5_000,
             acquire_timeout_ms: 5_000,
             statement_timeout_ms: 30_000,
+            tls_ca_file: String::new(),
         }
+    }
+}
+
+impl DatabaseConfig {
+    /// The URL as tokio-postgres understands it: libpq's `sslmode=verify-full` and
+    /// `verify-ca` become `require` (FraiseQL always verifies certificates under TLS).
+    pub fn normalized_url(&self) -> String {
+        self.url
+            .replace("sslmode=verify-full", "sslmode=require")
+            .replace("sslmode=verify-ca", "sslmode=require")
     }
 }
 
@@ -108,6 +121,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("acquire_timeout_ms", &self.acquire_timeout_ms)
             .field("statement_timeout_ms", &self.statement_timeout_ms)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -273,13 +287,20 @@ impl Config {
 
     /// Checks values that types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Err(e) = tokio_postgres::Config::from_str(&self.database.url) {
+        if let Err(e) = tokio_postgres::Config::from_str(&self.database.normalized_url()) {
             return Err(self.value_error(
                 "database.url",
                 format!(
                     "invalid PostgreSQL URL {}: {e}; expected postgres://user@host:port/dbname",
                     redact_url(&self.database.url)
                 ),
+            ));
+        }
+        if !self.database.tls_ca_file.is_empty() && !Path::new(&self.database.tls_ca_file).is_file()
+        {
+            return Err(self.value_error(
+                "database.tls_ca_file",
+                format!("{} is not a readable file", self.database.tls_ca_file),
             ));
         }
         if self.database.pool_size == 0 {

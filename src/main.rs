@@ -58,13 +58,15 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             command: DbCommand::Init,
         } => {
             let pg = fraiseql::db::pg_config(&config.database)?;
-            let (mut client, _connection) = fraiseql::db::connect(&pg).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot connect to {}: {}",
-                    fraiseql::config::redact_url(&config.database.url),
-                    fraiseql::db::describe(&e)
-                )
-            })?;
+            let connector = fraiseql::db::tls_connector(&pg, &config.database.tls_ca_file)?;
+            let (mut client, _connection) =
+                fraiseql::db::connect(&pg, &connector).await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot connect to {}: {}",
+                        fraiseql::config::redact_url(&config.database.url),
+                        fraiseql::db::describe(&e)
+                    )
+                })?;
             let report = fraiseql::db::migrate::run(&mut client).await?;
             for (version, name) in &report.applied {
                 println!("applied {version:04}_{name}");

@@ -514,3 +514,43 @@ fn static_binary_runs_alone_in_a_chroot() {
         stdout.contains("ok    database postgres://postgres@127.0.0.1:5432/postgres: PostgreSQL")
     );
 }
+
+#[tokio::test]
+async fn tls_to_postgres_verifies_the_server_certificate() {
+    // Debian's PostgreSQL serves TLS with the self-signed "snakeoil" certificate for
+    // `localhost`: trusting that file must work, the bundled public roots must refuse it.
+    let snakeoil = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    assert!(
+        std::path::Path::new(snakeoil).exists(),
+        "{snakeoil} (Debian ssl-cert)"
+    );
+    let db = TestDb::new().await;
+    let mut cfg = db.config().database;
+    cfg.url = format!(
+        "postgres://postgres@localhost:5432/{}?sslmode=verify-full",
+        db.name
+    );
+    cfg.tls_ca_file = snakeoil.into();
+    let pool = fraiseql::db::pool(&cfg).unwrap();
+    let client = pool
+        .get()
+        .await
+        .expect("TLS connection with the trusted CA");
+    let ssl: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "the connection is encrypted");
+
+    cfg.tls_ca_file = String::new();
+    let pool = fraiseql::db::pool(&cfg).unwrap();
+    let err = fraiseql::db::ping(&pool, Duration::from_secs(5))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("certificate"), "{err}");
+}

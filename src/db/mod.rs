@@ -19,6 +19,8 @@ use crate::metrics::metrics;
 pub enum DbError {
     #[error("invalid database URL {url}: {message}")]
     Url { url: String, message: String },
+    #[error("database.tls_ca_file {file}: {message}")]
+    Tls { file: String, message: String },
     #[error("cannot create the connection pool: {0}")]
     Build(String),
     #[error("database unavailable: {0}")]
@@ -52,8 +54,12 @@ fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
 }
 
 /// Parses the URL into a tokio-postgres config with the configured timeouts applied.
+///
+/// `sslmode=verify-full` and `verify-ca` (libpq's names) mean `require`: with TLS the
+/// server certificate is always verified (see [`tls_connector`]).
 pub fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError> {
-    let mut pg = tokio_postgres::Config::from_str(&cfg.url).map_err(|e| DbError::Url {
+    let url = cfg.normalized_url();
+    let mut pg = tokio_postgres::Config::from_str(&url).map_err(|e| DbError::Url {
         url: redact_url(&cfg.url),
         message: e.to_string(),
     })?;
@@ -74,19 +80,77 @@ pub fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError
     Ok(pg)
 }
 
+/// How connections are encrypted: TLS (rustls, certificates verified) when the URL says
+/// `sslmode=require`, else plaintext. `prefer` is treated as plaintext rather than as
+/// "TLS without verification", which would protect against nothing.
+#[derive(Clone)]
+pub struct Connector {
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+}
+
+/// Builds the connector for `pg`: the bundled Mozilla roots, or `ca_file` when given.
+pub fn tls_connector(pg: &tokio_postgres::Config, ca_file: &str) -> Result<Connector, DbError> {
+    if pg.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
+        return Ok(Connector { tls: None });
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    if ca_file.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    } else {
+        let tls_err = |message: String| DbError::Tls {
+            file: ca_file.to_string(),
+            message,
+        };
+        let pem = std::fs::read(ca_file).map_err(|e| tls_err(e.to_string()))?;
+        let mut reader = std::io::BufReader::new(pem.as_slice());
+        for cert in rustls_pemfile::certs(&mut reader) {
+            let cert = cert.map_err(|e| tls_err(e.to_string()))?;
+            roots.add(cert).map_err(|e| tls_err(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(tls_err("no PEM certificates found".into()));
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| DbError::Build(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Connector {
+        tls: Some(tokio_postgres_rustls::MakeRustlsConnect::new(config)),
+    })
+}
+
 /// Opens one connection, resolving TCP host names with [`crate::net::resolve`] (not NSS)
 /// and driving the connection on its own task.
 pub async fn connect(
     pg: &tokio_postgres::Config,
+    connector: &Connector,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
     let resolved = with_resolved_hosts(pg).await;
-    let (client, connection) = resolved.as_ref().unwrap_or(pg).connect(NoTls).await?;
-    let handle = tokio::spawn(async move {
-        if let Err(e) = connection.await {
+    let pg = resolved.as_ref().unwrap_or(pg);
+    let on_close = |r: Result<(), tokio_postgres::Error>| {
+        if let Err(e) = r {
             tracing::debug!(error = %e, "database connection closed");
         }
-    });
-    Ok((client, handle))
+    };
+    match &connector.tls {
+        Some(tls) => {
+            let (client, connection) = pg.connect(tls.clone()).await?;
+            Ok((
+                client,
+                tokio::spawn(async move { on_close(connection.await) }),
+            ))
+        }
+        None => {
+            let (client, connection) = pg.connect(NoTls).await?;
+            Ok((
+                client,
+                tokio::spawn(async move { on_close(connection.await) }),
+            ))
+        }
+    }
 }
 
 /// A copy of `pg` with `hostaddr` set for every TCP host given by name. `None` when nothing
@@ -121,7 +185,7 @@ async fn with_resolved_hosts(pg: &tokio_postgres::Config) -> Option<tokio_postgr
     Some(resolved)
 }
 
-struct ResolvingConnect;
+struct ResolvingConnect(Connector);
 
 impl deadpool_postgres::Connect for ResolvingConnect {
     fn connect(
@@ -132,16 +196,17 @@ impl deadpool_postgres::Connect for ResolvingConnect {
         Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
     > {
         let pg = pg.clone();
-        Box::pin(async move { connect(&pg).await })
+        Box::pin(async move { connect(&pg, &self.0).await })
     }
 }
 
 /// Builds the shared pool. No connection is opened until one is needed.
 pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
     let pg = pg_config(cfg)?;
+    let connector = tls_connector(&pg, &cfg.tls_ca_file)?;
     let manager = Manager::from_connect(
         pg,
-        ResolvingConnect,
+        ResolvingConnect(connector),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
