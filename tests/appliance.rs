@@ -480,7 +480,7 @@ fn static_binary_runs_alone_in_a_chroot() {
     let root = tempfile::tempdir().unwrap();
     std::fs::copy(&dist, root.path().join("fraiseql")).unwrap();
     let run = |args: &[&str]| {
-        std::process::Command::new("chroot")
+        std::process::Command::new("/usr/sbin/chroot")
             .arg(root.path())
             .arg("/fraiseql")
             .args(args)
