@@ -340,13 +340,14 @@ async fn db_init_twice_and_concurrently_changes_nothing() {
         )
         .await
         .unwrap();
-    let seen: Vec<(
+    type LogRow = (
         String,
         Option<Vec<String>>,
         Option<String>,
         Option<String>,
         bool,
-    )> = rows
+    );
+    let seen: Vec<LogRow> = rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .collect();

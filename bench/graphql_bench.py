@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""GraphQL side by side: fraiseql serve vs PostGraphile on the same data, one load generator.
+
+Creates the database `fraiseql_bench` from examples/blog (schema + seed), starts
+`fraiseql serve` (release build) and PostGraphile v4 (npm, installed into bench/node_modules
+on first use), then drives both with wrk (POST bodies via a Lua script) at 1, 16 and 64
+connections for two queries: a list of 20 users with their posts, and one user by id.
+Prints requests/s, p50 and p99 for each and the ratios fraiseql / PostGraphile.
+
+Usage: bench/graphql_bench.py [--duration SECONDS] [--binary PATH]
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DB = "fraiseql_bench"
+ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
+URL = f"postgres://postgres@127.0.0.1:5432/{DB}"
+FRAISEQL_PORT = 18100
+PG_PORT = 18101
+
+
+def psql(db, sql):
+    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres",
+                    "-d", db, "-c", sql], check=True, stdout=subprocess.DEVNULL)
+
+
+def psql_file(db, path):
+    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres",
+                    "-d", db, "-f", path], check=True, stdout=subprocess.DEVNULL)
+
+
+def psql_value(db, sql):
+    out = subprocess.run(["psql", "-tA", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-c", sql],
+                         check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def wait_http(url, body=None, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=2) as r:
+                return r.read()
+        except Exception:
+            time.sleep(0.2)
+    raise SystemExit(f"{url} did not answer within {timeout}s")
+
+
+def post(url, query):
+    body = json.dumps({"query": query}).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def ensure_postgraphile():
+    bench = os.path.join(ROOT, "bench")
+    binary = os.path.join(bench, "node_modules", ".bin", "postgraphile")
+    if not os.path.exists(binary):
+        subprocess.run(["npm", "install", "--no-save", "--no-audit", "--no-fund", "postgraphile@4"],
+                       cwd=bench, check=True)
+    return binary
+
+
+def wrk(url, body, connections, duration):
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write('wrk.method = "POST"\n')
+        f.write('wrk.headers["Content-Type"] = "application/json"\n')
+        f.write(f"wrk.body = {json.dumps(body)}\n")
+        script = f.name
+    threads = min(2, connections)
+    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s",
+                          "--latency", "-s", script, url], capture_output=True, text=True).stdout
+    os.unlink(script)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    def lat(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+    return {"rps": rps, "p50": lat(50), "p99": lat(99), "errors": int(errors.group(1)) if errors else 0}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "fraiseql"))
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is required: apt-get install wrk")
+
+    # Fresh database with the blog example.
+    psql("postgres", f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    psql("postgres", f"CREATE DATABASE {DB}")
+    env = dict(os.environ, FRAISEQL_DATABASE_URL=URL, FRAISEQL_LOG="warn")
+    subprocess.run([args.binary, "db", "init"], env=env, check=True, stdout=subprocess.DEVNULL)
+    psql_file(DB, os.path.join(ROOT, "examples", "blog", "schema.sql"))
+    psql_file(DB, os.path.join(ROOT, "examples", "blog", "seed.sql"))
+    psql(DB, "ANALYZE")
+    user_id = psql_value(DB, "SELECT id FROM tb_user ORDER BY pk_user LIMIT 1")
+
+    procs = []
+    try:
+        fq = subprocess.Popen([args.binary, "serve", "--listen", f"127.0.0.1:{FRAISEQL_PORT}",
+                               "--schema", os.path.join(ROOT, "examples", "blog", "schema.json")],
+                              env=dict(env, FRAISEQL_DATABASE_POOL_SIZE="16"))
+        procs.append(fq)
+        pg_bin = ensure_postgraphile()
+        pg = subprocess.Popen([pg_bin, "-c", URL, "--schema", "public", "--port", str(PG_PORT),
+                               "--disable-graphiql", "--simple-collections", "both",
+                               "--no-setof-functions-contain-nulls"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(pg)
+
+        fq_url = f"http://127.0.0.1:{FRAISEQL_PORT}/graphql"
+        pg_url = f"http://127.0.0.1:{PG_PORT}/graphql"
+        queries = {
+            "list: 20 users with posts": (
+                "{ users(limit: 20) { id name email posts { id title } } }",
+                "{ allTbUsersList(first: 20, orderBy: PK_USER_ASC) { id name email tbPostsByFkUserList { id title } } }",
+            ),
+            "single user by id": (
+                '{ user(id: "%s") { id name email posts { id title } } }' % user_id,
+                '{ tbUserById(id: "%s") { id name email tbPostsByFkUserList { id title } } }' % user_id,
+            ),
+        }
+        wait_http(fq_url, json.dumps({"query": "{ __typename }"}).encode())
+        wait_http(pg_url, json.dumps({"query": "{ __typename }"}).encode())
+        for name, (fq_q, pg_q) in queries.items():
+            a, b = post(fq_url, fq_q), post(pg_url, pg_q)
+            if "errors" in a or "errors" in b:
+                raise SystemExit(f"{name}: query failed: fraiseql={a.get('errors')} postgraphile={b.get('errors')}")
+            size_a, size_b = len(json.dumps(a)), len(json.dumps(b))
+            print(f"{name}: fraiseql {size_a} bytes, PostGraphile {size_b} bytes per response")
+
+        rows = []
+        for name, (fq_q, pg_q) in queries.items():
+            for c in (1, 16, 64):
+                # Warm both, then measure side by side in this run.
+                wrk(fq_url, json.dumps({"query": fq_q}), c, 2)
+                wrk(pg_url, json.dumps({"query": pg_q}), c, 2)
+                r_fq = wrk(fq_url, json.dumps({"query": fq_q}), c, args.duration)
+                r_pg = wrk(pg_url, json.dumps({"query": pg_q}), c, args.duration)
+                rows.append((name, c, r_fq, r_pg))
+        print()
+        print(f"{'query':28} {'conns':>5} | {'fraiseql req/s':>14} {'p50 ms':>7} {'p99 ms':>7} | "
+              f"{'PostGraphile req/s':>18} {'p50 ms':>7} {'p99 ms':>7} | {'throughput':>10} {'p99':>6}")
+        for name, c, a, b in rows:
+            print(f"{name:28} {c:>5} | {a['rps']:>14.0f} {a['p50']:>7.2f} {a['p99']:>7.2f} | "
+                  f"{b['rps']:>18.0f} {b['p50']:>7.2f} {b['p99']:>7.2f} | "
+                  f"{a['rps'] / b['rps']:>9.1f}x {b['p99'] / a['p99']:>5.1f}x")
+            if a["errors"] or b["errors"]:
+                print(f"  non-2xx responses: fraiseql {a['errors']}, PostGraphile {b['errors']}")
+        print("\nthroughput = fraiseql req/s ÷ PostGraphile req/s; p99 = PostGraphile p99 ÷ fraiseql p99 "
+              "(above 1 means fraiseql's tail is lower)")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        psql("postgres", f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
