@@ -34,6 +34,8 @@ pub struct Metrics {
     pub db_pool_max: IntGauge,
     /// 1 when the last database check succeeded, else 0.
     pub db_up: IntGauge,
+    /// The GraphQL engine: operations, durations, errors.
+    pub graphql: GraphqlMetrics,
     /// Build information as labels; the value is always 1.
     pub build_info: IntGaugeVec,
 }
@@ -134,9 +136,75 @@ impl Metrics {
                 "db_up",
                 "1 when the last database readiness check succeeded, else 0.",
             ),
+            graphql: GraphqlMetrics::register(&registry).expect("unique metric"),
             build_info,
             registry,
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// GraphQL engine metrics: operations by type, operation name and outcome; request and SQL
+// duration histograms; errors by code. A separate struct so tests can give an engine its own
+// registry.
+/// The engine's metrics, registered once per process.
+#[derive(Clone, Debug)]
+pub struct GraphqlMetrics {
+    /// `fraiseql_graphql_operations_total{type,name,outcome}`.
+    pub operations_total: IntCounterVec,
+    /// `fraiseql_graphql_request_duration_seconds{type}`.
+    pub request_duration_seconds: HistogramVec,
+    /// `fraiseql_graphql_sql_duration_seconds{type}`.
+    pub sql_duration_seconds: HistogramVec,
+    /// `fraiseql_graphql_errors_total{code}`.
+    pub errors_total: IntCounterVec,
+}
+
+impl GraphqlMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &Registry) -> Result<GraphqlMetrics, prometheus::Error> {
+        let m = GraphqlMetrics::unregistered()?;
+        registry.register(Box::new(m.operations_total.clone()))?;
+        registry.register(Box::new(m.request_duration_seconds.clone()))?;
+        registry.register(Box::new(m.sql_duration_seconds.clone()))?;
+        registry.register(Box::new(m.errors_total.clone()))?;
+        Ok(m)
+    }
+
+    /// Creates the metrics without registering them (tests).
+    pub fn unregistered() -> Result<GraphqlMetrics, prometheus::Error> {
+        Ok(GraphqlMetrics {
+            operations_total: IntCounterVec::new(
+                Opts::new(
+                    "fraiseql_graphql_operations_total",
+                    "GraphQL operations by type (query, mutation, invalid), operation name and outcome (ok, error, partial).",
+                ),
+                &["type", "name", "outcome"],
+            )?,
+            request_duration_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "fraiseql_graphql_request_duration_seconds",
+                    "Time to answer a GraphQL request, from parsing to the serialized response.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["type"],
+            )?,
+            sql_duration_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "fraiseql_graphql_sql_duration_seconds",
+                    "Time of one generated SQL statement (root field), including the wait for a connection.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["type"],
+            )?,
+            errors_total: IntCounterVec::new(
+                Opts::new(
+                    "fraiseql_graphql_errors_total",
+                    "GraphQL errors returned to clients, by extensions.code.",
+                ),
+                &["code"],
+            )?,
+        })
     }
 }
 

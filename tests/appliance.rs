@@ -50,7 +50,7 @@ async fn database_down_at_start_then_up_then_gone_again() {
     let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
     proxy.down();
     let mut config = db.config();
-    config.database.url = format!("postgres://postgres@{}/{}", proxy.addr, db.name);
+    config.database.url = format!("postgres://postgres@{}/{}", proxy.addr, db.name());
     config.database.connect_timeout_ms = 500;
     let server = TestServer::start(config).await;
 
@@ -97,7 +97,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     let db = TestDb::new().await;
     let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
     let mut config = db.config();
-    config.database.url = format!("postgres://postgres@{}/{}", proxy.addr, db.name);
+    config.database.url = format!("postgres://postgres@{}/{}", proxy.addr, db.name());
     let server = TestServer::start(config).await;
     assert_eq!(get(&server.url("/readyz")).await.0, 200);
     // Make the next database connection take ~1 s, so /readyz is in flight at shutdown.
@@ -121,7 +121,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 #[tokio::test]
 async fn binary_serves_and_exits_zero_on_sigterm() {
     let db = TestDb::new().await;
-    let mut child = common::ServeProcess::start(db.url(), &[]).await;
+    let mut child = common::ServeProcess::start(&db.url(), &[]).await;
     let pid = child.child.id().to_string();
     assert!(
         std::process::Command::new("kill")
@@ -321,7 +321,7 @@ async fn db_init_twice_and_concurrently_changes_nothing() {
     assert_eq!(object_counts(&db).await, first);
 
     // What it created works: a tracked table writes the change log and notifies.
-    db.exec(
+    db.batch(
         "CREATE TABLE tb_thing (pk_thing bigint GENERATED ALWAYS AS IDENTITY, id uuid DEFAULT gen_random_uuid(), name text);
          SELECT fraiseql.track_changes('tb_thing', 'Thing');
          INSERT INTO tb_thing (name) VALUES ('a');
@@ -436,7 +436,7 @@ async fn dashboard_only_uses_exported_metrics() {
 
     // Drive traffic so labelled series exist, then read the running binary's /metrics.
     let db = TestDb::new().await;
-    let child = common::ServeProcess::start(db.url(), &[]).await;
+    let child = common::ServeProcess::start(&db.url(), &[]).await;
     let base = child.base.clone();
     get(&format!("{base}/healthz")).await;
     get(&format!("{base}/nope")).await;
@@ -529,7 +529,7 @@ async fn tls_to_postgres_verifies_the_server_certificate() {
     let mut cfg = db.config().database;
     cfg.url = format!(
         "postgres://postgres@localhost:5432/{}?sslmode=verify-full",
-        db.name
+        db.name()
     );
     cfg.tls_ca_file = snakeoil.into();
     let pool = fraiseql::db::pool(&cfg).unwrap();

@@ -6,8 +6,14 @@
 //! parallel and leave nothing behind.
 #![allow(dead_code)]
 
+mod blog;
+#[allow(unused_imports)]
+pub use blog::*;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use deadpool_postgres::Pool;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,8 +46,8 @@ async fn admin() -> tokio_postgres::Client {
 
 /// A database created for one test and dropped (with FORCE) when this guard drops.
 pub struct TestDb {
-    pub name: String,
-    url: String,
+    name: String,
+    pool: Pool,
 }
 
 impl TestDb {
@@ -53,36 +59,41 @@ impl TestDb {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .expect("create test database");
-        TestDb {
-            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
-            name,
-        }
+        let mut cfg = fraiseql::config::DatabaseConfig::default();
+        cfg.url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        cfg.pool_size = 8;
+        let pool = fraiseql::db::pool(&cfg).expect("pool");
+        TestDb { name, pool }
     }
 
     /// A database with FraiseQL's own schema (`db init`) applied.
     pub async fn new() -> TestDb {
         let db = Self::empty().await;
-        let mut client = db.client().await;
+        let mut client = db.pool.get().await.expect("pool connection");
         fraiseql::db::migrate::run(&mut client)
             .await
             .expect("migrations apply");
         db
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
-    pub async fn client(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
-            .await
-            .expect("connect to test database");
-        tokio::spawn(conn);
-        client
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
     }
 
-    /// Runs a SQL script (several statements).
-    pub async fn exec(&self, sql: &str) {
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub async fn client(&self) -> deadpool_postgres::Client {
+        self.pool.get().await.expect("pool connection")
+    }
+
+    /// Runs SQL text (several statements allowed).
+    pub async fn batch(&self, sql: &str) {
         self.client()
             .await
             .batch_execute(sql)
@@ -90,10 +101,16 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("SQL failed: {e:?}"));
     }
 
+    /// Runs a SQL file of this crate (e.g. `examples/blog/seed.sql`).
+    pub async fn run_file(&self, rel: &str) {
+        let sql = std::fs::read_to_string(crate_path(rel)).expect("SQL file");
+        self.batch(&sql).await;
+    }
+
     /// A config pointing at this database, with everything else at its default.
     pub fn config(&self) -> Config {
         let mut c = Config::default();
-        c.database.url = self.url.clone();
+        c.database.url = self.url();
         c.server.grace_period_ms = 5_000;
         c
     }
@@ -101,6 +118,7 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        self.pool.close();
         let name = self.name.clone();
         // Drop runs inside the test's runtime; a fresh thread with its own runtime avoids
         // blocking it.
@@ -113,15 +131,22 @@ impl Drop for TestDb {
                 if let Ok((client, conn)) =
                     tokio_postgres::connect(ADMIN_URL, tokio_postgres::NoTls).await
                 {
-                    tokio::spawn(conn);
+                    let h = tokio::spawn(conn);
                     let _ = client
                         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                         .await;
+                    drop(client);
+                    let _ = h.await;
                 }
             });
         })
         .join();
     }
+}
+
+/// Path of a file of this crate.
+pub fn crate_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
 /// `serve` running in-process on an ephemeral port.

@@ -1,0 +1,704 @@
+//! Execution of one GraphQL request: juniper parses, validates and coerces variables and
+//! runs the root resolvers, which only plan; then each planned root field runs as one SQL
+//! statement (queries pipelined on one connection, mutations serially, each in its own
+//! transaction with the change-log row) and the JSON text PostgreSQL returns is written into
+//! the response without being parsed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use deadpool_postgres::Pool;
+use juniper::{
+    DefaultScalarValue, GraphQLError, InputValue, OperationType, ValidatedOperation, Value,
+};
+use tokio_postgres::types::ToSql;
+
+use crate::schema::{MutationField, NamedKind, TypeRef};
+use crate::sql::mutation::{CHANGE_LOG_SQL, FnSignature, SIGNATURE_SQL, build_call, split_name};
+use crate::sql::select::build_query;
+use crate::sql::{SqlError, Statement};
+
+use super::plan::{PlanCtx, PlanKind, RootPlan};
+use super::response::{GqlError, PathSeg, errors_only, repair, write_errors};
+use super::{Engine, GraphqlError};
+
+/// A GraphQL request (from JSON or from GET parameters).
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub query: String,
+    pub operation_name: Option<String>,
+    pub variables: Option<serde_json::Value>,
+}
+
+/// How a request ended, for the HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Execution happened; the body has `data` (maybe with errors).
+    Executed,
+    /// The request failed before execution (parse, validation, variables, limits).
+    RequestError,
+    /// A mutation was sent where only queries are allowed (GET).
+    MutationNotAllowed,
+}
+
+/// The response body and how it ended.
+#[derive(Debug, Clone)]
+pub struct Executed {
+    pub body: String,
+    pub outcome: Outcome,
+    /// Operation type label (`query`, `mutation`, `invalid`).
+    pub op_type: &'static str,
+    /// Number of errors in the body.
+    pub error_count: usize,
+}
+
+/// Result of one root field.
+enum RootResult {
+    Raw(String),
+    Null,
+}
+
+struct Planned {
+    op_type: OperationType,
+    data: Value<DefaultScalarValue>,
+    errors: Vec<GqlError>,
+    plans: Vec<RootPlan>,
+}
+
+fn parse_error_message(e: &GraphQLError) -> Vec<GqlError> {
+    match e {
+        GraphQLError::ParseError(sp) => {
+            let msg = match &sp.item {
+                juniper::ParseError::DepthLimitExceeded(n) => {
+                    format!("the document is nested too deeply (syntax depth limit {n})")
+                }
+                juniper::ParseError::TokenLimitExceeded(n) => {
+                    format!("the document has more than {n} tokens")
+                }
+                juniper::ParseError::FieldLimitExceeded(n) => {
+                    format!("the operation has more than {n} fields (fragments expanded)")
+                }
+                other => format!("Syntax error: {other}"),
+            };
+            let code = if matches!(
+                sp.item,
+                juniper::ParseError::DepthLimitExceeded(_)
+                    | juniper::ParseError::TokenLimitExceeded(_)
+                    | juniper::ParseError::FieldLimitExceeded(_)
+            ) {
+                "LIMIT_EXCEEDED"
+            } else {
+                "GRAPHQL_PARSE_FAILED"
+            };
+            vec![GqlError::new(msg, code).at(sp.span.start.line() + 1, sp.span.start.column() + 1)]
+        }
+        GraphQLError::ValidationError(errs) => errs
+            .iter()
+            .map(|r| {
+                let mut e = GqlError::new(r.message(), "GRAPHQL_VALIDATION_FAILED");
+                for l in r.locations() {
+                    e = e.at(l.line() + 1, l.column() + 1);
+                }
+                e
+            })
+            .collect(),
+        GraphQLError::NoOperationProvided => vec![GqlError::new(
+            "the document contains no operation",
+            "GRAPHQL_VALIDATION_FAILED",
+        )],
+        GraphQLError::MultipleOperationsProvided => vec![GqlError::new(
+            "the document contains several operations: give operationName",
+            "OPERATION_NAME_REQUIRED",
+        )],
+        GraphQLError::UnknownOperationName => vec![GqlError::new(
+            "operationName matches no operation of the document",
+            "OPERATION_NOT_FOUND",
+        )],
+        GraphQLError::IsSubscription | GraphQLError::NotSubscription => vec![GqlError::new(
+            "subscriptions are not supported over this endpoint",
+            "OPERATION_NOT_SUPPORTED",
+        )],
+        GraphQLError::NotSupported(t) => vec![GqlError::new(
+            format!(
+                "this schema has no {}",
+                match t {
+                    OperationType::Query => "queries",
+                    OperationType::Mutation => "mutations",
+                    OperationType::Subscription => "subscriptions",
+                }
+            ),
+            "OPERATION_NOT_SUPPORTED",
+        )],
+    }
+}
+
+fn sql_error(e: &SqlError, plan: &RootPlan) -> GqlError {
+    GqlError::new(e.to_string(), e.code())
+        .at(plan.location.0, plan.location.1)
+        .with_path(vec![PathSeg::Key(plan.key.clone())])
+}
+
+fn internal(plan: &RootPlan, what: &str) -> GqlError {
+    GqlError::new(
+        format!("{what}; the server log has details"),
+        "INTERNAL_SERVER_ERROR",
+    )
+    .at(plan.location.0, plan.location.1)
+    .with_path(vec![PathSeg::Key(plan.key.clone())])
+}
+
+fn extension_code(v: &Value<DefaultScalarValue>) -> Option<String> {
+    v.as_object_value()?
+        .get_field_value("code")?
+        .as_scalar()
+        .and_then(|s| match s {
+            DefaultScalarValue::String(s) => Some(s.clone()),
+            _ => None,
+        })
+}
+
+impl Engine {
+    fn request_error(&self, errors: Vec<GqlError>) -> Executed {
+        self.count_errors(&errors);
+        Executed {
+            body: errors_only(&errors),
+            outcome: Outcome::RequestError,
+            op_type: "invalid",
+            error_count: errors.len(),
+        }
+    }
+
+    fn count_errors(&self, errors: &[GqlError]) {
+        if let Some(m) = &self.metrics {
+            for e in errors {
+                m.errors_total.with_label_values(&[e.code.as_str()]).inc();
+            }
+        }
+    }
+
+    fn plan(&self, req: &Request, allow_mutation: bool) -> Result<Planned, Executed> {
+        if req.query.len() > self.limits.max_query_bytes {
+            return Err(self.request_error(vec![GqlError::new(
+                format!(
+                    "the query is {} bytes, more than the limit of {}",
+                    req.query.len(),
+                    self.limits.max_query_bytes
+                ),
+                "LIMIT_EXCEEDED",
+            )]));
+        }
+        if req.query.trim().is_empty() {
+            return Err(self.request_error(vec![GqlError::new(
+                "the query is empty",
+                "GRAPHQL_PARSE_FAILED",
+            )]));
+        }
+        let op = ValidatedOperation::new(&req.query, req.operation_name.as_deref(), &self.root)
+            .map_err(|e| self.request_error(parse_error_message(&e)))?;
+        let op_type = op.operation_type();
+        if op_type == OperationType::Mutation && !allow_mutation {
+            let errors = vec![GqlError::new(
+                "mutations are only accepted with POST",
+                "METHOD_NOT_ALLOWED",
+            )];
+            self.count_errors(&errors);
+            return Err(Executed {
+                body: errors_only(&errors),
+                outcome: Outcome::MutationNotAllowed,
+                op_type: "mutation",
+                error_count: 1,
+            });
+        }
+        let variables: juniper::Variables<DefaultScalarValue> = match &req.variables {
+            None | Some(serde_json::Value::Null) => juniper::Variables::new(),
+            Some(serde_json::Value::Object(map)) => {
+                let mut vars = juniper::Variables::new();
+                for (k, v) in map {
+                    let iv: InputValue<DefaultScalarValue> = serde_json::from_value(v.clone())
+                        .map_err(|_| {
+                            self.request_error(vec![GqlError::new(
+                                format!("variable `${k}` is not a valid value"),
+                                "BAD_USER_INPUT",
+                            )])
+                        })?;
+                    vars.insert(k.clone(), iv);
+                }
+                vars
+            }
+            Some(_) => {
+                return Err(self.request_error(vec![GqlError::new(
+                    "`variables` must be an object",
+                    "BAD_REQUEST",
+                )]));
+            }
+        };
+        let ctx = PlanCtx::new(Arc::clone(&self.schema), self.limits);
+        let (data, errors) = op.execute_sync(&variables, &ctx).map_err(|e| {
+            let mut errs = parse_error_message(&e);
+            for err in &mut errs {
+                if err.code == "GRAPHQL_VALIDATION_FAILED" {
+                    err.code = "BAD_USER_INPUT".into();
+                }
+            }
+            self.request_error(errs)
+        })?;
+        if let Some(msg) = ctx
+            .limit_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            return Err(self.request_error(vec![GqlError::new(msg, "LIMIT_EXCEEDED")]));
+        }
+        let errors = errors
+            .iter()
+            .map(|e| {
+                let mut g = GqlError::new(
+                    e.error().message(),
+                    &extension_code(e.error().extensions())
+                        .unwrap_or_else(|| "INTERNAL_SERVER_ERROR".into()),
+                )
+                .at(e.location().line() + 1, e.location().column() + 1);
+                g.path = e.path().iter().map(|p| PathSeg::Key(p.clone())).collect();
+                g
+            })
+            .collect();
+        let plans = std::mem::take(&mut *ctx.plans.lock().unwrap_or_else(|p| p.into_inner()));
+        Ok(Planned {
+            op_type,
+            data,
+            errors,
+            plans,
+        })
+    }
+
+    /// The SQL statements a query operation would run, by response key, without running
+    /// them (for `EXPLAIN`, benchmarks against `pgbench`, and debugging). Errors are the
+    /// response body a request would get.
+    pub fn explain(&self, req: &Request) -> Result<Vec<(String, Statement)>, String> {
+        let planned = self.plan_guarded(req, false).map_err(|e| e.body)?;
+        let limits = self.read_limits();
+        planned
+            .plans
+            .iter()
+            .map(|plan| {
+                let q = self
+                    .schema
+                    .query(&plan.field)
+                    .ok_or_else(|| format!("unknown query {}", plan.field))?;
+                build_query(&self.schema, q, &plan.args, &plan.selection, &limits)
+                    .map(|s| (plan.key.clone(), s))
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+
+    /// [`Engine::plan`], with a panic inside juniper turned into an error response.
+    fn plan_guarded(&self, req: &Request, allow_mutation: bool) -> Result<Planned, Executed> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.plan(req, allow_mutation)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!(target: "fraiseql::graphql", query = %req.query, "planning panicked");
+            Err(self.request_error(vec![GqlError::new(
+                "the request could not be processed; the server log has details",
+                "INTERNAL_SERVER_ERROR",
+            )]))
+        })
+    }
+
+    /// Executes a request. `allow_mutation` is false for GET.
+    pub async fn execute(&self, pool: &Pool, req: &Request, allow_mutation: bool) -> Executed {
+        let started = Instant::now();
+        let op_name = metric_name(req.operation_name.as_deref());
+        let planned = match self.plan_guarded(req, allow_mutation) {
+            Ok(p) => p,
+            Err(done) => {
+                self.observe(done.op_type, &op_name, "error", started);
+                return done;
+            }
+        };
+        let op_type = match planned.op_type {
+            OperationType::Mutation => "mutation",
+            _ => "query",
+        };
+        let Planned {
+            data,
+            mut errors,
+            plans,
+            ..
+        } = planned;
+        let mut results: HashMap<String, RootResult> = HashMap::new();
+        let mut data_null = data.is_null();
+        if !data_null && !plans.is_empty() {
+            let outcome = match op_type {
+                "mutation" => self.run_mutations(pool, &plans).await,
+                _ => self.run_queries(pool, &plans).await,
+            };
+            for (plan, res) in plans.iter().zip(outcome) {
+                let (nullable, ty) = self.root_type(plan);
+                match res {
+                    Ok(Some(raw)) => {
+                        let parent = if plan.kind == PlanKind::Mutation {
+                            "Mutation"
+                        } else {
+                            "Query"
+                        };
+                        if let Some(fixed) = repair(&raw, &plan.key, parent, &ty, &plan.selection) {
+                            errors.extend(fixed.errors);
+                            if fixed.propagate {
+                                data_null = true;
+                            }
+                            results.insert(plan.key.clone(), RootResult::Raw(fixed.text));
+                        } else {
+                            results.insert(plan.key.clone(), RootResult::Raw(raw));
+                        }
+                    }
+                    Ok(None) => {
+                        if !nullable {
+                            errors.push(
+                                GqlError::new(
+                                    format!(
+                                        "Cannot return null for non-nullable field {}.",
+                                        plan.field
+                                    ),
+                                    if plan.kind == PlanKind::Mutation {
+                                        "INTERNAL_SERVER_ERROR"
+                                    } else {
+                                        "NOT_FOUND"
+                                    },
+                                )
+                                .at(plan.location.0, plan.location.1)
+                                .with_path(vec![PathSeg::Key(plan.key.clone())]),
+                            );
+                            data_null = true;
+                        }
+                        results.insert(plan.key.clone(), RootResult::Null);
+                    }
+                    Err(e) => {
+                        errors.push(e);
+                        if !nullable {
+                            data_null = true;
+                        }
+                        results.insert(plan.key.clone(), RootResult::Null);
+                    }
+                }
+            }
+        }
+        let mut body = String::with_capacity(
+            64 + results
+                .values()
+                .map(|r| match r {
+                    RootResult::Raw(s) => s.len() + 8,
+                    RootResult::Null => 8,
+                })
+                .sum::<usize>(),
+        );
+        body.push('{');
+        if !errors.is_empty() {
+            write_errors(&mut body, &errors);
+            body.push(',');
+        }
+        body.push_str("\"data\":");
+        match (&data, data_null) {
+            (Value::Object(obj), false) => {
+                body.push('{');
+                for (i, (k, v)) in obj.iter().enumerate() {
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    body.push_str(&serde_json::to_string(k).unwrap_or_default());
+                    body.push(':');
+                    match results.get(k.as_str()) {
+                        Some(RootResult::Raw(raw)) => body.push_str(raw),
+                        Some(RootResult::Null) => body.push_str("null"),
+                        None => body
+                            .push_str(&serde_json::to_string(v).unwrap_or_else(|_| "null".into())),
+                    }
+                }
+                body.push('}');
+            }
+            _ => body.push_str("null"),
+        }
+        body.push('}');
+        self.count_errors(&errors);
+        let outcome = if errors.is_empty() {
+            "ok"
+        } else if data_null {
+            "error"
+        } else {
+            "partial"
+        };
+        self.observe(op_type, &op_name, outcome, started);
+        Executed {
+            body,
+            outcome: Outcome::Executed,
+            op_type,
+            error_count: errors.len(),
+        }
+    }
+
+    fn observe(&self, op_type: &str, name: &str, outcome: &str, started: Instant) {
+        if let Some(m) = &self.metrics {
+            m.operations_total
+                .with_label_values(&[op_type, name, outcome])
+                .inc();
+            m.request_duration_seconds
+                .with_label_values(&[op_type])
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    fn observe_sql(&self, op_type: &str, started: Instant) {
+        if let Some(m) = &self.metrics {
+            m.sql_duration_seconds
+                .with_label_values(&[op_type])
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    fn root_type(&self, plan: &RootPlan) -> (bool, TypeRef) {
+        let (nullable, list, name) = match plan.kind {
+            PlanKind::Query => self
+                .schema
+                .query(&plan.field)
+                .map(|q| (q.nullable, q.returns_list, q.return_type.clone())),
+            PlanKind::Mutation => self
+                .schema
+                .mutation(&plan.field)
+                .map(|m| (m.nullable, m.returns_list, m.return_type.clone())),
+        }
+        .unwrap_or((true, false, String::new()));
+        (
+            nullable,
+            TypeRef {
+                name,
+                kind: NamedKind::Object,
+                nullable,
+                list,
+                item_nullable: false,
+            },
+        )
+    }
+
+    async fn run_queries(
+        &self,
+        pool: &Pool,
+        plans: &[RootPlan],
+    ) -> Vec<Result<Option<String>, GqlError>> {
+        let limits = self.read_limits();
+        let mut statements: Vec<Result<(Statement, bool), GqlError>> = Vec::new();
+        for plan in plans {
+            let Some(q) = self.schema.query(&plan.field) else {
+                statements.push(Err(internal(plan, "unknown query")));
+                continue;
+            };
+            statements.push(
+                build_query(&self.schema, q, &plan.args, &plan.selection, &limits)
+                    .map(|s| (s, q.returns_list))
+                    .map_err(|e| sql_error(&e, plan)),
+            );
+        }
+        if statements.iter().all(|s| s.is_err()) {
+            return statements.into_iter().map(|s| s.map(|_| None)).collect();
+        }
+        let started = Instant::now();
+        let client = match pool.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(target: "fraiseql::graphql", error = %e, "no database connection");
+                return plans
+                    .iter()
+                    .map(|p| {
+                        Err(
+                            GqlError::new("the database is unavailable", "SERVICE_UNAVAILABLE")
+                                .at(p.location.0, p.location.1)
+                                .with_path(vec![PathSeg::Key(p.key.clone())]),
+                        )
+                    })
+                    .collect();
+            }
+        };
+        if client.statement_cache.size() >= self.limits.max_cached_statements {
+            client.statement_cache.clear();
+        }
+        let client = &client;
+        let futures = statements.into_iter().zip(plans).map(|(st, plan)| async move {
+            let (stmt, _list) = st?;
+            let run = async {
+                let prepared = client.prepare_cached(&stmt.sql).await?;
+                let params: Vec<&(dyn ToSql + Sync)> =
+                    stmt.params.iter().map(|p| p.as_sql()).collect();
+                let row = client.query_opt(&prepared, &params).await?;
+                Ok::<_, tokio_postgres::Error>(row.and_then(|r| r.get::<_, Option<String>>(0)))
+            };
+            run.await.map_err(|e| {
+                tracing::error!(target: "fraiseql::graphql", field = %plan.field, error = %e, sql = %stmt.sql, "query failed");
+                internal(plan, "the query failed")
+            })
+        });
+        let out = juniper::futures::future::join_all(futures).await;
+        self.observe_sql("query", started);
+        out
+    }
+
+    async fn signature(
+        &self,
+        client: &deadpool_postgres::Client,
+        function: &str,
+    ) -> Result<Arc<FnSignature>, GraphqlError> {
+        if let Some(s) = self
+            .signatures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(function)
+        {
+            return Ok(Arc::clone(s));
+        }
+        let (schema, name) = split_name(function);
+        let rows = client.query(SIGNATURE_SQL, &[&schema, &name]).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| GraphqlError::MissingFunction(function.to_owned()))?;
+        let names: Vec<String> = row.get(0);
+        let types: Vec<String> = row.get(1);
+        let sig = Arc::new(FnSignature {
+            params: names.into_iter().zip(types).collect(),
+        });
+        self.signatures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(function.to_owned(), Arc::clone(&sig));
+        Ok(sig)
+    }
+
+    async fn run_mutations(
+        &self,
+        pool: &Pool,
+        plans: &[RootPlan],
+    ) -> Vec<Result<Option<String>, GqlError>> {
+        let mut client = match pool.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(target: "fraiseql::graphql", error = %e, "no database connection");
+                return plans
+                    .iter()
+                    .map(|p| {
+                        Err(
+                            GqlError::new("the database is unavailable", "SERVICE_UNAVAILABLE")
+                                .at(p.location.0, p.location.1)
+                                .with_path(vec![PathSeg::Key(p.key.clone())]),
+                        )
+                    })
+                    .collect();
+            }
+        };
+        if client.statement_cache.size() >= self.limits.max_cached_statements {
+            client.statement_cache.clear();
+        }
+        let mut out = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let Some(m) = self.schema.mutation(&plan.field) else {
+                out.push(Err(internal(plan, "unknown mutation")));
+                continue;
+            };
+            let started = Instant::now();
+            let r = self.run_mutation(&mut client, m, plan).await;
+            self.observe_sql("mutation", started);
+            out.push(r);
+        }
+        out
+    }
+
+    async fn run_mutation(
+        &self,
+        client: &mut deadpool_postgres::Client,
+        m: &MutationField,
+        plan: &RootPlan,
+    ) -> Result<Option<String>, GqlError> {
+        let sig = self.signature(client, &m.function).await.map_err(|e| {
+            tracing::error!(target: "fraiseql::graphql", mutation = %m.name, error = %e, "function lookup failed");
+            internal(plan, "the mutation is not available")
+        })?;
+        let stmt = build_call(&self.schema, m, &sig, &plan.args, Some(&plan.selection))
+            .map_err(|e| sql_error(&e, plan))?;
+        let fail = |e: tokio_postgres::Error| {
+            tracing::error!(target: "fraiseql::graphql", mutation = %m.name, error = %e, sql = %stmt.sql, "mutation failed");
+            internal(plan, "the mutation failed")
+        };
+        let tx = client.transaction().await.map_err(fail)?;
+        tx.batch_execute("SET LOCAL fraiseql.skip_tracking = 'on'")
+            .await
+            .map_err(fail)?;
+        let prepared = tx.prepare_cached(&stmt.sql).await.map_err(fail)?;
+        let params: Vec<&(dyn ToSql + Sync)> = stmt.params.iter().map(|p| p.as_sql()).collect();
+        let row = tx.query_opt(&prepared, &params).await.map_err(fail)?;
+        let Some(row) = row else {
+            let _ = tx.rollback().await;
+            return Err(internal(plan, "the mutation function returned no row"));
+        };
+        let succeeded: Option<bool> = row.try_get(0).map_err(fail)?;
+        if succeeded != Some(true) {
+            let _ = tx.rollback().await;
+            let class: Option<String> = row.try_get(2).map_err(fail)?;
+            let message: Option<String> = row.try_get(3).map_err(fail)?;
+            return Err(GqlError::new(
+                message.unwrap_or_else(|| format!("{} failed", m.name)),
+                class
+                    .as_deref()
+                    .filter(|c| !c.is_empty())
+                    .unwrap_or("MUTATION_FAILED"),
+            )
+            .at(plan.location.0, plan.location.1)
+            .with_path(vec![PathSeg::Key(plan.key.clone())]));
+        }
+        let state_changed: Option<bool> = row.try_get(1).map_err(fail)?;
+        if state_changed == Some(true) {
+            let entity_id: Option<uuid::Uuid> = row.try_get(4).map_err(fail)?;
+            let entity_type: Option<String> = row.try_get(5).map_err(fail)?;
+            let entity: Option<serde_json::Value> = row.try_get(6).map_err(fail)?;
+            let updated: Option<Vec<String>> = row.try_get(7).map_err(fail)?;
+            let entity_name = entity_type
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| m.return_type.clone());
+            let op = m.operation.change_op();
+            let log = tx.prepare_cached(CHANGE_LOG_SQL).await.map_err(fail)?;
+            tx.execute(&log, &[&entity_name, &entity_id, &op, &entity, &updated])
+                .await
+                .map_err(fail)?;
+        }
+        let json: Option<String> = row.try_get(8).map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
+        Ok(json)
+    }
+}
+
+/// A bounded label for an operation name.
+/// Distinct operation names kept as metric labels; later names are counted as "other".
+/// Clients choose operation names, so without a bound they could create unbounded series.
+const MAX_METRIC_NAMES: usize = 200;
+
+fn metric_name(name: Option<&str>) -> String {
+    static SEEN: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::LazyLock::new(Default::default);
+    match name {
+        None => "anonymous".into(),
+        Some(n)
+            if !n.is_empty()
+                && n.len() <= 64
+                && n.chars().all(|c| c == '_' || c.is_ascii_alphanumeric()) =>
+        {
+            let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.contains(n) {
+                n.to_owned()
+            } else if seen.len() < MAX_METRIC_NAMES {
+                seen.insert(n.to_owned());
+                n.to_owned()
+            } else {
+                "other".into()
+            }
+        }
+        Some(_) => "invalid".into(),
+    }
+}

@@ -1,0 +1,323 @@
+//! GraphQL over HTTP (the GraphQL-over-HTTP specification): `POST` with
+//! `application/json`, `GET` with query parameters (queries only), `operationName`,
+//! `variables`; `application/graphql-response+json` (spec status codes) or
+//! `application/json` (200 with errors); 4xx for malformed requests; gzip when accepted.
+
+use std::io::Write as _;
+
+use bytes::Bytes;
+use deadpool_postgres::Pool;
+use http::header::{ACCEPT, ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYPE, VARY};
+use http::{HeaderValue, Method, Request as HttpRequest, Response, StatusCode};
+
+use super::Engine;
+use super::execute::{Outcome, Request};
+use super::response::{GqlError, errors_only};
+
+const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
+const JSON: &str = "application/json";
+
+/// Which media type the response uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MediaType {
+    GraphqlResponse,
+    Json,
+}
+
+impl MediaType {
+    fn header(self) -> HeaderValue {
+        match self {
+            MediaType::GraphqlResponse => {
+                HeaderValue::from_static("application/graphql-response+json; charset=utf-8")
+            }
+            MediaType::Json => HeaderValue::from_static("application/json; charset=utf-8"),
+        }
+    }
+}
+
+fn negotiate(accept: Option<&str>) -> Option<MediaType> {
+    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
+        return Some(MediaType::Json);
+    };
+    let mut json = false;
+    for part in accept.split(',') {
+        let mut it = part.split(';');
+        let media = it.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q_zero = it.any(|p| {
+            let p = p.trim();
+            p == "q=0" || p == "q=0.0" || p == "q=0.00" || p == "q=0.000"
+        });
+        if q_zero {
+            continue;
+        }
+        match media.as_str() {
+            GRAPHQL_RESPONSE => return Some(MediaType::GraphqlResponse),
+            JSON | "application/*" | "*/*" => json = true,
+            _ => {}
+        }
+    }
+    json.then_some(MediaType::Json)
+}
+
+fn respond(
+    status: StatusCode,
+    media: MediaType,
+    body: String,
+    gzip_ok: bool,
+    min: usize,
+) -> Response<Bytes> {
+    let mut builder = Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, media.header())
+        .header(VARY, "Accept, Accept-Encoding");
+    let body = if gzip_ok && body.len() >= min {
+        let mut enc = flate2::write::GzEncoder::new(
+            Vec::with_capacity(body.len() / 4 + 64),
+            flate2::Compression::fast(),
+        );
+        match enc.write_all(body.as_bytes()).and_then(|_| enc.finish()) {
+            Ok(z) => {
+                builder = builder.header(CONTENT_ENCODING, "gzip");
+                Bytes::from(z)
+            }
+            Err(_) => Bytes::from(body),
+        }
+    } else {
+        Bytes::from(body)
+    };
+    builder
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Bytes::new()))
+}
+
+fn request_failure(
+    engine: &Engine,
+    status: StatusCode,
+    media: MediaType,
+    message: &str,
+    code: &str,
+) -> Response<Bytes> {
+    if let Some(m) = &engine.metrics {
+        m.errors_total.with_label_values(&[code]).inc();
+        m.operations_total
+            .with_label_values(&["invalid", "anonymous", "error"])
+            .inc();
+    }
+    let mut r = respond(
+        status,
+        media,
+        errors_only(&[GqlError::new(message, code)]),
+        false,
+        usize::MAX,
+    );
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, POST"));
+    }
+    r
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let h = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(h, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Parses a request body or GET parameters into a [`Request`]; errors are messages for a 400.
+fn from_json(body: &[u8]) -> Result<Request, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "the body is not valid UTF-8".to_owned())?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("the body is not valid JSON ({e})"))?;
+    let serde_json::Value::Object(mut map) = value else {
+        return Err("the body must be a JSON object".into());
+    };
+    let query = match map.remove("query") {
+        Some(serde_json::Value::String(q)) => q,
+        Some(_) => return Err("`query` must be a string".into()),
+        None => return Err("`query` is missing".into()),
+    };
+    let operation_name = match map.remove("operationName") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(_) => return Err("`operationName` must be a string".into()),
+    };
+    let variables = match map.remove("variables") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v @ serde_json::Value::Object(_)) => Some(v),
+        Some(_) => return Err("`variables` must be an object".into()),
+    };
+    match map.remove("extensions") {
+        None | Some(serde_json::Value::Null) | Some(serde_json::Value::Object(_)) => {}
+        Some(_) => return Err("`extensions` must be an object".into()),
+    }
+    Ok(Request {
+        query,
+        operation_name,
+        variables,
+    })
+}
+
+fn from_query_string(qs: &str) -> Result<Request, String> {
+    let mut req = Request::default();
+    let mut have_query = false;
+    for pair in qs.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(k).ok_or("a query parameter is not valid percent-encoded UTF-8")?;
+        let v = percent_decode(v).ok_or("a query parameter is not valid percent-encoded UTF-8")?;
+        match k.as_str() {
+            "query" => {
+                req.query = v;
+                have_query = true;
+            }
+            "operationName" if !v.is_empty() => req.operation_name = Some(v),
+            "variables" if !v.is_empty() => {
+                let parsed: serde_json::Value = serde_json::from_str(&v)
+                    .map_err(|_| "`variables` is not valid JSON".to_owned())?;
+                match parsed {
+                    serde_json::Value::Object(_) => req.variables = Some(parsed),
+                    serde_json::Value::Null => {}
+                    _ => return Err("`variables` must be a JSON object".into()),
+                }
+            }
+            _ => {}
+        }
+    }
+    if !have_query {
+        return Err("the `query` parameter is missing".into());
+    }
+    Ok(req)
+}
+
+/// Answers one request to the GraphQL endpoint.
+pub async fn handle(engine: &Engine, pool: &Pool, req: HttpRequest<Bytes>) -> Response<Bytes> {
+    let headers = req.headers();
+    let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
+    let gzip_ok = headers
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| {
+            let mut it = e.split(';');
+            let name = it.next().unwrap_or("").trim();
+            (name.eq_ignore_ascii_case("gzip") || name == "*")
+                && !it.any(|p| p.trim().starts_with("q=0") && !p.trim().starts_with("q=0."))
+        });
+    let Some(media) = negotiate(accept) else {
+        return request_failure(
+            engine,
+            StatusCode::NOT_ACCEPTABLE,
+            MediaType::Json,
+            "the Accept header allows neither application/graphql-response+json nor application/json",
+            "NOT_ACCEPTABLE",
+        );
+    };
+    let limits = engine.limits;
+    if req.body().len() > limits.max_body_bytes {
+        return request_failure(
+            engine,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            media,
+            &format!(
+                "the body is larger than the limit of {} bytes",
+                limits.max_body_bytes
+            ),
+            "PAYLOAD_TOO_LARGE",
+        );
+    }
+    let (parsed, allow_mutation) = match *req.method() {
+        Method::POST => {
+            let ct = req
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| {
+                    v.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_ascii_lowercase()
+                });
+            match ct.as_deref() {
+                Some(JSON) | Some(GRAPHQL_RESPONSE) => {}
+                Some(_) | None => {
+                    return request_failure(
+                        engine,
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        media,
+                        "POST requests must have Content-Type: application/json",
+                        "UNSUPPORTED_MEDIA_TYPE",
+                    );
+                }
+            }
+            (from_json(req.body()), true)
+        }
+        Method::GET => (from_query_string(req.uri().query().unwrap_or("")), false),
+        _ => {
+            return request_failure(
+                engine,
+                StatusCode::METHOD_NOT_ALLOWED,
+                media,
+                "use GET or POST",
+                "METHOD_NOT_ALLOWED",
+            );
+        }
+    };
+    let gql = match parsed {
+        Ok(r) => r,
+        Err(msg) => {
+            return request_failure(engine, StatusCode::BAD_REQUEST, media, &msg, "BAD_REQUEST");
+        }
+    };
+    let done = engine.execute(pool, &gql, allow_mutation).await;
+    let status = match (done.outcome, media) {
+        (Outcome::MutationNotAllowed, _) => StatusCode::METHOD_NOT_ALLOWED,
+        (Outcome::RequestError, MediaType::GraphqlResponse) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::OK,
+    };
+    let mut resp = respond(status, media, done.body, gzip_ok, limits.gzip_min_bytes);
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_negotiation() {
+        assert_eq!(negotiate(None), Some(MediaType::Json));
+        assert_eq!(
+            negotiate(Some(
+                "application/graphql-response+json, application/json;q=0.9"
+            )),
+            Some(MediaType::GraphqlResponse)
+        );
+        assert_eq!(negotiate(Some("*/*")), Some(MediaType::Json));
+        assert_eq!(negotiate(Some("text/html")), None);
+    }
+
+    #[test]
+    fn percent() {
+        assert_eq!(percent_decode("a%20b+c").as_deref(), Some("a b c"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+}

@@ -1,0 +1,313 @@
+//! Planning: each root field that juniper dispatches is turned into an owned plan (its
+//! arguments with variables and defaults applied, and the look-ahead selection merged by
+//! response key and checked against the limits). No database work happens here; juniper
+//! gets a placeholder value and the SQL runs after juniper returns.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use juniper::{
+    Arguments, DefaultScalarValue, ExecutionResult, Executor, FieldError, InputValue,
+    LookAheadChildren, LookAheadSelection, Object, Value,
+};
+
+use crate::schema::{CompiledSchema, NamedKind, ObjectType};
+use crate::sql::ArgValue;
+use crate::sql::select::{SelItem, Selection};
+
+use super::Limits;
+use super::types::Info;
+
+/// Root field kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanKind {
+    Query,
+    Mutation,
+}
+
+/// One planned root field.
+#[derive(Debug, Clone)]
+pub struct RootPlan {
+    /// Response key (alias or name).
+    pub key: String,
+    /// The schema field name.
+    pub field: String,
+    pub kind: PlanKind,
+    pub args: Vec<(String, ArgValue)>,
+    pub selection: Selection,
+    /// 1-based line and column of the field in the document.
+    pub location: (usize, usize),
+}
+
+/// Per-request context juniper hands to the root resolvers.
+pub struct PlanCtx {
+    pub schema: Arc<CompiledSchema>,
+    pub limits: Limits,
+    pub plans: Mutex<Vec<RootPlan>>,
+    /// A limit broken while planning: the whole request fails with this message.
+    pub limit_error: Mutex<Option<String>>,
+    aliases: Mutex<usize>,
+}
+
+impl PlanCtx {
+    pub fn new(schema: Arc<CompiledSchema>, limits: Limits) -> PlanCtx {
+        PlanCtx {
+            schema,
+            limits,
+            plans: Mutex::new(Vec::new()),
+            limit_error: Mutex::new(None),
+            aliases: Mutex::new(0),
+        }
+    }
+
+    fn fail_limit(&self, msg: String) {
+        let mut slot = self.limit_error.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(msg);
+        }
+    }
+
+    fn count_alias(&self) -> bool {
+        let mut n = self.aliases.lock().unwrap_or_else(|p| p.into_inner());
+        *n += 1;
+        if *n > self.limits.max_aliases {
+            self.fail_limit(format!(
+                "the operation uses more than {} aliases",
+                self.limits.max_aliases
+            ));
+            return false;
+        }
+        true
+    }
+}
+
+/// A field error with `extensions.code`.
+pub fn field_error(message: impl std::fmt::Display, code: &str) -> FieldError<DefaultScalarValue> {
+    let mut ext = Object::with_capacity(1);
+    ext.add_field("code", Value::scalar(code.to_owned()));
+    FieldError::new(message, Value::Object(ext))
+}
+
+/// juniper input value → [`ArgValue`].
+pub fn to_arg_value(v: &InputValue<DefaultScalarValue>) -> ArgValue {
+    match v {
+        InputValue::Null | InputValue::Variable(_) => ArgValue::Null,
+        InputValue::Scalar(s) => match s {
+            DefaultScalarValue::Int(i) => ArgValue::Int(i64::from(*i)),
+            DefaultScalarValue::Float(f) => ArgValue::Float(*f),
+            DefaultScalarValue::String(s) => ArgValue::String(s.clone()),
+            DefaultScalarValue::Boolean(b) => ArgValue::Boolean(*b),
+        },
+        InputValue::Enum(e) => ArgValue::Enum(e.clone()),
+        InputValue::List(items) => {
+            ArgValue::List(items.iter().map(|i| to_arg_value(&i.item)).collect())
+        }
+        InputValue::Object(fields) => ArgValue::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (k.item.clone(), to_arg_value(&v.item)))
+                .collect(),
+        ),
+    }
+}
+
+fn merge(into: &mut Selection, other: Selection) {
+    for item in other.items {
+        match into.items.iter_mut().find(|i| i.key() == item.key()) {
+            None => into.items.push(item),
+            Some(existing) => {
+                if let (SelItem::Field { sub: Some(a), .. }, SelItem::Field { sub: Some(b), .. }) =
+                    (existing, item)
+                {
+                    merge(a, b);
+                }
+            }
+        }
+    }
+}
+
+/// Builds the selection of an object from look-ahead children (fragments already flattened
+/// and `@skip`/`@include` applied by juniper), merging fields with the same response key.
+fn build_selection(
+    ctx: &PlanCtx,
+    object: &ObjectType,
+    children: &LookAheadChildren<'_, DefaultScalarValue>,
+    depth: usize,
+) -> Result<Selection, ()> {
+    if depth > ctx.limits.max_depth {
+        ctx.fail_limit(format!(
+            "the operation is nested deeper than {} levels",
+            ctx.limits.max_depth
+        ));
+        return Err(());
+    }
+    let mut sel = Selection {
+        type_name: object.name.clone(),
+        items: Vec::with_capacity(children.len()),
+    };
+    for child in children.iter() {
+        if let Some(t) = child.applies_for()
+            && t != object.name
+        {
+            continue;
+        }
+        let item = build_item(ctx, object, child, depth)?;
+        if let Some(item) = item {
+            merge(
+                &mut sel,
+                Selection {
+                    type_name: object.name.clone(),
+                    items: vec![item],
+                },
+            );
+        }
+    }
+    Ok(sel)
+}
+
+fn build_item(
+    ctx: &PlanCtx,
+    object: &ObjectType,
+    child: &LookAheadSelection<'_, DefaultScalarValue>,
+    depth: usize,
+) -> Result<Option<SelItem>, ()> {
+    if child.field_alias().is_some() && !ctx.count_alias() {
+        return Err(());
+    }
+    let key = child.field_name().to_owned();
+    let name = child.field_original_name();
+    if name == "__typename" {
+        return Ok(Some(SelItem::Typename { key }));
+    }
+    let Some(field) = object.field(name) else {
+        return Ok(None);
+    };
+    let sub = if field.ty.kind == NamedKind::Object {
+        let Some(sub_obj) = ctx.schema.object(&field.ty.name) else {
+            return Ok(None);
+        };
+        Some(build_selection(ctx, sub_obj, &child.children(), depth + 1)?)
+    } else {
+        None
+    };
+    Ok(Some(SelItem::Field {
+        key,
+        field: field.clone(),
+        sub,
+    }))
+}
+
+fn placeholder(nullable: bool, list: bool) -> Value<DefaultScalarValue> {
+    if nullable {
+        Value::null()
+    } else if list {
+        Value::list(Vec::new())
+    } else {
+        Value::Object(Object::with_capacity(0))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plan_root(
+    info: &Info,
+    field_name: &str,
+    arg_names: Vec<String>,
+    return_type: &str,
+    nullable: bool,
+    list: bool,
+    kind: PlanKind,
+    args: &Arguments<DefaultScalarValue>,
+    executor: &Executor<PlanCtx, DefaultScalarValue>,
+) -> ExecutionResult<DefaultScalarValue> {
+    let ctx = executor.context();
+    let schema = &info.schema;
+    let Some(object) = schema.object(return_type) else {
+        return Err(field_error("unknown return type", "INTERNAL_SERVER_ERROR"));
+    };
+    let look = executor.look_ahead();
+    if look.field_alias().is_some() && !ctx.count_alias() {
+        return Ok(placeholder(nullable, list));
+    }
+    let key = look.field_name().to_owned();
+    let Ok(selection) = build_selection(ctx, object, &look.children(), 1) else {
+        return Ok(placeholder(nullable, list));
+    };
+    let args: Vec<(String, ArgValue)> = arg_names
+        .into_iter()
+        .filter_map(|n| {
+            args.get_input_value(&n)
+                .map(|v| (n.clone(), to_arg_value(&v.item)))
+        })
+        .collect();
+    let loc = executor.location();
+    let mut plans = ctx.plans.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(existing) = plans.iter_mut().find(|p| p.key == key) {
+        merge(&mut existing.selection, selection);
+    } else {
+        if plans.len() >= ctx.limits.max_root_fields {
+            drop(plans);
+            ctx.fail_limit(format!(
+                "the operation selects more than {} root fields",
+                ctx.limits.max_root_fields
+            ));
+            return Ok(placeholder(nullable, list));
+        }
+        plans.push(RootPlan {
+            key,
+            field: field_name.to_owned(),
+            kind,
+            args,
+            selection,
+            location: (loc.line() + 1, loc.column() + 1),
+        });
+    }
+    Ok(placeholder(nullable, list))
+}
+
+/// Root query resolver.
+pub fn plan_query(
+    info: &Info,
+    field_name: &str,
+    args: &Arguments<DefaultScalarValue>,
+    executor: &Executor<PlanCtx, DefaultScalarValue>,
+) -> ExecutionResult<DefaultScalarValue> {
+    let Some(q) = info.schema.query(field_name) else {
+        return Err(field_error("unknown query", "GRAPHQL_VALIDATION_FAILED"));
+    };
+    let names = q.arguments.iter().map(|a| a.arg.name.clone()).collect();
+    plan_root(
+        info,
+        field_name,
+        names,
+        &q.return_type,
+        q.nullable,
+        q.returns_list,
+        PlanKind::Query,
+        args,
+        executor,
+    )
+}
+
+/// Root mutation resolver.
+pub fn plan_mutation(
+    info: &Info,
+    field_name: &str,
+    args: &Arguments<DefaultScalarValue>,
+    executor: &Executor<PlanCtx, DefaultScalarValue>,
+) -> ExecutionResult<DefaultScalarValue> {
+    let Some(m) = info.schema.mutation(field_name) else {
+        return Err(field_error("unknown mutation", "GRAPHQL_VALIDATION_FAILED"));
+    };
+    let names = m.arguments.iter().map(|a| a.name.clone()).collect();
+    plan_root(
+        info,
+        field_name,
+        names,
+        &m.return_type,
+        m.nullable,
+        m.returns_list,
+        PlanKind::Mutation,
+        args,
+        executor,
+    )
+}

@@ -1,0 +1,839 @@
+//! The compiler: authoring `schema.json` → [`CompiledSchema`]. It checks every name and type
+//! reference, maps GraphQL names to `data` keys (camelCase → snake_case), and generates the
+//! filter, `<Type>WhereInput` and `<Type>OrderBy` inputs and the automatic query arguments.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use super::authoring::*;
+use super::compiled::*;
+use super::{SchemaError, Warning, json_error};
+
+/// `createdAt` → `created_at`, `authorID` → `author_id`.
+pub fn to_snake_case(name: &str) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_ascii_uppercase() {
+            let prev = if i > 0 { Some(chars[i - 1]) } else { None };
+            let next = chars.get(i + 1).copied();
+            let boundary = match prev {
+                None | Some('_') => false,
+                Some(p) if p.is_ascii_lowercase() || p.is_ascii_digit() => true,
+                Some(p) if p.is_ascii_uppercase() => next.is_some_and(|n| n.is_ascii_lowercase()),
+                _ => false,
+            };
+            if boundary {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn valid_graphql_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    match chars.next() {
+        Some(c) if c == '_' || c.is_ascii_alphabetic() => {}
+        _ => return false,
+    }
+    !name.starts_with("__") && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+/// Names the runtime defines itself.
+const RESERVED: &[&str] = &["Query", "Mutation", "Subscription", "OrderDirection"];
+
+struct Ctx<'a> {
+    file: &'a str,
+    warnings: Vec<Warning>,
+}
+
+impl Ctx<'_> {
+    fn err(&self, context: impl Into<String>, message: impl Into<String>) -> SchemaError {
+        SchemaError::Invalid {
+            file: self.file.to_owned(),
+            context: context.into(),
+            message: message.into(),
+        }
+    }
+    fn warn(&mut self, context: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(Warning {
+            file: self.file.to_owned(),
+            context: context.into(),
+            message: message.into(),
+        });
+    }
+    fn extra(&mut self, context: &str, extra: &Extra) {
+        for key in extra.keys() {
+            self.warn(
+                context.to_owned(),
+                format!("unknown key `{key}` ignored (written by a newer SDK?)"),
+            );
+        }
+    }
+    fn name(&self, context: &str, name: &Option<String>) -> Result<String, SchemaError> {
+        let name = name
+            .as_deref()
+            .ok_or_else(|| self.err(context, "missing required key `name`"))?;
+        if !valid_graphql_name(name) {
+            return Err(self.err(
+                context,
+                format!("`{name}` is not a valid GraphQL name (letters, digits and _; not starting with a digit or __)"),
+            ));
+        }
+        Ok(name.to_owned())
+    }
+}
+
+/// A parsed type string: `[Post!]` → list of non-null Post.
+struct ParsedType {
+    name: String,
+    bang: bool,
+    list: bool,
+    item_nullable: bool,
+}
+
+fn parse_type_string(s: &str) -> Option<ParsedType> {
+    let s = s.trim();
+    let (s, bang) = match s.strip_suffix('!') {
+        Some(rest) => (rest.trim(), true),
+        None => (s, false),
+    };
+    if let Some(inner) = s.strip_prefix('[') {
+        let inner = inner.strip_suffix(']')?.trim();
+        let (inner, item_bang) = match inner.strip_suffix('!') {
+            Some(rest) => (rest.trim(), true),
+            None => (inner, false),
+        };
+        if inner.is_empty() || inner.contains(['[', ']', '!']) {
+            return None;
+        }
+        Some(ParsedType {
+            name: inner.to_owned(),
+            bang,
+            list: true,
+            item_nullable: !item_bang,
+        })
+    } else {
+        if s.is_empty() || s.contains(['[', ']', '!']) {
+            return None;
+        }
+        Some(ParsedType {
+            name: s.to_owned(),
+            bang,
+            list: false,
+            item_nullable: false,
+        })
+    }
+}
+
+struct Names {
+    objects: HashSet<String>,
+    enums: HashSet<String>,
+    inputs: HashSet<String>,
+}
+
+impl Names {
+    fn kind(&self, name: &str, input: bool) -> Option<NamedKind> {
+        if let Some(s) = ScalarKind::from_name(name) {
+            return Some(NamedKind::Scalar(s));
+        }
+        if self.enums.contains(name) {
+            return Some(NamedKind::Enum);
+        }
+        if input {
+            self.inputs.contains(name).then_some(NamedKind::Input)
+        } else {
+            self.objects.contains(name).then_some(NamedKind::Object)
+        }
+    }
+}
+
+fn type_ref(
+    ctx: &Ctx<'_>,
+    names: &Names,
+    context: &str,
+    ty: Option<&str>,
+    nullable: Option<bool>,
+    input: bool,
+) -> Result<TypeRef, SchemaError> {
+    let ty = ty.ok_or_else(|| ctx.err(context, "missing required key `type`"))?;
+    let parsed = parse_type_string(ty)
+        .ok_or_else(|| ctx.err(context, format!("`{ty}` is not a GraphQL type")))?;
+    let kind = names.kind(&parsed.name, input).ok_or_else(|| {
+        ctx.err(
+            context,
+            format!(
+                "unknown {} type `{}`",
+                if input { "input" } else { "output" },
+                parsed.name
+            ),
+        )
+    })?;
+    let name = match kind {
+        NamedKind::Scalar(s) => s.name().to_owned(),
+        _ => parsed.name,
+    };
+    Ok(TypeRef {
+        name,
+        kind,
+        nullable: !parsed.bang && nullable.unwrap_or(true),
+        list: parsed.list,
+        item_nullable: parsed.item_nullable,
+    })
+}
+
+/// Compiles the text of an authoring `schema.json`; `file` names it in errors.
+pub fn compile_str(text: &str, file: &str) -> Result<(CompiledSchema, Vec<Warning>), SchemaError> {
+    let doc: AuthoringSchema = serde_json::from_str(text).map_err(|e| json_error(file, &e))?;
+    let mut ctx = Ctx {
+        file,
+        warnings: Vec::new(),
+    };
+    ctx.extra("top level", &doc.extra);
+    for (key, list) in [
+        ("interfaces", &doc.interfaces),
+        ("unions", &doc.unions),
+        ("subscriptions", &doc.subscriptions),
+    ] {
+        if !list.is_empty() {
+            ctx.warn(
+                key,
+                format!("{} {key} ignored: not supported yet", list.len()),
+            );
+        }
+    }
+    if let Some(conv) = &doc.naming_convention
+        && conv != "camelCase"
+        && conv != "snake_case"
+    {
+        ctx.warn(
+            "naming_convention",
+            format!("unknown naming convention `{conv}`; data keys are snake_case"),
+        );
+    }
+
+    // Names first, so that types can refer to each other in any order.
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut names = Names {
+        objects: HashSet::new(),
+        enums: HashSet::new(),
+        inputs: HashSet::new(),
+    };
+    let mut declare = |ctx: &Ctx<'_>, context: &str, name: &str| -> Result<(), SchemaError> {
+        if RESERVED.contains(&name) || ScalarKind::from_name(name).is_some() {
+            return Err(ctx.err(context, format!("the name `{name}` is reserved")));
+        }
+        if !seen.insert(name.to_owned()) {
+            return Err(ctx.err(context, format!("the type name `{name}` is defined twice")));
+        }
+        Ok(())
+    };
+    for (i, t) in doc.types.iter().enumerate() {
+        let context = format!("types[{i}]");
+        let name = ctx.name(&context, &t.name)?;
+        declare(&ctx, &format!("types[{name}]"), &name)?;
+        names.objects.insert(name);
+    }
+    for (i, t) in doc.enums.iter().enumerate() {
+        let name = ctx.name(&format!("enums[{i}]"), &t.name)?;
+        declare(&ctx, &format!("enums[{name}]"), &name)?;
+        names.enums.insert(name);
+    }
+    for (i, t) in doc.input_types.iter().enumerate() {
+        let name = ctx.name(&format!("input_types[{i}]"), &t.name)?;
+        declare(&ctx, &format!("input_types[{name}]"), &name)?;
+        names.inputs.insert(name);
+    }
+
+    // Enums.
+    let mut enums = Vec::new();
+    for e in &doc.enums {
+        let name = e.name.clone().unwrap_or_default();
+        let context = format!("enums[{name}]");
+        ctx.extra(&context, &e.extra);
+        let values = e
+            .values
+            .as_ref()
+            .ok_or_else(|| ctx.err(&context, "missing required key `values`"))?;
+        if values.is_empty() {
+            return Err(ctx.err(&context, "an enum needs at least one value"));
+        }
+        let mut out = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            let vctx = format!("{context}.values[{i}]");
+            ctx.extra(&vctx, &v.extra);
+            let vname = ctx.name(&vctx, &v.name)?;
+            if matches!(vname.as_str(), "true" | "false" | "null") {
+                return Err(ctx.err(&vctx, format!("`{vname}` cannot be an enum value")));
+            }
+            let stored = match &v.value {
+                None | Some(Value::Null) => vname.clone(),
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+            };
+            if out.iter().any(|x: &EnumValueDef| x.name == vname) {
+                return Err(ctx.err(&vctx, format!("value `{vname}` is defined twice")));
+            }
+            out.push(EnumValueDef {
+                name: vname,
+                value: stored,
+                description: v.description.clone(),
+            });
+        }
+        enums.push(EnumType {
+            name,
+            description: e.description.clone(),
+            values: out,
+        });
+    }
+
+    // Object types.
+    let mut types = Vec::new();
+    for t in &doc.types {
+        let name = t.name.clone().unwrap_or_default();
+        let context = format!("types[{name}]");
+        ctx.extra(&context, &t.extra);
+        let fields = t
+            .fields
+            .as_ref()
+            .ok_or_else(|| ctx.err(&context, "missing required key `fields`"))?;
+        if fields.is_empty() {
+            return Err(ctx.err(&context, "a type needs at least one field"));
+        }
+        let mut out: Vec<FieldDef> = Vec::new();
+        for (i, f) in fields.iter().enumerate() {
+            let fctx = match &f.name {
+                Some(n) => format!("{context}.fields[{n}]"),
+                None => format!("{context}.fields[{i}]"),
+            };
+            ctx.extra(&fctx, &f.extra);
+            let fname = ctx.name(&fctx, &f.name)?;
+            if out.iter().any(|x| x.name == fname) {
+                return Err(ctx.err(&fctx, format!("field `{fname}` is defined twice")));
+            }
+            let ty = type_ref(&ctx, &names, &fctx, f.ty.as_deref(), f.nullable, false)?;
+            out.push(FieldDef {
+                key: f
+                    .sql_column
+                    .clone()
+                    .unwrap_or_else(|| to_snake_case(&fname)),
+                name: fname,
+                ty,
+                description: f.description.clone(),
+            });
+        }
+        let sql_source = t
+            .sql_source
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| format!("v_{}", to_snake_case(&name)));
+        types.push(ObjectType {
+            where_input: format!("{name}WhereInput"),
+            order_input: format!("{name}OrderBy"),
+            name,
+            description: t.description.clone(),
+            sql_source: Some(sql_source),
+            fields: out,
+        });
+    }
+
+    // Input types.
+    let mut input_types = Vec::new();
+    for t in &doc.input_types {
+        let name = t.name.clone().unwrap_or_default();
+        let context = format!("input_types[{name}]");
+        ctx.extra(&context, &t.extra);
+        let fields = t
+            .fields
+            .as_ref()
+            .ok_or_else(|| ctx.err(&context, "missing required key `fields`"))?;
+        if fields.is_empty() {
+            return Err(ctx.err(&context, "an input type needs at least one field"));
+        }
+        let mut out = Vec::new();
+        for (i, f) in fields.iter().enumerate() {
+            let fctx = match &f.name {
+                Some(n) => format!("{context}.fields[{n}]"),
+                None => format!("{context}.fields[{i}]"),
+            };
+            out.push(arg_def(&mut ctx, &names, &fctx, f)?);
+        }
+        input_types.push(InputType {
+            name,
+            description: t.description.clone(),
+            fields: out,
+        });
+    }
+
+    // Generated inputs.
+    let mut generated: HashSet<String> = HashSet::new();
+    let mut filters: Vec<FilterInput> = Vec::new();
+    let mut where_inputs = Vec::new();
+    let mut order_inputs = Vec::new();
+    let check_generated = |ctx: &Ctx<'_>, name: &str, owner: &str| -> Result<(), SchemaError> {
+        if names.objects.contains(name) || names.enums.contains(name) || names.inputs.contains(name)
+        {
+            return Err(ctx.err(
+                format!("types[{owner}]"),
+                format!("the generated input `{name}` clashes with a type of the same name"),
+            ));
+        }
+        Ok(())
+    };
+    for t in &types {
+        let mut wfields = Vec::new();
+        let mut ofields = Vec::new();
+        for f in &t.fields {
+            match f.ty.kind {
+                NamedKind::Scalar(s) => {
+                    if s.operators().is_empty() {
+                        continue;
+                    }
+                    let fname = format!("{}Filter", s.name());
+                    if !filters.iter().any(|x| x.name == fname) {
+                        check_generated(&ctx, &fname, &t.name)?;
+                        filters.push(FilterInput {
+                            name: fname.clone(),
+                            scalar: Some(s),
+                            enum_name: None,
+                            operators: s.operators().to_vec(),
+                        });
+                    }
+                    wfields.push(WhereField {
+                        name: f.name.clone(),
+                        key: f.key.clone(),
+                        target: if f.ty.list {
+                            WhereTarget::ScalarList { filter: fname }
+                        } else {
+                            WhereTarget::Filter { filter: fname }
+                        },
+                    });
+                    if !f.ty.list && s != ScalarKind::Json {
+                        ofields.push(OrderField {
+                            name: f.name.clone(),
+                            key: f.key.clone(),
+                            scalar: Some(s),
+                        });
+                    }
+                }
+                NamedKind::Enum => {
+                    let fname = format!("{}Filter", f.ty.name);
+                    if !filters.iter().any(|x| x.name == fname) {
+                        check_generated(&ctx, &fname, &t.name)?;
+                        use Operator::*;
+                        filters.push(FilterInput {
+                            name: fname.clone(),
+                            scalar: None,
+                            enum_name: Some(f.ty.name.clone()),
+                            operators: vec![Eq, Neq, In, Nin, Isnull],
+                        });
+                    }
+                    wfields.push(WhereField {
+                        name: f.name.clone(),
+                        key: f.key.clone(),
+                        target: if f.ty.list {
+                            WhereTarget::ScalarList { filter: fname }
+                        } else {
+                            WhereTarget::Filter { filter: fname }
+                        },
+                    });
+                    if !f.ty.list {
+                        ofields.push(OrderField {
+                            name: f.name.clone(),
+                            key: f.key.clone(),
+                            scalar: None,
+                        });
+                    }
+                }
+                NamedKind::Object => {
+                    let where_input = format!("{}WhereInput", f.ty.name);
+                    wfields.push(WhereField {
+                        name: f.name.clone(),
+                        key: f.key.clone(),
+                        target: if f.ty.list {
+                            WhereTarget::List { where_input }
+                        } else {
+                            WhereTarget::Object { where_input }
+                        },
+                    });
+                }
+                NamedKind::Input => {}
+            }
+        }
+        for special in ["_and", "_or", "_not"] {
+            if t.fields.iter().any(|f| f.name == special) {
+                return Err(ctx.err(
+                    format!("types[{}].fields[{special}]", t.name),
+                    format!("`{special}` is reserved for filters"),
+                ));
+            }
+        }
+        check_generated(&ctx, &t.where_input, &t.name)?;
+        check_generated(&ctx, &t.order_input, &t.name)?;
+        generated.insert(t.where_input.clone());
+        generated.insert(t.order_input.clone());
+        where_inputs.push(WhereInput {
+            name: t.where_input.clone(),
+            type_name: t.name.clone(),
+            fields: wfields,
+        });
+        order_inputs.push(OrderInput {
+            name: t.order_input.clone(),
+            type_name: t.name.clone(),
+            fields: ofields,
+        });
+    }
+    if order_inputs.iter().any(|o| !o.fields.is_empty()) {
+        enums.push(EnumType {
+            name: "OrderDirection".into(),
+            description: Some("Sort direction.".into()),
+            values: vec![
+                EnumValueDef {
+                    name: "ASC".into(),
+                    value: "ASC".into(),
+                    description: Some("Ascending (nulls last).".into()),
+                },
+                EnumValueDef {
+                    name: "DESC".into(),
+                    value: "DESC".into(),
+                    description: Some("Descending (nulls first).".into()),
+                },
+            ],
+        });
+    }
+
+    // Queries.
+    let mut queries = Vec::new();
+    let mut root_names = HashSet::new();
+    for (i, q) in doc.queries.iter().enumerate() {
+        let qname = ctx.name(&format!("queries[{i}]"), &q.name)?;
+        let context = format!("queries[{qname}]");
+        ctx.extra(&context, &q.extra);
+        if let Some(a) = &q.auto_params {
+            ctx.extra(&format!("{context}.auto_params"), &a.extra);
+        }
+        if !root_names.insert(qname.clone()) {
+            return Err(ctx.err(&context, "query defined twice"));
+        }
+        let rt = q
+            .return_type
+            .as_deref()
+            .ok_or_else(|| ctx.err(&context, "missing required key `return_type`"))?;
+        let parsed = parse_type_string(rt)
+            .ok_or_else(|| ctx.err(&context, format!("`{rt}` is not a GraphQL type")))?;
+        let object = types
+            .iter()
+            .find(|t| t.name == parsed.name)
+            .ok_or_else(|| {
+                ctx.err(
+                    &context,
+                    format!(
+                        "return_type `{}` is not an object type of this schema",
+                        parsed.name
+                    ),
+                )
+            })?;
+        let returns_list = q.returns_list || parsed.list;
+        let view = q
+            .sql_source
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .or_else(|| object.sql_source.clone())
+            .ok_or_else(|| ctx.err(&context, "missing required key `sql_source`"))?;
+        let mut arguments: Vec<QueryArg> = Vec::new();
+        for (j, a) in q.arguments.iter().enumerate() {
+            let actx = match &a.name {
+                Some(n) => format!("{context}.arguments[{n}]"),
+                None => format!("{context}.arguments[{j}]"),
+            };
+            let aname = ctx.name(&actx, &a.name)?;
+            let role = match aname.as_str() {
+                "id" => ArgRole::Id,
+                "where" => ArgRole::Where,
+                "orderBy" | "order_by" => ArgRole::OrderBy,
+                "limit" if returns_list => ArgRole::Limit,
+                "offset" if returns_list => ArgRole::Offset,
+                _ => ArgRole::Equals,
+            };
+            let def = match role {
+                ArgRole::Where => generated_arg(&aname, &object.where_input, false),
+                ArgRole::OrderBy => generated_arg(&aname, &object.order_input, true),
+                _ => {
+                    let mut def = arg_def(&mut ctx, &names, &actx, a)?;
+                    if role == ArgRole::Equals {
+                        let field = object.field(&aname).ok_or_else(|| {
+                            ctx.err(
+                                &actx,
+                                format!(
+                                    "argument `{aname}` matches no field of `{}` (arguments other than id/where/orderBy/limit/offset filter on the field of the same name)",
+                                    object.name
+                                ),
+                            )
+                        })?;
+                        def.key = field.key.clone();
+                    }
+                    if matches!(role, ArgRole::Limit | ArgRole::Offset)
+                        && def.ty.kind != NamedKind::Scalar(ScalarKind::Int)
+                    {
+                        return Err(ctx.err(&actx, format!("`{aname}` must be an Int")));
+                    }
+                    def
+                }
+            };
+            if arguments.iter().any(|x| x.arg.name == def.name) {
+                return Err(ctx.err(&actx, "argument defined twice"));
+            }
+            arguments.push(QueryArg { arg: def, role });
+        }
+        let auto = q.auto_params.as_ref();
+        if returns_list {
+            let has = |args: &Vec<QueryArg>, r: ArgRole| args.iter().any(|a| a.role == r);
+            if auto.is_some_and(|a| a.r#where) && !has(&arguments, ArgRole::Where) {
+                arguments.push(QueryArg {
+                    arg: generated_arg("where", &object.where_input, false),
+                    role: ArgRole::Where,
+                });
+            }
+            if auto.is_some_and(|a| a.order_by) && !has(&arguments, ArgRole::OrderBy) {
+                arguments.push(QueryArg {
+                    arg: generated_arg("orderBy", &object.order_input, true),
+                    role: ArgRole::OrderBy,
+                });
+            }
+            for (on, role, name) in [
+                (auto.is_some_and(|a| a.limit), ArgRole::Limit, "limit"),
+                (auto.is_some_and(|a| a.offset), ArgRole::Offset, "offset"),
+            ] {
+                if on && !has(&arguments, role) {
+                    arguments.push(QueryArg {
+                        arg: ArgDef {
+                            name: name.into(),
+                            key: name.into(),
+                            ty: TypeRef {
+                                name: "Int".into(),
+                                kind: NamedKind::Scalar(ScalarKind::Int),
+                                nullable: true,
+                                list: false,
+                                item_nullable: false,
+                            },
+                            default: None,
+                            description: None,
+                        },
+                        role,
+                    });
+                }
+            }
+        } else if auto.is_some_and(|a| a.r#where || a.order_by || a.limit || a.offset) {
+            ctx.warn(
+                &context,
+                "auto_params ignored: the query does not return a list",
+            );
+        }
+        queries.push(QueryField {
+            name: qname,
+            description: q.description.clone(),
+            return_type: object.name.clone(),
+            returns_list,
+            nullable: q.nullable.unwrap_or(!returns_list) && !parsed.bang,
+            arguments,
+            view,
+        });
+    }
+    if queries.is_empty() {
+        return Err(ctx.err("queries", "the schema needs at least one query"));
+    }
+
+    // Mutations.
+    let mut mutations = Vec::new();
+    let mut mutation_names = HashSet::new();
+    for (i, m) in doc.mutations.iter().enumerate() {
+        let mname = ctx.name(&format!("mutations[{i}]"), &m.name)?;
+        let context = format!("mutations[{mname}]");
+        ctx.extra(&context, &m.extra);
+        if !mutation_names.insert(mname.clone()) {
+            return Err(ctx.err(&context, "mutation defined twice"));
+        }
+        let rt = m
+            .return_type
+            .as_deref()
+            .ok_or_else(|| ctx.err(&context, "missing required key `return_type`"))?;
+        let parsed = parse_type_string(rt)
+            .ok_or_else(|| ctx.err(&context, format!("`{rt}` is not a GraphQL type")))?;
+        if !names.objects.contains(&parsed.name) {
+            return Err(ctx.err(
+                &context,
+                format!(
+                    "return_type `{}` is not an object type of this schema",
+                    parsed.name
+                ),
+            ));
+        }
+        let function = m
+            .sql_source
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| ctx.err(&context, "missing required key `sql_source` (the function)"))?;
+        let operation = match m
+            .operation
+            .as_deref()
+            .map(str::to_ascii_uppercase)
+            .as_deref()
+        {
+            Some("CREATE") | Some("INSERT") => MutationOperation::Create,
+            Some("UPDATE") => MutationOperation::Update,
+            Some("DELETE") => MutationOperation::Delete,
+            Some("FUNCTION") => MutationOperation::Function,
+            Some("CUSTOM") => MutationOperation::Custom,
+            None => {
+                ctx.warn(&context, "no `operation`; CUSTOM assumed");
+                MutationOperation::Custom
+            }
+            Some(other) => {
+                return Err(ctx.err(
+                    &context,
+                    format!(
+                        "unknown operation `{other}` (CREATE, UPDATE, DELETE, FUNCTION or CUSTOM)"
+                    ),
+                ));
+            }
+        };
+        let mut arguments: Vec<ArgDef> = Vec::new();
+        for (j, a) in m.arguments.iter().enumerate() {
+            let actx = match &a.name {
+                Some(n) => format!("{context}.arguments[{n}]"),
+                None => format!("{context}.arguments[{j}]"),
+            };
+            let def = arg_def(&mut ctx, &names, &actx, a)?;
+            if arguments.iter().any(|x| x.name == def.name) {
+                return Err(ctx.err(&actx, "argument defined twice"));
+            }
+            arguments.push(def);
+        }
+        mutations.push(MutationField {
+            name: mname,
+            description: m.description.clone(),
+            return_type: parsed.name,
+            returns_list: m.returns_list || parsed.list,
+            nullable: m.nullable.unwrap_or(true) && !parsed.bang,
+            arguments,
+            function,
+            operation,
+        });
+    }
+    let _ = generated;
+    Ok((
+        CompiledSchema {
+            version: COMPILED_SCHEMA_VERSION,
+            types,
+            enums,
+            input_types,
+            filters,
+            where_inputs,
+            order_inputs,
+            queries,
+            mutations,
+        },
+        ctx.warnings,
+    ))
+}
+
+fn generated_arg(name: &str, input: &str, list: bool) -> ArgDef {
+    ArgDef {
+        name: name.into(),
+        key: to_snake_case(name),
+        ty: TypeRef {
+            name: input.into(),
+            kind: NamedKind::Input,
+            nullable: true,
+            list,
+            item_nullable: false,
+        },
+        default: None,
+        description: None,
+    }
+}
+
+fn arg_def(
+    ctx: &mut Ctx<'_>,
+    names: &Names,
+    context: &str,
+    f: &AuthoringField,
+) -> Result<ArgDef, SchemaError> {
+    ctx.extra(context, &f.extra);
+    let name = ctx.name(context, &f.name)?;
+    let ty = type_ref(ctx, names, context, f.ty.as_deref(), f.nullable, true)?;
+    if let Some(default) = &f.default
+        && !default_matches(&ty, default)
+    {
+        return Err(ctx.err(
+            context,
+            format!(
+                "default value {default} does not match type {}",
+                ty.display()
+            ),
+        ));
+    }
+    Ok(ArgDef {
+        key: f.sql_column.clone().unwrap_or_else(|| to_snake_case(&name)),
+        name,
+        ty,
+        default: f.default.clone(),
+        description: f.description.clone(),
+    })
+}
+
+fn default_matches(ty: &TypeRef, v: &Value) -> bool {
+    if v.is_null() {
+        return ty.nullable;
+    }
+    if ty.list {
+        return match v {
+            Value::Array(items) => items.iter().all(|i| scalar_matches(ty, i)),
+            other => scalar_matches(ty, other),
+        };
+    }
+    scalar_matches(ty, v)
+}
+
+fn scalar_matches(ty: &TypeRef, v: &Value) -> bool {
+    match ty.kind {
+        NamedKind::Scalar(ScalarKind::Int) => v.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
+        NamedKind::Scalar(ScalarKind::Float) => v.is_number(),
+        NamedKind::Scalar(ScalarKind::Boolean) => v.is_boolean(),
+        NamedKind::Scalar(ScalarKind::BigInt) => v.is_i64() || v.is_string(),
+        NamedKind::Scalar(ScalarKind::Json) => true,
+        NamedKind::Scalar(_) => v.is_string(),
+        NamedKind::Enum => v.is_string(),
+        NamedKind::Input | NamedKind::Object => v.is_object(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snake_case() {
+        assert_eq!(to_snake_case("createdAt"), "created_at");
+        assert_eq!(to_snake_case("authorId"), "author_id");
+        assert_eq!(to_snake_case("authorID"), "author_id");
+        assert_eq!(to_snake_case("HTTPServer"), "http_server");
+        assert_eq!(to_snake_case("id"), "id");
+        assert_eq!(to_snake_case("line2Text"), "line2_text");
+    }
+
+    #[test]
+    fn type_strings() {
+        let t = parse_type_string("[Post!]").unwrap();
+        assert!(t.list && !t.item_nullable && !t.bang && t.name == "Post");
+        let t = parse_type_string("String!").unwrap();
+        assert!(!t.list && t.bang);
+        assert!(parse_type_string("[[X]]").is_none());
+        assert!(parse_type_string("").is_none());
+    }
+}

@@ -1,0 +1,581 @@
+//! `where` filters and `orderBy` clauses over a view's `data` jsonb: typed comparisons per
+//! scalar, enum values mapped to their stored form, nested objects (a path) and nested lists
+//! (any element matches), `_and`/`_or`/`_not`.
+
+use crate::schema::{CompiledSchema, FilterInput, Operator, ScalarKind, WhereInput, WhereTarget};
+
+use super::{ArgValue, Builder, Param, SqlError, json_path, quote_literal};
+
+/// Bounds on user input while building filters.
+#[derive(Debug, Clone, Copy)]
+pub struct InputLimits {
+    /// Maximum number of values in one list (`in`, `nin`, `_and`, `orderBy` …).
+    pub max_list: usize,
+    /// Maximum nesting of `_and`/`_or`/`_not` and nested paths.
+    pub max_depth: usize,
+}
+
+fn bad(msg: impl Into<String>) -> SqlError {
+    SqlError::BadInput(msg.into())
+}
+
+/// `(src->>'key')` cast to the comparison type of `scalar` (text for enums).
+pub fn typed_expr(src: &str, key: &str, scalar: Option<ScalarKind>) -> String {
+    cast_text(format!("({}->>{})", src, quote_literal(key)), scalar)
+}
+
+/// A text expression cast to the comparison type of `scalar`.
+fn cast_text(text: String, scalar: Option<ScalarKind>) -> String {
+    match scalar.and_then(cast_of) {
+        Some(cast) => format!("{text}::{cast}"),
+        None => text,
+    }
+}
+
+fn cast_of(s: ScalarKind) -> Option<&'static str> {
+    match s {
+        ScalarKind::Id | ScalarKind::String | ScalarKind::Json => None,
+        ScalarKind::Int | ScalarKind::Float | ScalarKind::BigInt | ScalarKind::Decimal => {
+            Some("numeric")
+        }
+        ScalarKind::Boolean => Some("boolean"),
+        ScalarKind::DateTime => Some("timestamptz"),
+        ScalarKind::Date => Some("date"),
+        ScalarKind::Time => Some("time"),
+        ScalarKind::Uuid => Some("uuid"),
+    }
+}
+
+fn is_numeric_text(s: &str) -> bool {
+    let s = s.trim();
+    !s.is_empty()
+        && s.len() <= 100
+        && s.parse::<f64>().is_ok_and(f64::is_finite)
+        && s.chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '-' | '+' | '.' | 'e' | 'E'))
+}
+
+/// Converts one comparison value to the text bound for `scalar` (or the enum's stored
+/// value), validating it so that PostgreSQL never sees a value it cannot cast.
+pub fn value_text(
+    schema: &CompiledSchema,
+    scalar: Option<ScalarKind>,
+    enum_name: Option<&str>,
+    what: &str,
+    v: &ArgValue,
+) -> Result<String, SqlError> {
+    if let Some(enum_name) = enum_name {
+        let name = match v {
+            ArgValue::Enum(s) | ArgValue::String(s) => s,
+            other => {
+                return Err(bad(format!(
+                    "{what}: expected a value of enum {enum_name}, found {}",
+                    other.kind()
+                )));
+            }
+        };
+        let e = schema
+            .enum_type(enum_name)
+            .ok_or_else(|| bad(format!("{what}: unknown enum {enum_name}")))?;
+        return e.stored(name).map(str::to_owned).ok_or_else(|| {
+            bad(format!(
+                "{what}: `{}` is not a value of enum {enum_name}",
+                truncate(name)
+            ))
+        });
+    }
+    if let ArgValue::String(s) | ArgValue::Enum(s) = v
+        && s.contains('\0')
+    {
+        return Err(bad(format!(
+            "{what}: strings cannot contain NUL characters"
+        )));
+    }
+    let scalar = scalar.unwrap_or(ScalarKind::String);
+    let wrong = |v: &ArgValue| {
+        bad(format!(
+            "{what}: expected {}, found {}",
+            scalar.name(),
+            v.kind()
+        ))
+    };
+    match scalar {
+        ScalarKind::String | ScalarKind::Json => match v {
+            ArgValue::String(s) => Ok(s.clone()),
+            other => Err(wrong(other)),
+        },
+        ScalarKind::Id => match v {
+            ArgValue::String(s) => Ok(s.clone()),
+            ArgValue::Int(i) => Ok(i.to_string()),
+            other => Err(wrong(other)),
+        },
+        ScalarKind::Int | ScalarKind::Float | ScalarKind::BigInt | ScalarKind::Decimal => match v {
+            ArgValue::Int(i) => Ok(i.to_string()),
+            ArgValue::Float(f) if f.is_finite() => Ok(f.to_string()),
+            ArgValue::String(s)
+                if matches!(scalar, ScalarKind::BigInt | ScalarKind::Decimal)
+                    && is_numeric_text(s) =>
+            {
+                Ok(s.trim().to_owned())
+            }
+            other => Err(wrong(other)),
+        },
+        ScalarKind::Boolean => match v {
+            ArgValue::Boolean(b) => Ok(b.to_string()),
+            other => Err(wrong(other)),
+        },
+        ScalarKind::DateTime => match v {
+            ArgValue::String(s) if chrono::DateTime::parse_from_rfc3339(s).is_ok() => Ok(s.clone()),
+            ArgValue::String(s) => Err(bad(format!(
+                "{what}: `{}` is not an RFC 3339 date-time (e.g. 2024-01-31T12:00:00Z)",
+                truncate(s)
+            ))),
+            other => Err(wrong(other)),
+        },
+        ScalarKind::Date => match v {
+            ArgValue::String(s) if chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() => {
+                Ok(s.clone())
+            }
+            ArgValue::String(s) => Err(bad(format!(
+                "{what}: `{}` is not a date (YYYY-MM-DD)",
+                truncate(s)
+            ))),
+            other => Err(wrong(other)),
+        },
+        ScalarKind::Time => match v {
+            ArgValue::String(s)
+                if chrono::NaiveTime::parse_from_str(s, "%H:%M:%S%.f").is_ok()
+                    || chrono::NaiveTime::parse_from_str(s, "%H:%M").is_ok() =>
+            {
+                Ok(s.clone())
+            }
+            ArgValue::String(s) => Err(bad(format!(
+                "{what}: `{}` is not a time (HH:MM:SS)",
+                truncate(s)
+            ))),
+            other => Err(wrong(other)),
+        },
+        ScalarKind::Uuid => match v {
+            ArgValue::String(s) if uuid::Uuid::parse_str(s).is_ok() => Ok(s.clone()),
+            ArgValue::String(s) => Err(bad(format!("{what}: `{}` is not a UUID", truncate(s)))),
+            other => Err(wrong(other)),
+        },
+    }
+}
+
+/// Shortens user text quoted back in an error message.
+pub fn truncate(s: &str) -> String {
+    if s.chars().count() <= 64 {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(61).collect();
+        t.push_str("...");
+        t
+    }
+}
+
+fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for c in s.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn list_items(v: &ArgValue) -> Vec<&ArgValue> {
+    match v {
+        ArgValue::List(items) => items.iter().collect(),
+        other => vec![other],
+    }
+}
+
+/// The value a filter compares: its jsonb expression and its text expression.
+struct Operand {
+    json: String,
+    text: String,
+}
+
+/// One filter (`{eq: 1, lt: 5}`) on one operand.
+fn filter_sql(
+    b: &mut Builder,
+    schema: &CompiledSchema,
+    filter: &FilterInput,
+    operand: &Operand,
+    field_name: &str,
+    v: &ArgValue,
+    limits: InputLimits,
+) -> Result<String, SqlError> {
+    let ops = match v {
+        ArgValue::Null => return Ok("TRUE".into()),
+        ArgValue::Object(ops) => ops,
+        other => {
+            return Err(bad(format!(
+                "filter on `{field_name}`: expected an object of operators, found {}",
+                other.kind()
+            )));
+        }
+    };
+    let scalar = filter.scalar;
+    let enum_name = filter.enum_name.as_deref();
+    let mut parts = Vec::new();
+    for (op_name, value) in ops {
+        let op = Operator::from_name(op_name)
+            .filter(|o| filter.operators.contains(o))
+            .ok_or_else(|| {
+                bad(format!(
+                    "filter on `{field_name}`: unknown operator `{}`",
+                    truncate(op_name)
+                ))
+            })?;
+        if matches!(value, ArgValue::Null) {
+            continue;
+        }
+        let what = format!("`{field_name}.{op_name}`");
+        let cast = scalar.and_then(cast_of);
+        let param = |b: &mut Builder, text: String| -> String {
+            let p = b.param(Param::Text(Some(text)));
+            match cast {
+                Some(c) if enum_name.is_none() => format!("{p}::{c}"),
+                _ => p,
+            }
+        };
+        let expr = cast_text(
+            operand.text.clone(),
+            if enum_name.is_some() { None } else { scalar },
+        );
+        let text_expr = &operand.text;
+        let sql = match op {
+            Operator::Eq
+            | Operator::Neq
+            | Operator::Gt
+            | Operator::Gte
+            | Operator::Lt
+            | Operator::Lte => {
+                let t = value_text(schema, scalar, enum_name, &what, value)?;
+                let p = param(b, t);
+                let sym = match op {
+                    Operator::Eq => "=",
+                    Operator::Neq => "<>",
+                    Operator::Gt => ">",
+                    Operator::Gte => ">=",
+                    Operator::Lt => "<",
+                    _ => "<=",
+                };
+                format!("{expr} {sym} {p}")
+            }
+            Operator::In | Operator::Nin => {
+                let items = list_items(value);
+                if items.len() > limits.max_list {
+                    return Err(SqlError::LimitExceeded(format!(
+                        "{what}: {} values exceed the limit of {}",
+                        items.len(),
+                        limits.max_list
+                    )));
+                }
+                let mut texts = Vec::with_capacity(items.len());
+                for item in items {
+                    if matches!(item, ArgValue::Null) {
+                        continue;
+                    }
+                    texts.push(Some(value_text(schema, scalar, enum_name, &what, item)?));
+                }
+                let p = b.param(Param::TextArray(texts));
+                let arr = match cast {
+                    Some(c) if enum_name.is_none() => format!("{p}::{c}[]"),
+                    _ => p,
+                };
+                if op == Operator::In {
+                    format!("{expr} = ANY({arr})")
+                } else {
+                    format!("NOT ({expr} = ANY({arr}))")
+                }
+            }
+            Operator::Contains
+            | Operator::Icontains
+            | Operator::Startswith
+            | Operator::Istartswith
+            | Operator::Endswith
+            | Operator::Iendswith
+            | Operator::Like
+            | Operator::Ilike => {
+                let t = value_text(schema, Some(ScalarKind::String), None, &what, value)
+                    .or_else(|_| value_text(schema, scalar, enum_name, &what, value))?;
+                let (pattern, like) = match op {
+                    Operator::Contains => (format!("%{}%", like_escape(&t)), "LIKE"),
+                    Operator::Icontains => (format!("%{}%", like_escape(&t)), "ILIKE"),
+                    Operator::Startswith => (format!("{}%", like_escape(&t)), "LIKE"),
+                    Operator::Istartswith => (format!("{}%", like_escape(&t)), "ILIKE"),
+                    Operator::Endswith => (format!("%{}", like_escape(&t)), "LIKE"),
+                    Operator::Iendswith => (format!("%{}", like_escape(&t)), "ILIKE"),
+                    Operator::Like => (t, "LIKE"),
+                    _ => (t, "ILIKE"),
+                };
+                let p = b.param(Param::Text(Some(pattern)));
+                format!("{text_expr} {like} {p}")
+            }
+            Operator::Isnull => {
+                let ArgValue::Boolean(flag) = value else {
+                    return Err(bad(format!(
+                        "{what}: expected Boolean, found {}",
+                        value.kind()
+                    )));
+                };
+                let typ = format!("coalesce(jsonb_typeof({}), 'null')", operand.json);
+                if *flag {
+                    format!("{typ} = 'null'")
+                } else {
+                    format!("{typ} <> 'null'")
+                }
+            }
+        };
+        parts.push(sql);
+    }
+    Ok(join(parts, "AND"))
+}
+
+fn join(parts: Vec<String>, op: &str) -> String {
+    match parts.len() {
+        0 => "TRUE".into(),
+        1 => parts.into_iter().next().unwrap_or_default(),
+        _ => format!("({})", parts.join(&format!(" {op} "))),
+    }
+}
+
+/// A boolean SQL expression for a `<Type>WhereInput` value over the jsonb expression `src`.
+pub fn where_sql(
+    b: &mut Builder,
+    schema: &CompiledSchema,
+    input: &WhereInput,
+    src: &str,
+    v: &ArgValue,
+    limits: InputLimits,
+    depth: usize,
+) -> Result<String, SqlError> {
+    if depth > limits.max_depth {
+        return Err(SqlError::LimitExceeded(format!(
+            "`where` is nested deeper than {} levels",
+            limits.max_depth
+        )));
+    }
+    let fields = match v {
+        ArgValue::Null => return Ok("TRUE".into()),
+        ArgValue::Object(fields) => fields,
+        other => {
+            return Err(bad(format!(
+                "`where` of {}: expected an object, found {}",
+                input.type_name,
+                other.kind()
+            )));
+        }
+    };
+    let mut parts = Vec::new();
+    for (name, value) in fields {
+        if matches!(value, ArgValue::Null) {
+            continue;
+        }
+        match name.as_str() {
+            "_and" | "_or" => {
+                let items = list_items(value);
+                if items.len() > limits.max_list {
+                    return Err(SqlError::LimitExceeded(format!(
+                        "`{name}` has {} items, more than the limit of {}",
+                        items.len(),
+                        limits.max_list
+                    )));
+                }
+                let mut sub = Vec::new();
+                for item in items {
+                    sub.push(where_sql(b, schema, input, src, item, limits, depth + 1)?);
+                }
+                if !sub.is_empty() {
+                    parts.push(join(sub, if name == "_and" { "AND" } else { "OR" }));
+                }
+            }
+            "_not" => {
+                let inner = where_sql(b, schema, input, src, value, limits, depth + 1)?;
+                parts.push(format!("NOT ({inner})"));
+            }
+            _ => {
+                let field = input
+                    .fields
+                    .iter()
+                    .find(|f| &f.name == name)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "`where` of {}: unknown field `{}`",
+                            input.type_name,
+                            truncate(name)
+                        ))
+                    })?;
+                match &field.target {
+                    WhereTarget::Filter { filter } => {
+                        let f = schema
+                            .filter(filter)
+                            .ok_or_else(|| bad(format!("unknown filter {filter}")))?;
+                        let operand = Operand {
+                            json: json_path(src, &field.key),
+                            text: format!("({}->>{})", src, quote_literal(&field.key)),
+                        };
+                        parts.push(filter_sql(
+                            b,
+                            schema,
+                            f,
+                            &operand,
+                            &field.name,
+                            value,
+                            limits,
+                        )?);
+                    }
+                    WhereTarget::ScalarList { filter } => {
+                        let f = schema
+                            .filter(filter)
+                            .ok_or_else(|| bad(format!("unknown filter {filter}")))?;
+                        let list = json_path(src, &field.key);
+                        let ArgValue::Object(ops) = value else {
+                            return Err(bad(format!(
+                                "filter on `{}`: expected an object of operators, found {}",
+                                field.name,
+                                value.kind()
+                            )));
+                        };
+                        let (isnull, elem_ops): (Vec<_>, Vec<_>) =
+                            ops.iter().cloned().partition(|(k, _)| k == "isnull");
+                        if !isnull.is_empty() {
+                            let operand = Operand {
+                                json: list.clone(),
+                                text: format!("({src}->>{})", quote_literal(&field.key)),
+                            };
+                            parts.push(filter_sql(
+                                b,
+                                schema,
+                                f,
+                                &operand,
+                                &field.name,
+                                &ArgValue::Object(isnull),
+                                limits,
+                            )?);
+                        }
+                        if !elem_ops.is_empty() {
+                            let alias = b.alias("w");
+                            let operand = Operand {
+                                json: format!("{alias}.v"),
+                                text: format!("({alias}.v #>> '{{}}')"),
+                            };
+                            let cond = filter_sql(
+                                b,
+                                schema,
+                                f,
+                                &operand,
+                                &field.name,
+                                &ArgValue::Object(elem_ops),
+                                limits,
+                            )?;
+                            parts.push(format!(
+                                "EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof({list}) = 'array' THEN {list} END) {alias}(v) WHERE {cond})"
+                            ));
+                        }
+                    }
+                    WhereTarget::Object { where_input } => {
+                        let wi = schema
+                            .where_input(where_input)
+                            .ok_or_else(|| bad(format!("unknown input {where_input}")))?;
+                        let inner_src = json_path(src, &field.key);
+                        parts.push(where_sql(
+                            b,
+                            schema,
+                            wi,
+                            &format!("({inner_src})"),
+                            value,
+                            limits,
+                            depth + 1,
+                        )?);
+                    }
+                    WhereTarget::List { where_input } => {
+                        let wi = schema
+                            .where_input(where_input)
+                            .ok_or_else(|| bad(format!("unknown input {where_input}")))?;
+                        let list = json_path(src, &field.key);
+                        let alias = b.alias("w");
+                        let elem = format!("{alias}.v");
+                        let cond = where_sql(b, schema, wi, &elem, value, limits, depth + 1)?;
+                        parts.push(format!(
+                            "EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof({list}) = 'array' THEN {list} END) {alias}(v) WHERE {cond})"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(join(parts, "AND"))
+}
+
+/// `ORDER BY` terms for an `orderBy` value (a list of `<Type>OrderBy`, or one of them).
+pub fn order_sql(
+    schema: &CompiledSchema,
+    input_name: &str,
+    src: &str,
+    v: &ArgValue,
+    limits: InputLimits,
+) -> Result<Vec<String>, SqlError> {
+    let input = schema
+        .order_input(input_name)
+        .ok_or_else(|| bad(format!("unknown input {input_name}")))?;
+    let items = match v {
+        ArgValue::Null => return Ok(Vec::new()),
+        other => list_items(other),
+    };
+    if items.len() > limits.max_list {
+        return Err(SqlError::LimitExceeded(format!(
+            "`orderBy` has {} items, more than the limit of {}",
+            items.len(),
+            limits.max_list
+        )));
+    }
+    let mut terms = Vec::new();
+    for item in items {
+        let ArgValue::Object(fields) = item else {
+            if matches!(item, ArgValue::Null) {
+                continue;
+            }
+            return Err(bad(format!(
+                "`orderBy`: expected {input_name}, found {}",
+                item.kind()
+            )));
+        };
+        for (name, dir) in fields {
+            let field = input
+                .fields
+                .iter()
+                .find(|f| &f.name == name)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "`orderBy`: `{}` is not a sortable field of {}",
+                        truncate(name),
+                        input.type_name
+                    ))
+                })?;
+            let dir = match dir {
+                ArgValue::Null => continue,
+                ArgValue::Enum(d) | ArgValue::String(d) if d == "ASC" => "ASC",
+                ArgValue::Enum(d) | ArgValue::String(d) if d == "DESC" => "DESC",
+                other => {
+                    return Err(bad(format!(
+                        "`orderBy.{name}`: expected ASC or DESC, found {}",
+                        match other {
+                            ArgValue::Enum(s) | ArgValue::String(s) => format!("`{}`", truncate(s)),
+                            o => o.kind().to_owned(),
+                        }
+                    )));
+                }
+            };
+            terms.push(format!(
+                "{} {dir}",
+                typed_expr(src, &field.key, field.scalar)
+            ));
+        }
+    }
+    Ok(terms)
+}

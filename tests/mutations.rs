@@ -1,0 +1,298 @@
+//! Mutations on real PostgreSQL: the function called with the input as jsonb or with
+//! flattened arguments, the selection applied to the returned entity, exactly one change-log
+//! row per change written in the same transaction, and failures rolled back completely.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+async fn count(db: &TestDb, sql: &str) -> i64 {
+    db.client().await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+async fn log_rows(
+    db: &TestDb,
+    entity_id: &str,
+) -> Vec<(String, String, Option<Value>, Option<Vec<String>>)> {
+    let id = uuid::Uuid::parse_str(entity_id).unwrap();
+    db.client()
+        .await
+        .query(
+            "SELECT entity, op, after, changed_fields FROM fraiseql.tb_entity_change_log WHERE entity_id = $1 ORDER BY pk",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+const CREATE: &str = r#"
+mutation Create($input: CreatePostInput!) {
+  createPost(input: $input) { id title published rating tags kind: __typename author { identifier } comments { id } }
+}"#;
+
+#[tokio::test]
+async fn create_update_delete_with_change_log() {
+    let db = TestDb::new().await;
+    let seed = db.load_blog().await;
+    let engine = blog_engine();
+    let pool = db.pool();
+    let author = &seed.users[2];
+    let posts_before = count(&db, "SELECT count(*) FROM tb_post").await;
+    let log_before = count(&db, "SELECT count(*) FROM fraiseql.tb_entity_change_log").await;
+
+    let d = data(
+        &engine,
+        pool,
+        CREATE,
+        json!({"input": {"authorId": author.id, "title": "Hello", "body": "World", "published": true, "rating": 4.5, "tags": ["x", "y"]}}),
+    )
+    .await;
+    let created = &d["createPost"];
+    assert_eq!(created["title"], json!("Hello"));
+    assert_eq!(created["published"], json!(true));
+    assert_eq!(created["rating"], json!(4.5));
+    assert_eq!(created["tags"], json!(["x", "y"]));
+    assert_eq!(created["kind"], json!("Post"));
+    assert_eq!(created["author"]["identifier"], json!(author.identifier));
+    assert_eq!(created["comments"], json!([]));
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM tb_post").await,
+        posts_before + 1
+    );
+    // The row is there as sent.
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT title, body, published FROM tb_post WHERE id = $1",
+            &[&uuid::Uuid::parse_str(&id).unwrap()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, String>(0),
+            row.get::<_, String>(1),
+            row.get::<_, bool>(2)
+        ),
+        ("Hello".into(), "World".into(), true)
+    );
+    // Exactly one change-log row (the API's), not the trigger's as well.
+    let logs = log_rows(&db, &id).await;
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert_eq!(logs[0].0, "Post");
+    assert_eq!(logs[0].1, "INSERT");
+    assert_eq!(logs[0].2.as_ref().unwrap()["title"], json!("Hello"));
+    assert_eq!(
+        logs[0].3.clone().unwrap(),
+        vec!["title", "body", "published", "rating", "tags"]
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM fraiseql.tb_entity_change_log").await,
+        log_before + 1
+    );
+
+    // Update with changed fields.
+    let d = data(
+        &engine,
+        pool,
+        "mutation($i: UpdatePostInput!) { updatePost(input: $i) { id title body } }",
+        json!({"i": {"id": id, "title": "Hello again"}}),
+    )
+    .await;
+    assert_eq!(
+        d["updatePost"],
+        json!({"id": id, "title": "Hello again", "body": "World"})
+    );
+    let logs = log_rows(&db, &id).await;
+    assert_eq!(logs.len(), 2);
+    assert_eq!(logs[1].1, "UPDATE");
+    assert_eq!(logs[1].3.clone().unwrap(), vec!["title"]);
+
+    // An update that changes nothing: succeeded, state_changed = false → no log row.
+    let d = data(
+        &engine,
+        pool,
+        "mutation($i: UpdatePostInput!) { updatePost(input: $i) { title } }",
+        json!({"i": {"id": id, "title": "Hello again"}}),
+    )
+    .await;
+    assert_eq!(d["updatePost"]["title"], json!("Hello again"));
+    assert_eq!(log_rows(&db, &id).await.len(), 2);
+
+    // Delete: the function declares `p_id uuid` → flattened arguments.
+    let d = data(
+        &engine,
+        pool,
+        "mutation($id: UUID!) { deletePost(id: $id) { id title } }",
+        json!({"id": id}),
+    )
+    .await;
+    assert_eq!(d["deletePost"], json!({"id": id, "title": "Hello again"}));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM tb_post").await,
+        posts_before
+    );
+    let logs = log_rows(&db, &id).await;
+    assert_eq!(logs.len(), 3);
+    assert_eq!(logs[2].1, "DELETE");
+
+    // Writes outside the API are still tracked by the trigger.
+    db.batch("UPDATE tb_user SET name = 'Renamed' WHERE identifier = 'user-01'")
+        .await;
+    let logs = log_rows(&db, &seed.users[0].id.to_string()).await;
+    assert_eq!(logs.last().unwrap().0, "User");
+    assert_eq!(logs.last().unwrap().1, "UPDATE");
+
+    // Several mutations in one request run in order.
+    let d = data(
+        &engine,
+        pool,
+        r#"mutation($a: UUID!) {
+            first: createPost(input: {authorId: $a, title: "One", body: "b"}) { title }
+            second: createPost(input: {authorId: $a, title: "Two", body: "b"}) { title }
+        }"#,
+        json!({"a": author.id}),
+    )
+    .await;
+    assert_eq!(
+        d,
+        json!({"first": {"title": "One"}, "second": {"title": "Two"}})
+    );
+    let text = post(&engine, pool, "{ posts(where: {title: {in: [\"One\", \"Two\"]}}, orderBy: [{createdAt: ASC}]) { title } }", json!({})).await.text();
+    assert!(text.find("One").unwrap() < text.find("Two").unwrap());
+}
+
+#[tokio::test]
+async fn failures_commit_nothing() {
+    let db = TestDb::new().await;
+    let seed = db.load_blog().await;
+    let engine = blog_engine();
+    let pool = db.pool();
+    let author = &seed.users[0];
+    let existing = &seed.posts[author.posts[0]].title;
+    let posts_before = count(&db, "SELECT count(*) FROM tb_post").await;
+    let log_before = count(&db, "SELECT count(*) FROM fraiseql.tb_entity_change_log").await;
+
+    // The function inserts, then finds the duplicate title and returns mutation_err: the
+    // API rolls back, so the insert is gone too.
+    let v = gql(
+        &engine,
+        pool,
+        CREATE,
+        json!({"input": {"authorId": author.id, "title": existing, "body": "dup"}}),
+    )
+    .await;
+    assert_eq!(v["data"], Value::Null, "createPost is non-null: {v}");
+    let e = &v["errors"][0];
+    assert_eq!(e["extensions"]["code"], json!("CONFLICT"));
+    assert_eq!(
+        e["message"],
+        json!("this author already has a post with this title")
+    );
+    assert_eq!(e["path"], json!(["createPost"]));
+    assert!(e["locations"].is_array());
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM tb_post").await,
+        posts_before
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM fraiseql.tb_entity_change_log").await,
+        log_before
+    );
+
+    // mutation_err before any write.
+    let v = gql(&engine, pool, CREATE, json!({"input": {"authorId": "00000000-0000-4000-8000-0000000000ff", "title": "x", "body": "y"}})).await;
+    assert_eq!(v["errors"][0]["extensions"]["code"], json!("NOT_FOUND"));
+    let v = gql(
+        &engine,
+        pool,
+        CREATE,
+        json!({"input": {"authorId": author.id, "title": "  ", "body": "y"}}),
+    )
+    .await;
+    assert_eq!(
+        v["errors"][0]["extensions"]["code"],
+        json!("VALIDATION_ERROR")
+    );
+
+    // Invalid input never reaches the database.
+    let v = gql(
+        &engine,
+        pool,
+        CREATE,
+        json!({"input": {"authorId": "nope", "title": "x", "body": "y"}}),
+    )
+    .await;
+    assert_eq!(
+        v["errors"][0]["extensions"]["code"],
+        json!("BAD_USER_INPUT")
+    );
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("authorId")
+    );
+
+    // A function that raises: a generic error, no SQL text, nothing committed.
+    db.batch(
+        "CREATE OR REPLACE FUNCTION fn_update_post(input jsonb) RETURNS fraiseql.mutation_response LANGUAGE plpgsql AS $$ \
+         BEGIN UPDATE tb_post SET title = 'changed'; RAISE EXCEPTION 'secret internal detail'; END $$;",
+    )
+    .await;
+    let v = gql(&engine, pool, "mutation { updatePost(input: {id: \"00000000-0000-4000-9000-000000000001\", title: \"t\"}) { id } }", json!({})).await;
+    let text = v.to_string();
+    assert_eq!(
+        v["errors"][0]["extensions"]["code"],
+        json!("INTERNAL_SERVER_ERROR")
+    );
+    assert!(
+        !text.contains("secret") && !text.contains("UPDATE"),
+        "{text}"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM tb_post WHERE title = 'changed'").await,
+        0
+    );
+
+    // A later mutation in the same request still runs after a failed one.
+    let v = gql(
+        &engine,
+        pool,
+        &format!(
+            "mutation {{ bad: createPost(input: {{authorId: \"{0}\", title: \"{1}\", body: \"b\"}}) {{ id }} good: createPost(input: {{authorId: \"{0}\", title: \"Fresh\", body: \"b\"}}) {{ title }} }}",
+            author.id, existing
+        ),
+        json!({}),
+    )
+    .await;
+    // Both fields are non-null, so data is null, but the good one was committed.
+    assert_eq!(v["data"], Value::Null);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM tb_post WHERE title = 'Fresh'").await,
+        1
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM tb_post").await,
+        posts_before + 1
+    );
+
+    // Mutations are refused over GET.
+    let req = http::Request::builder()
+        .method("GET")
+        .uri("/graphql?query=mutation%20%7B%20deletePost(id%3A%20%2200000000-0000-4000-9000-000000000001%22)%20%7B%20id%20%7D%20%7D")
+        .body(bytes::Bytes::new())
+        .unwrap();
+    let r = send(&engine, pool, req).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM tb_post").await,
+        posts_before + 1
+    );
+}
