@@ -17,11 +17,13 @@ help: ## list the targets
 build: ## build the release binary (target/release/fraiseql)
 	$(CARGO) build --release
 
-run: build ## create the demo database if missing, run db init, start serve on 127.0.0.1:8080
+run: build ## create the demo database (blog example) if missing, run db init, serve it on 127.0.0.1:8080
 	@psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$(DEMO_DB)'" postgres | grep -q 1 \
 	  || createdb -h 127.0.0.1 -U postgres $(DEMO_DB)
 	FRAISEQL_DATABASE_URL=$(DEMO_URL) ./target/release/fraiseql db init
-	FRAISEQL_DATABASE_URL=$(DEMO_URL) ./target/release/fraiseql serve
+	@psql -h 127.0.0.1 -U postgres -tAc "SELECT to_regclass('public.tb_user') IS NOT NULL" $(DEMO_DB) | grep -q t \
+	  || psql -q -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -f examples/blog/schema.sql -f examples/blog/seed.sql $(DEMO_DB) >/dev/null
+	FRAISEQL_DATABASE_URL=$(DEMO_URL) ./target/release/fraiseql serve --schema examples/blog/schema.json
 
 static: ## build dist/fraiseql, statically linked (no dynamic section)
 	$(STATIC_ENV) $(CARGO) build --release --target $(STATIC_TARGET)
@@ -37,7 +39,8 @@ lint: ## cargo fmt --check and clippy with warnings denied
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-bench: build ## benchmarks: serve start-up time and idle memory
+bench: build ## benchmarks: GraphQL vs PostGraphile side by side; serve start-up time and idle memory
+	python3 bench/graphql_bench.py --binary target/release/fraiseql
 	bench/startup.sh target/release/fraiseql
 
 demo: run ## alias of run

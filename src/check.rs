@@ -38,11 +38,68 @@ pub async fn run(config: &Config) -> Vec<Item> {
         }
         Err(e) => Err(e.to_string()),
     };
+    let db_ok = result.is_ok();
     items.push(Item {
         name: db_name,
         result,
     });
+
+    if !config.graphql.schema.is_empty() {
+        let path = &config.graphql.schema;
+        match crate::schema::load(std::path::Path::new(path)) {
+            Err(e) => items.push(Item {
+                name: format!("schema {path}"),
+                result: Err(e.to_string()),
+            }),
+            Ok(schema) => {
+                items.push(Item {
+                    name: format!("schema {path}"),
+                    result: Ok(format!(
+                        "{} types, {} queries, {} mutations",
+                        schema.types.len(),
+                        schema.queries.len(),
+                        schema.mutations.len()
+                    )),
+                });
+                match crate::graphql::Engine::new(std::sync::Arc::new(schema), config.graphql_limits()) {
+                    Err(e) => items.push(Item {
+                        name: format!("schema {path}"),
+                        result: Err(e.to_string()),
+                    }),
+                    Ok(engine) if db_ok => items.extend(check_objects(config, &engine).await),
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
     items
+}
+
+/// Every view and function the schema names exists, views with a `data jsonb` column.
+async fn check_objects(config: &Config, engine: &crate::graphql::Engine) -> Vec<Item> {
+    let connect = async {
+        let pg = crate::db::pg_config(&config.database).map_err(|e| e.to_string())?;
+        let connector = crate::db::tls_connector(&pg, &config.database.tls_ca_file)
+            .map_err(|e| e.to_string())?;
+        crate::db::connect(&pg, &connector)
+            .await
+            .map_err(|e| crate::db::describe(&e))
+    };
+    match connect.await {
+        Err(e) => vec![Item {
+            name: "schema objects".into(),
+            result: Err(e),
+        }],
+        Ok((client, _conn)) => engine
+            .check_database(&client)
+            .await
+            .into_iter()
+            .map(|c| Item {
+                name: format!("{} {} (used by {})", c.kind, c.name, c.used_by),
+                result: if c.ok { Ok(c.message) } else { Err(c.message) },
+            })
+            .collect(),
+    }
 }
 
 /// Prints the items, one line each; true when all passed.

@@ -26,18 +26,30 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve HTTP: /healthz, /readyz and /metrics.
+    /// Serve HTTP: /graphql, /graphiql, /healthz, /readyz and /metrics. SIGHUP reloads the schema.
     Serve {
         /// Address to bind (overrides [server] listen).
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
+        /// schema.json or schema.compiled.json to serve (overrides [graphql] schema).
+        #[arg(long, value_name = "PATH")]
+        schema: Option<PathBuf>,
+    },
+    /// Compile schema.json (as the SDKs export it) into schema.compiled.json.
+    Compile {
+        /// The schema.json to compile.
+        #[arg(value_name = "SCHEMA_JSON")]
+        input: PathBuf,
+        /// Where to write the compiled schema.
+        #[arg(short, long, value_name = "PATH", default_value = "schema.compiled.json")]
+        output: PathBuf,
     },
     /// Manage the database objects FraiseQL owns (the `fraiseql` schema).
     Db {
         #[command(subcommand)]
         command: DbCommand,
     },
-    /// Validate the configuration and reach every configured service.
+    /// Validate the configuration and schema, and reach every configured service.
     Check,
     /// Print the Grafana dashboard JSON built into this binary.
     Dashboard,

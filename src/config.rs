@@ -44,6 +44,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub graphql: GraphqlConfig,
     /// Where each top-level key came from, for error messages. Not part of the file format.
     #[serde(skip)]
     pub origins: Origins,
@@ -170,6 +171,88 @@ impl Default for LogConfig {
     }
 }
 
+/// The GraphQL endpoint: which schema it serves and the limits every request must respect.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphqlConfig {
+    /// `schema.json` (as the SDKs export it) or `schema.compiled.json`; empty = no `/graphql`.
+    pub schema: String,
+    /// Serve GraphiQL at `/graphiql`.
+    pub graphiql: bool,
+    /// Answer introspection queries (GraphiQL needs them).
+    pub introspection: bool,
+    /// Deepest selection nesting accepted.
+    pub max_depth: usize,
+    /// Most aliased fields in one operation.
+    pub max_aliases: usize,
+    /// Most lexical tokens in one document.
+    pub max_tokens: usize,
+    /// Most fields in one operation, fragments expanded.
+    pub max_fields: usize,
+    /// Largest `query` text, in bytes.
+    pub max_query_bytes: usize,
+    /// Most root fields in one operation (each is one SQL statement).
+    pub max_root_fields: usize,
+    /// `limit` of a list query that gives none.
+    pub default_limit: i64,
+    /// Largest `limit` accepted.
+    pub max_limit: i64,
+    /// Most values in one input list (`in`, `_or`, `orderBy`, …).
+    pub max_list_input: usize,
+    /// Deepest `where` nesting (`_and`/`_or`/`_not` and nested paths).
+    pub max_filter_depth: usize,
+    /// Responses at least this large are gzip-compressed when the client accepts gzip.
+    pub gzip_min_bytes: usize,
+    /// Prepared statements cached per database connection.
+    pub max_cached_statements: usize,
+}
+
+impl Default for GraphqlConfig {
+    fn default() -> Self {
+        let l = crate::graphql::Limits::default();
+        Self {
+            schema: String::new(),
+            graphiql: true,
+            introspection: l.introspection,
+            max_depth: l.max_depth,
+            max_aliases: l.max_aliases,
+            max_tokens: l.max_tokens,
+            max_fields: l.max_fields,
+            max_query_bytes: l.max_query_bytes,
+            max_root_fields: l.max_root_fields,
+            default_limit: l.default_limit,
+            max_limit: l.max_limit,
+            max_list_input: l.max_list_input,
+            max_filter_depth: l.max_filter_depth,
+            gzip_min_bytes: l.gzip_min_bytes,
+            max_cached_statements: l.max_cached_statements,
+        }
+    }
+}
+
+impl Config {
+    /// The engine's limits from `[graphql]` and `server.max_body_bytes`.
+    pub fn graphql_limits(&self) -> crate::graphql::Limits {
+        let g = &self.graphql;
+        crate::graphql::Limits {
+            max_depth: g.max_depth,
+            max_aliases: g.max_aliases,
+            max_tokens: g.max_tokens,
+            max_fields: g.max_fields,
+            max_query_bytes: g.max_query_bytes,
+            max_body_bytes: self.server.max_body_bytes,
+            max_root_fields: g.max_root_fields,
+            default_limit: g.default_limit,
+            max_limit: g.max_limit,
+            max_list_input: g.max_list_input,
+            max_filter_depth: g.max_filter_depth,
+            gzip_min_bytes: g.gzip_min_bytes,
+            introspection: g.introspection,
+            max_cached_statements: g.max_cached_statements,
+        }
+    }
+}
+
 /// Where configuration values came from, used to point error messages at the right place.
 #[derive(Debug, Clone, Default)]
 pub struct Origins {
@@ -202,6 +285,7 @@ impl Origins {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
+    pub schema: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
 }
 
@@ -268,6 +352,10 @@ impl Config {
             config.server.listen = listen;
             origins.flags.push("server.listen".into());
         }
+        if let Some(schema) = &overrides.schema {
+            config.graphql.schema = schema.display().to_string();
+            origins.flags.push("graphql.schema".into());
+        }
         if let Some(format) = overrides.log_format {
             config.log.format = format;
             origins.flags.push("log.format".into());
@@ -311,6 +399,32 @@ impl Config {
         }
         if !self.metrics.path.starts_with('/') {
             return Err(self.value_error("metrics.path", "must start with '/'"));
+        }
+        if !self.graphql.schema.is_empty() && !Path::new(&self.graphql.schema).is_file() {
+            return Err(self.value_error(
+                "graphql.schema",
+                format!("{} is not a readable file", self.graphql.schema),
+            ));
+        }
+        if self.graphql.default_limit < 1 || self.graphql.default_limit > self.graphql.max_limit {
+            return Err(self.value_error(
+                "graphql.default_limit",
+                format!(
+                    "must be between 1 and graphql.max_limit ({})",
+                    self.graphql.max_limit
+                ),
+            ));
+        }
+        for (key, v) in [
+            ("graphql.max_depth", self.graphql.max_depth),
+            ("graphql.max_tokens", self.graphql.max_tokens),
+            ("graphql.max_fields", self.graphql.max_fields),
+            ("graphql.max_query_bytes", self.graphql.max_query_bytes),
+            ("graphql.max_root_fields", self.graphql.max_root_fields),
+        ] {
+            if v == 0 {
+                return Err(self.value_error(key, "must be at least 1"));
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(self.value_error("log.level", format!("invalid filter: {e}")));
@@ -619,8 +733,12 @@ mod tests {
     fn example_config_parses_and_lists_every_key() {
         let text = include_str!("../config.example.toml");
         let parsed: Config = toml::from_str(text).expect("config.example.toml parses");
-        let _ = parsed;
         let defaults = toml::Table::try_from(Config::default()).unwrap();
+        assert_eq!(
+            toml::Table::try_from(parsed).unwrap(),
+            defaults,
+            "config.example.toml shows the defaults"
+        );
         for (section, keys) in &defaults {
             let toml::Value::Table(keys) = keys else {
                 continue;

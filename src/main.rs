@@ -11,11 +11,13 @@ use fraiseql::config::{Config, LogFormat, Overrides};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let (listen, schema) = match &cli.command {
+        Command::Serve { listen, schema } => (*listen, schema.clone()),
+        _ => (None, None),
+    };
     let overrides = Overrides {
-        listen: match &cli.command {
-            Command::Serve { listen } => *listen,
-            _ => None,
-        },
+        listen,
+        schema,
         log_format: cli.log_format,
     };
     let config = match Config::load(cli.config.as_deref(), &overrides) {
@@ -75,6 +77,23 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 "fraiseql schema up to date ({} applied, {} already present)",
                 report.applied.len(),
                 report.already
+            );
+        }
+        Command::Compile { input, output } => {
+            let (compiled, warnings) = fraiseql::schema::compile_file(&input)?;
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            let json = fraiseql::schema::to_compiled_json(&compiled);
+            std::fs::write(&output, json)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", output.display()))?;
+            println!(
+                "compiled {} into {} ({} types, {} queries, {} mutations)",
+                input.display(),
+                output.display(),
+                compiled.types.len(),
+                compiled.queries.len(),
+                compiled.mutations.len()
             );
         }
         Command::Check => {

@@ -21,6 +21,51 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     run_on(listener, config, shutdown).await
 }
 
+/// Loads the schema at `path` (schema.json or compiled) and builds an engine for it.
+fn load_engine(config: &Config, path: &str) -> anyhow::Result<crate::graphql::Engine> {
+    let schema = crate::schema::load(std::path::Path::new(path))?;
+    let engine = crate::graphql::Engine::new(Arc::new(schema), config.graphql_limits())?
+        .with_metrics(crate::metrics::metrics().graphql.clone());
+    Ok(engine)
+}
+
+/// On SIGHUP, reloads the schema and swaps the engine atomically. Requests in flight keep
+/// the engine they started with; a schema that fails to load leaves the old one serving.
+fn spawn_reload_on_sighup(state: Arc<AppState>, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; schema reload disabled");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                received = hup.recv() => if received.is_none() { return },
+            }
+            let path = state.config.graphql.schema.clone();
+            match load_engine(&state.config, &path) {
+                Ok(engine) => {
+                    state.swap_engine(engine);
+                    // Prepared statements of the old schema's shapes may no longer fit the
+                    // views; new ones are prepared on demand.
+                    state.pool.manager().statement_caches.clear();
+                    tracing::info!(schema = %path, "schema reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(schema = %path, error = %format!("{e:#}"), "schema reload failed; keeping the current schema");
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (state, shutdown);
+}
+
 /// Serves on `listener` until `shutdown` is cancelled.
 pub async fn run_on(
     listener: TcpListener,
@@ -30,10 +75,21 @@ pub async fn run_on(
     let started = Instant::now();
     let pool = crate::db::pool(&config.database)?;
     let addr = listener.local_addr()?;
+    let engine = match config.graphql.schema.as_str() {
+        "" => {
+            tracing::warn!("no GraphQL schema configured; /graphql answers 404");
+            None
+        }
+        path => Some(std::sync::RwLock::new(Arc::new(load_engine(&config, path)?))),
+    };
     let state = Arc::new(AppState {
         config: Arc::new(config),
         pool: pool.clone(),
+        engine,
     });
+    if state.engine.is_some() {
+        spawn_reload_on_sighup(state.clone(), shutdown.clone());
+    }
 
     // Warm one connection so the first request does not pay for it, and say early whether
     // the database is reachable. Failure is not fatal: /readyz reports it until it recovers.

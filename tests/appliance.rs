@@ -436,10 +436,24 @@ async fn dashboard_only_uses_exported_metrics() {
 
     // Drive traffic so labelled series exist, then read the running binary's /metrics.
     let db = TestDb::new().await;
-    let child = common::ServeProcess::start(&db.url(), &[]).await;
+    db.load_blog().await;
+    let schema = common::crate_path("examples/blog/schema.json");
+    let child = common::ServeProcess::start(
+        &db.url(),
+        &[("FRAISEQL_GRAPHQL_SCHEMA", schema.to_str().unwrap())],
+    )
+    .await;
     let base = child.base.clone();
     get(&format!("{base}/healthz")).await;
     get(&format!("{base}/nope")).await;
+    for query in ["{ users(limit: 1) { id } }", "{ nope }"] {
+        common::http()
+            .post(format!("{base}/graphql"))
+            .json(&serde_json::json!({ "query": query }))
+            .send()
+            .await
+            .unwrap();
+    }
     let (_, exported) = get(&format!("{base}/metrics")).await;
     drop(child);
 

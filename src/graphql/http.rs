@@ -202,6 +202,22 @@ fn from_query_string(qs: &str) -> Result<Request, String> {
     Ok(req)
 }
 
+/// The answer to a request whose body exceeded `max_body_bytes` before it was read whole
+/// (the server stops reading at the limit instead of buffering an unbounded body).
+pub fn body_too_large(engine: &Engine, headers: &http::HeaderMap) -> Response<Bytes> {
+    let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
+    request_failure(
+        engine,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        negotiate(accept).unwrap_or(MediaType::Json),
+        &format!(
+            "the body is larger than the limit of {} bytes",
+            engine.limits.max_body_bytes
+        ),
+        "PAYLOAD_TOO_LARGE",
+    )
+}
+
 /// Answers one request to the GraphQL endpoint.
 pub async fn handle(engine: &Engine, pool: &Pool, req: HttpRequest<Bytes>) -> Response<Bytes> {
     let headers = req.headers();

@@ -1,6 +1,6 @@
 //! The HTTP server (hyper 1): routing, body limits, per-request metrics and graceful
-//! shutdown. Routes: `/healthz` (alive), `/readyz` (database reachable), `/metrics`
-//! (Prometheus text).
+//! shutdown. Routes: `/graphql` (handed to [`crate::graphql::http`]), `/graphiql` (embedded
+//! assets), `/healthz` (alive), `/readyz` (database reachable), `/metrics` (Prometheus text).
 //!
 //! [`serve`] takes an already-bound listener, so tests bind port 0 and run the server
 //! in-process; it returns once shutdown is requested and in-flight requests have finished
@@ -31,6 +31,25 @@ pub type Body = Full<Bytes>;
 pub struct AppState {
     pub config: Arc<Config>,
     pub pool: deadpool_postgres::Pool,
+    /// The GraphQL engine, swapped whole on SIGHUP; `None` when no schema is configured.
+    /// Requests clone the `Arc`, so those in flight finish on the engine they started with.
+    pub engine: Option<std::sync::RwLock<Arc<crate::graphql::Engine>>>,
+}
+
+impl AppState {
+    /// The current engine, if a schema is configured.
+    pub fn engine(&self) -> Option<Arc<crate::graphql::Engine>> {
+        self.engine
+            .as_ref()
+            .map(|e| e.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// Replaces the engine (schema reload).
+    pub fn swap_engine(&self, engine: crate::graphql::Engine) {
+        if let Some(slot) = &self.engine {
+            *slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(engine);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,9 +164,11 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
 /// arbitrary paths cannot blow up label cardinality.
 fn route_label(path: &str) -> &'static str {
     match path {
+        "/graphql" => "/graphql",
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
+        p if p == "/graphiql" || p.starts_with("/graphiql/") => "/graphiql",
         _ => "other",
     }
 }
@@ -159,6 +180,26 @@ async fn route(
 ) -> (&'static str, Response<Body>) {
     let metrics_path = state.config.metrics.enabled && path == state.config.metrics.path;
     match path {
+        "/graphql" => match state.engine() {
+            Some(engine) => ("/graphql", graphql(state, &engine, req).await),
+            None => (
+                "/graphql",
+                json_error(
+                    StatusCode::NOT_FOUND,
+                    "no GraphQL schema configured (set [graphql] schema or serve --schema)",
+                ),
+            ),
+        },
+        p if (p == "/graphiql" || p.starts_with("/graphiql/"))
+            && state.config.graphql.graphiql
+            && state.engine.is_some() =>
+        {
+            let resp = match only_get(&req) {
+                Some(r) => r,
+                None => graphiql(p),
+            };
+            ("/graphiql", resp)
+        }
         "/healthz" => ("/healthz", only_get(&req).unwrap_or_else(healthz)),
         "/readyz" => {
             let resp = match only_get(&req) {
@@ -176,6 +217,54 @@ async fn route(
         }
         _ => ("other", json_error(StatusCode::NOT_FOUND, "not found")),
     }
+}
+
+/// Hands a request to the GraphQL engine. The body is read up to `server.max_body_bytes`
+/// and no further, so an oversized body costs no more memory than the limit.
+async fn graphql(
+    state: &AppState,
+    engine: &crate::graphql::Engine,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let limit = state.config.server.max_body_bytes;
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return crate::graphql::http::body_too_large(engine, &parts.headers).map(Full::new);
+        }
+        Err(_) => return json_error(StatusCode::BAD_REQUEST, "could not read the request body"),
+    };
+    let request = Request::from_parts(parts, body);
+    crate::graphql::http::handle(engine, &state.pool, request)
+        .await
+        .map(Full::new)
+}
+
+/// GraphiQL, embedded (no CDN: it works offline).
+fn graphiql(path: &str) -> Response<Body> {
+    let rest = path.strip_prefix("/graphiql").unwrap_or(path);
+    let file = match rest.strip_prefix('/').unwrap_or(rest) {
+        "" | "index.html" => "index.html",
+        other => other,
+    };
+    let Some(asset) = crate::assets::Assets::get(&format!("graphiql/{file}")) else {
+        return json_error(StatusCode::NOT_FOUND, "not found");
+    };
+    let content_type = match file.rsplit('.').next() {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        _ => "application/octet-stream",
+    };
+    let mut r = Response::new(Full::new(Bytes::from(asset.data.into_owned())));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    r
 }
 
 /// `Some(405)` unless the method is GET or HEAD.

@@ -1,0 +1,188 @@
+//! `serve` with a GraphQL schema, end to end over HTTP: /graphql, GraphiQL, body limits,
+//! metrics, `compile`, `check` of the schema's objects, and SIGHUP schema reload.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ServeProcess, TestDb, TestServer, bin, crate_path, get, http};
+use serde_json::{Value, json};
+
+async fn post(url: &str, query: &str) -> (u16, Value) {
+    let r = http()
+        .post(url)
+        .json(&json!({ "query": query }))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn graphql_graphiql_limits_and_metrics_over_http() {
+    let db = TestDb::new().await;
+    let seed = db.load_blog().await;
+    let mut config = db.config();
+    config.graphql.schema = crate_path("examples/blog/schema.json").display().to_string();
+    config.server.max_body_bytes = 64 * 1024;
+    let server = TestServer::start(config).await;
+
+    let (status, v) = post(&server.url("/graphql"), "{ users(limit: 3, orderBy: [{identifier: ASC}]) { identifier posts { title } } }").await;
+    assert_eq!(status, 200, "{v}");
+    let mut users: Vec<(usize, &common::SeedUser)> = seed.users.iter().enumerate().collect();
+    users.sort_by(|a, b| a.1.identifier.cmp(&b.1.identifier));
+    let expected: Vec<Value> = users[..3]
+        .iter()
+        .map(|(i, u)| {
+            let posts: Vec<Value> = seed
+                .posts
+                .iter()
+                .filter(|p| p.author == *i)
+                .map(|p| json!({ "title": p.title }))
+                .collect();
+            json!({ "identifier": u.identifier, "posts": posts })
+        })
+        .collect();
+    assert_eq!(v, json!({ "data": { "users": expected } }));
+
+    // GraphiQL and its assets are served from the binary.
+    let (status, html) = get(&server.url("/graphiql")).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("/graphiql/graphiql.min.js") && !html.contains("https://"), "{html}");
+    for asset in ["graphiql.min.js", "graphiql.min.css", "react.production.min.js", "react-dom.production.min.js"] {
+        let r = http().get(server.url(&format!("/graphiql/{asset}"))).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{asset}");
+        assert!(r.bytes().await.unwrap().len() > 1000, "{asset}");
+    }
+    assert_eq!(get(&server.url("/graphiql/../Cargo.toml")).await.0, 404);
+
+    // A body over the limit is refused without being read whole, in GraphQL's error format.
+    let huge = format!("{{\"query\":\"{{ users {{ id }} }}\",\"x\":\"{}\"}}", "a".repeat(200 * 1024));
+    let r = http()
+        .post(server.url("/graphql"))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["extensions"]["code"], "PAYLOAD_TOO_LARGE", "{v}");
+
+    let (_, metrics) = get(&server.url("/metrics")).await;
+    assert!(
+        metrics.contains("fraiseql_graphql_operations_total{name=\"anonymous\",outcome=\"ok\",type=\"query\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("fraiseql_http_requests_total{route=\"/graphql\",status=\"200\"}"));
+    assert!(metrics.contains("fraiseql_http_requests_total{route=\"/graphql\",status=\"413\"}"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_schema_graphql_is_404_with_a_reason() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(db.config()).await;
+    let (status, body) = get(&server.url("/graphql?query=%7B__typename%7D")).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("no GraphQL schema configured"), "{body}");
+    assert_eq!(get(&server.url("/graphiql")).await.0, 404);
+    server.stop().await;
+}
+
+#[test]
+fn compile_writes_a_loadable_schema_and_names_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("schema.compiled.json");
+    let o = bin()
+        .args(["compile", crate_path("tests/fixtures/sdk-blog.schema.json").to_str().unwrap(), "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let compiled = fraiseql::schema::load(&out).expect("compiled schema loads");
+    assert!(compiled.queries.iter().any(|q| q.name == "users"));
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"types":[{"name":"Post","fields":[{"name":"title","nullable":false}]}]}"#).unwrap();
+    let o = bin().arg("compile").arg(&bad).arg("-o").arg(dir.path().join("x.json")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bad.json") && stderr.contains("Post") && stderr.contains("title"), "{stderr}");
+    assert!(!dir.path().join("x.json").exists(), "nothing written on error");
+}
+
+#[tokio::test]
+async fn check_names_missing_views_and_functions() {
+    let db = TestDb::new().await;
+    db.load_blog().await;
+    db.batch("DROP VIEW v_comment; DROP FUNCTION fn_delete_post(uuid);").await;
+    let o = bin()
+        .arg("check")
+        .env("FRAISEQL_DATABASE_URL", db.url())
+        .env("FRAISEQL_GRAPHQL_SCHEMA", crate_path("examples/blog/schema.json"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("ok    view v_user"), "{stdout}");
+    let fails: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(fails.len(), 2, "{stdout}");
+    assert!(fails.iter().any(|l| l.contains("v_comment")), "{stdout}");
+    assert!(fails.iter().any(|l| l.contains("fn_delete_post")), "{stdout}");
+}
+
+fn sighup(child: &std::process::Child) {
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_schema_and_keeps_the_old_one_when_the_new_is_broken() {
+    let db = TestDb::new().await;
+    let seed = db.load_blog().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("schema.json");
+    let full: Value = serde_json::from_str(
+        &std::fs::read_to_string(crate_path("examples/blog/schema.json")).unwrap(),
+    )
+    .unwrap();
+    // Start without the `comments` query.
+    let mut reduced = full.clone();
+    reduced["queries"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|q| q["name"] != "comments");
+    std::fs::write(&path, reduced.to_string()).unwrap();
+    let server = ServeProcess::start(&db.url(), &[("FRAISEQL_GRAPHQL_SCHEMA", path.to_str().unwrap())]).await;
+    let url = format!("{}/graphql", server.base);
+    let (_, v) = post(&url, "{ comments(limit: 1) { body } }").await;
+    assert_eq!(v["errors"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED", "{v}");
+
+    std::fs::write(&path, full.to_string()).unwrap();
+    sighup(&server.child);
+    let reloaded = common::eventually(Duration::from_secs(10), || async {
+        post(&url, "{ comments(limit: 1) { body } }").await.1.get("errors").is_none()
+    })
+    .await;
+    assert!(reloaded, "the new schema serves `comments` after SIGHUP");
+    let (_, v) = post(&url, "{ comments(limit: 500) { body } }").await;
+    let mut got: Vec<&str> = v["data"]["comments"].as_array().unwrap().iter().map(|c| c["body"].as_str().unwrap()).collect();
+    let mut want: Vec<&str> = seed.comments.iter().map(|c| c.body.as_str()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+
+    // A broken file: the reload fails and the current schema keeps serving.
+    std::fs::write(&path, "{ not json").unwrap();
+    sighup(&server.child);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, v) = post(&url, "{ comments(limit: 1) { body } }").await;
+    assert_eq!(status, 200);
+    assert!(v.get("errors").is_none(), "{v}");
+    assert_eq!(get(&format!("{}/healthz", server.base)).await.0, 200);
+}

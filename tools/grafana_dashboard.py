@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Writes assets/grafana/fraiseql.json (embedded in the binary). Edit panels here, run it, commit both."""
+import os
+os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import json
+panels=[]
+DS={"type":"prometheus","uid":"${datasource}"}
+def panel(title, exprs, unit="short", x=0, y=0, w=12, h=8, kind="timeseries"):
+    panels.append({
+      "id": len(panels)+1, "type": kind, "title": title, "datasource": DS,
+      "gridPos": {"x":x,"y":y,"w":w,"h":h},
+      "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+      "targets": [{"refId": chr(65+i), "expr": e, "legendFormat": l, "datasource": DS} for i,(e,l) in enumerate(exprs)],
+    })
+def row(title, y):
+    panels.append({"id": len(panels)+1, "type":"row", "title": title, "collapsed": False,
+                   "gridPos": {"x":0,"y":y,"w":24,"h":1}, "panels": []})
+def sel(extra=""):
+    inner='job=~"$job",instance=~"$instance"' + ("," + extra if extra else "")
+    return "{" + inner + "}"
+S5 = sel('status=~"5.."'); S4 = sel('status=~"4.."'); S = sel()
+row("HTTP", 0)
+panel("Request rate by route", [("sum by (route) (rate(fraiseql_http_requests_total%s[$__rate_interval]))" % S, "{{route}}")], "reqps", 0, 1)
+panel("Error rate", [("sum(rate(fraiseql_http_requests_total%s[$__rate_interval])) / clamp_min(sum(rate(fraiseql_http_requests_total%s[$__rate_interval])), 1e-9)" % (S5, S), "5xx"),
+                     ("sum(rate(fraiseql_http_requests_total%s[$__rate_interval])) / clamp_min(sum(rate(fraiseql_http_requests_total%s[$__rate_interval])), 1e-9)" % (S4, S), "4xx")], "percentunit", 12, 1)
+panel("Request latency p50 / p95 / p99", [
+    ("histogram_quantile(%s, sum by (le) (rate(fraiseql_http_request_duration_seconds_bucket%s[$__rate_interval])))" % (q, S), "p%d" % round(q*100)) for q in (0.5,0.95,0.99)], "s", 0, 9)
+panel("Latency p99 by route", [("histogram_quantile(0.99, sum by (le, route) (rate(fraiseql_http_request_duration_seconds_bucket%s[$__rate_interval])))" % S, "{{route}}")], "s", 12, 9)
+row("GraphQL", 17)
+panel("Operations by type and outcome", [("sum by (type, outcome) (rate(fraiseql_graphql_operations_total%s[$__rate_interval]))" % S, "{{type}} {{outcome}}")], "ops", 0, 18)
+panel("Errors by code", [("sum by (code) (rate(fraiseql_graphql_errors_total%s[$__rate_interval]))" % S, "{{code}}")], "ops", 12, 18)
+panel("GraphQL request latency p50 / p95 / p99", [
+    ("histogram_quantile(%s, sum by (le) (rate(fraiseql_graphql_request_duration_seconds_bucket%s[$__rate_interval])))" % (q, S), "p%d" % round(q*100)) for q in (0.5,0.95,0.99)], "s", 0, 26)
+panel("SQL statement latency p50 / p99", [
+    ("histogram_quantile(%s, sum by (le) (rate(fraiseql_graphql_sql_duration_seconds_bucket%s[$__rate_interval])))" % (q, S), "p%d" % round(q*100)) for q in (0.5,0.99)], "s", 12, 26)
+panel("Top operations by name", [("topk(10, sum by (name) (rate(fraiseql_graphql_operations_total%s[$__rate_interval])))" % S, "{{name}}")], "ops", 0, 34, w=24)
+row("Database", 42)
+panel("Connection pool", [("sum(fraiseql_db_pool_connections%s)" % S, "open"), ("sum(fraiseql_db_pool_connections_in_use%s)" % S, "in use"),
+                          ("sum(fraiseql_db_pool_waiting%s)" % S, "waiting"), ("sum(fraiseql_db_pool_max_connections%s)" % S, "max")], "short", 0, 43)
+panel("Database up", [("min(fraiseql_db_up%s)" % S, "up")], "short", 12, 43, kind="stat")
+row("Process", 51)
+panel("Resident memory", [("fraiseql_process_resident_memory_bytes%s" % S, "{{instance}}")], "bytes", 0, 52)
+panel("CPU", [("rate(fraiseql_process_cpu_seconds_total%s[$__rate_interval])" % S, "{{instance}}")], "percentunit", 12, 52)
+panel("Open file descriptors", [("fraiseql_process_open_fds%s" % S, "{{instance}}")], "short", 0, 60)
+panel("Version", [("count by (version) (fraiseql_build_info%s)" % S, "{{version}}")], "short", 12, 60, kind="stat")
+dash={
+ "title":"FraiseQL","uid":"fraiseql","tags":["fraiseql"],"timezone":"browser","schemaVersion":39,"version":1,
+ "refresh":"30s","time":{"from":"now-1h","to":"now"},
+ "templating":{"list":[
+   {"name":"datasource","type":"datasource","query":"prometheus","label":"Data source"},
+   {"name":"job","type":"query","datasource":DS,"query":"label_values(fraiseql_build_info, job)","includeAll":True,"multi":True,"current":{"text":"All","value":"$__all"},"allValue":".*","refresh":2},
+   {"name":"instance","type":"query","datasource":DS,"query":"label_values(fraiseql_build_info{job=~\"$job\"}, instance)","includeAll":True,"multi":True,"current":{"text":"All","value":"$__all"},"allValue":".*","refresh":2}]},
+ "panels": panels,
+}
+json.dump(dash, open("assets/grafana/fraiseql.json","w"), indent=2)
