@@ -61,7 +61,10 @@ pub async fn run(config: &Config) -> Vec<Item> {
                         schema.mutations.len()
                     )),
                 });
-                match crate::graphql::Engine::new(std::sync::Arc::new(schema), config.graphql_limits()) {
+                match crate::graphql::Engine::new(
+                    std::sync::Arc::new(schema),
+                    config.graphql_limits(),
+                ) {
                     Err(e) => items.push(Item {
                         name: format!("schema {path}"),
                         result: Err(e.to_string()),

@@ -41,7 +41,12 @@ pub enum Command {
         #[arg(value_name = "SCHEMA_JSON")]
         input: PathBuf,
         /// Where to write the compiled schema.
-        #[arg(short, long, value_name = "PATH", default_value = "schema.compiled.json")]
+        #[arg(
+            short,
+            long,
+            value_name = "PATH",
+            default_value = "schema.compiled.json"
+        )]
         output: PathBuf,
     },
     /// Manage the database objects FraiseQL owns (the `fraiseql` schema).

@@ -80,7 +80,9 @@ pub async fn run_on(
             tracing::warn!("no GraphQL schema configured; /graphql answers 404");
             None
         }
-        path => Some(std::sync::RwLock::new(Arc::new(load_engine(&config, path)?))),
+        path => Some(std::sync::RwLock::new(Arc::new(load_engine(
+            &config, path,
+        )?))),
     };
     let state = Arc::new(AppState {
         config: Arc::new(config),

@@ -23,11 +23,17 @@ async fn graphql_graphiql_limits_and_metrics_over_http() {
     let db = TestDb::new().await;
     let seed = db.load_blog().await;
     let mut config = db.config();
-    config.graphql.schema = crate_path("examples/blog/schema.json").display().to_string();
+    config.graphql.schema = crate_path("examples/blog/schema.json")
+        .display()
+        .to_string();
     config.server.max_body_bytes = 64 * 1024;
     let server = TestServer::start(config).await;
 
-    let (status, v) = post(&server.url("/graphql"), "{ users(limit: 3, orderBy: [{identifier: ASC}]) { identifier posts { title } } }").await;
+    let (status, v) = post(
+        &server.url("/graphql"),
+        "{ users(limit: 3, orderBy: [{identifier: ASC}]) { identifier posts { title } } }",
+    )
+    .await;
     assert_eq!(status, 200, "{v}");
     let mut users: Vec<(usize, &common::SeedUser)> = seed.users.iter().enumerate().collect();
     users.sort_by(|a, b| a.1.identifier.cmp(&b.1.identifier));
@@ -48,16 +54,31 @@ async fn graphql_graphiql_limits_and_metrics_over_http() {
     // GraphiQL and its assets are served from the binary.
     let (status, html) = get(&server.url("/graphiql")).await;
     assert_eq!(status, 200);
-    assert!(html.contains("/graphiql/graphiql.min.js") && !html.contains("https://"), "{html}");
-    for asset in ["graphiql.min.js", "graphiql.min.css", "react.production.min.js", "react-dom.production.min.js"] {
-        let r = http().get(server.url(&format!("/graphiql/{asset}"))).send().await.unwrap();
+    assert!(
+        html.contains("/graphiql/graphiql.min.js") && !html.contains("https://"),
+        "{html}"
+    );
+    for asset in [
+        "graphiql.min.js",
+        "graphiql.min.css",
+        "react.production.min.js",
+        "react-dom.production.min.js",
+    ] {
+        let r = http()
+            .get(server.url(&format!("/graphiql/{asset}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200, "{asset}");
         assert!(r.bytes().await.unwrap().len() > 1000, "{asset}");
     }
     assert_eq!(get(&server.url("/graphiql/../Cargo.toml")).await.0, 404);
 
     // A body over the limit is refused without being read whole, in GraphQL's error format.
-    let huge = format!("{{\"query\":\"{{ users {{ id }} }}\",\"x\":\"{}\"}}", "a".repeat(200 * 1024));
+    let huge = format!(
+        "{{\"query\":\"{{ users {{ id }} }}\",\"x\":\"{}\"}}",
+        "a".repeat(200 * 1024)
+    );
     let r = http()
         .post(server.url("/graphql"))
         .header("content-type", "application/json")
@@ -67,11 +88,16 @@ async fn graphql_graphiql_limits_and_metrics_over_http() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 413);
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v["errors"][0]["extensions"]["code"], "PAYLOAD_TOO_LARGE", "{v}");
+    assert_eq!(
+        v["errors"][0]["extensions"]["code"], "PAYLOAD_TOO_LARGE",
+        "{v}"
+    );
 
     let (_, metrics) = get(&server.url("/metrics")).await;
     assert!(
-        metrics.contains("fraiseql_graphql_operations_total{name=\"anonymous\",outcome=\"ok\",type=\"query\"}"),
+        metrics.contains(
+            "fraiseql_graphql_operations_total{name=\"anonymous\",outcome=\"ok\",type=\"query\"}"
+        ),
         "{metrics}"
     );
     assert!(metrics.contains("fraiseql_http_requests_total{route=\"/graphql\",status=\"200\"}"));
@@ -95,7 +121,13 @@ fn compile_writes_a_loadable_schema_and_names_errors() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("schema.compiled.json");
     let o = bin()
-        .args(["compile", crate_path("tests/fixtures/sdk-blog.schema.json").to_str().unwrap(), "-o"])
+        .args([
+            "compile",
+            crate_path("tests/fixtures/sdk-blog.schema.json")
+                .to_str()
+                .unwrap(),
+            "-o",
+        ])
         .arg(&out)
         .output()
         .unwrap();
@@ -104,23 +136,43 @@ fn compile_writes_a_loadable_schema_and_names_errors() {
     assert!(compiled.queries.iter().any(|q| q.name == "users"));
 
     let bad = dir.path().join("bad.json");
-    std::fs::write(&bad, r#"{"types":[{"name":"Post","fields":[{"name":"title","nullable":false}]}]}"#).unwrap();
-    let o = bin().arg("compile").arg(&bad).arg("-o").arg(dir.path().join("x.json")).output().unwrap();
+    std::fs::write(
+        &bad,
+        r#"{"types":[{"name":"Post","fields":[{"name":"title","nullable":false}]}]}"#,
+    )
+    .unwrap();
+    let o = bin()
+        .arg("compile")
+        .arg(&bad)
+        .arg("-o")
+        .arg(dir.path().join("x.json"))
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("bad.json") && stderr.contains("Post") && stderr.contains("title"), "{stderr}");
-    assert!(!dir.path().join("x.json").exists(), "nothing written on error");
+    assert!(
+        stderr.contains("bad.json") && stderr.contains("Post") && stderr.contains("title"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("x.json").exists(),
+        "nothing written on error"
+    );
 }
 
 #[tokio::test]
 async fn check_names_missing_views_and_functions() {
     let db = TestDb::new().await;
     db.load_blog().await;
-    db.batch("DROP VIEW v_comment; DROP FUNCTION fn_delete_post(uuid);").await;
+    db.batch("DROP VIEW v_comment; DROP FUNCTION fn_delete_post(uuid);")
+        .await;
     let o = bin()
         .arg("check")
         .env("FRAISEQL_DATABASE_URL", db.url())
-        .env("FRAISEQL_GRAPHQL_SCHEMA", crate_path("examples/blog/schema.json"))
+        .env(
+            "FRAISEQL_GRAPHQL_SCHEMA",
+            crate_path("examples/blog/schema.json"),
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -129,7 +181,10 @@ async fn check_names_missing_views_and_functions() {
     let fails: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
     assert_eq!(fails.len(), 2, "{stdout}");
     assert!(fails.iter().any(|l| l.contains("v_comment")), "{stdout}");
-    assert!(fails.iter().any(|l| l.contains("fn_delete_post")), "{stdout}");
+    assert!(
+        fails.iter().any(|l| l.contains("fn_delete_post")),
+        "{stdout}"
+    );
 }
 
 fn sighup(child: &std::process::Child) {
@@ -158,20 +213,36 @@ async fn sighup_reloads_the_schema_and_keeps_the_old_one_when_the_new_is_broken(
         .unwrap()
         .retain(|q| q["name"] != "comments");
     std::fs::write(&path, reduced.to_string()).unwrap();
-    let server = ServeProcess::start(&db.url(), &[("FRAISEQL_GRAPHQL_SCHEMA", path.to_str().unwrap())]).await;
+    let server = ServeProcess::start(
+        &db.url(),
+        &[("FRAISEQL_GRAPHQL_SCHEMA", path.to_str().unwrap())],
+    )
+    .await;
     let url = format!("{}/graphql", server.base);
     let (_, v) = post(&url, "{ comments(limit: 1) { body } }").await;
-    assert_eq!(v["errors"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED", "{v}");
+    assert_eq!(
+        v["errors"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED",
+        "{v}"
+    );
 
     std::fs::write(&path, full.to_string()).unwrap();
     sighup(&server.child);
     let reloaded = common::eventually(Duration::from_secs(10), || async {
-        post(&url, "{ comments(limit: 1) { body } }").await.1.get("errors").is_none()
+        post(&url, "{ comments(limit: 1) { body } }")
+            .await
+            .1
+            .get("errors")
+            .is_none()
     })
     .await;
     assert!(reloaded, "the new schema serves `comments` after SIGHUP");
     let (_, v) = post(&url, "{ comments(limit: 500) { body } }").await;
-    let mut got: Vec<&str> = v["data"]["comments"].as_array().unwrap().iter().map(|c| c["body"].as_str().unwrap()).collect();
+    let mut got: Vec<&str> = v["data"]["comments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["body"].as_str().unwrap())
+        .collect();
     let mut want: Vec<&str> = seed.comments.iter().map(|c| c.body.as_str()).collect();
     got.sort();
     want.sort();

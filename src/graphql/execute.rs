@@ -534,7 +534,7 @@ impl Engine {
                 Ok::<_, tokio_postgres::Error>(row.and_then(|r| r.get::<_, Option<String>>(0)))
             };
             run.await.map_err(|e| {
-                tracing::error!(target: "fraiseql::graphql", field = %plan.field, error = %e, sql = %stmt.sql, "query failed");
+                tracing::error!(target: "fraiseql::graphql", field = %plan.field, error = %crate::db::describe(&e), sql = %stmt.sql, "query failed");
                 internal(plan, "the query failed")
             })
         });

@@ -59,9 +59,11 @@ impl TestDb {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .expect("create test database");
-        let mut cfg = fraiseql::config::DatabaseConfig::default();
-        cfg.url = format!("postgres://postgres@127.0.0.1:5432/{name}");
-        cfg.pool_size = 8;
+        let cfg = fraiseql::config::DatabaseConfig {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            pool_size: 8,
+            ..Default::default()
+        };
         let pool = fraiseql::db::pool(&cfg).expect("pool");
         TestDb { name, pool }
     }
