@@ -5,7 +5,9 @@ Creates the database `fraiseql_bench` from examples/blog (schema + seed), starts
 `fraiseql serve` (release build) and PostGraphile v4 (npm, installed into bench/node_modules
 on first use), then drives both with wrk (POST bodies via a Lua script) at 1, 16 and 64
 connections for two queries: a list of 20 users with their posts, and one user by id.
-Prints requests/s, p50 and p99 for each and the ratios fraiseql / PostGraphile.
+Prints requests/s, p50 and p99 for each and the ratios fraiseql / PostGraphile, and the
+ceiling: the exact statement fraiseql runs (`fraiseql explain --inline`) driven by
+`pgbench -M prepared` at the same concurrency — what PostgreSQL itself can give.
 
 Usage: bench/graphql_bench.py [--duration SECONDS] [--binary PATH]
 """
@@ -92,6 +94,29 @@ def wrk(url, body, connections, duration):
     return {"rps": rps, "p50": lat(50), "p99": lat(99), "errors": int(errors.group(1)) if errors else 0}
 
 
+def pgbench(sql, connections, duration):
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+        f.write(sql.strip().rstrip(";") + ";\n")
+        script = f.name
+    out = subprocess.run(["pgbench", "-h", "127.0.0.1", "-U", "postgres", "-M", "prepared", "-n",
+                          "-c", str(connections), "-j", str(min(2, connections)), "-T", str(duration),
+                          "-f", script, DB], capture_output=True, text=True)
+    os.unlink(script)
+    m = re.search(r"tps = ([\d.]+)", out.stdout)
+    if not m:
+        raise SystemExit(f"pgbench failed: {out.stderr}")
+    return float(m.group(1))
+
+
+def explain_sql(binary, schema, query):
+    out = subprocess.run([binary, "explain", "--inline", "--schema", schema, query],
+                         capture_output=True, text=True, check=True)
+    statements = [l for l in out.stdout.splitlines() if not l.startswith("--")]
+    if len(statements) != 1:
+        raise SystemExit(f"expected one statement for {query}: {out.stdout}")
+    return statements[0]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
@@ -112,8 +137,9 @@ def main():
 
     procs = []
     try:
+        schema = os.path.join(ROOT, "examples", "blog", "schema.json")
         fq = subprocess.Popen([args.binary, "serve", "--listen", f"127.0.0.1:{FRAISEQL_PORT}",
-                               "--schema", os.path.join(ROOT, "examples", "blog", "schema.json")],
+                               "--schema", schema],
                               env=dict(env, FRAISEQL_DATABASE_POOL_SIZE="16"))
         procs.append(fq)
         pg_bin = ensure_postgraphile()
@@ -152,18 +178,22 @@ def main():
                 wrk(pg_url, json.dumps({"query": pg_q}), c, 2)
                 r_fq = wrk(fq_url, json.dumps({"query": fq_q}), c, args.duration)
                 r_pg = wrk(pg_url, json.dumps({"query": pg_q}), c, args.duration)
-                rows.append((name, c, r_fq, r_pg))
+                ceiling = pgbench(explain_sql(args.binary, schema, fq_q), c, args.duration)
+                rows.append((name, c, r_fq, r_pg, ceiling))
         print()
-        print(f"{'query':28} {'conns':>5} | {'fraiseql req/s':>14} {'p50 ms':>7} {'p99 ms':>7} | "
-              f"{'PostGraphile req/s':>18} {'p50 ms':>7} {'p99 ms':>7} | {'throughput':>10} {'p99':>6}")
-        for name, c, a, b in rows:
-            print(f"{name:28} {c:>5} | {a['rps']:>14.0f} {a['p50']:>7.2f} {a['p99']:>7.2f} | "
+        print(f"{'query':26} {'conns':>5} | {'fraiseql req/s':>14} {'p50 ms':>7} {'p99 ms':>7} | "
+              f"{'PostGraphile req/s':>18} {'p50 ms':>7} {'p99 ms':>7} | {'throughput':>10} {'p99':>6} | "
+              f"{'pgbench tps':>11} {'of ceiling':>10}")
+        for name, c, a, b, ceiling in rows:
+            print(f"{name:26} {c:>5} | {a['rps']:>14.0f} {a['p50']:>7.2f} {a['p99']:>7.2f} | "
                   f"{b['rps']:>18.0f} {b['p50']:>7.2f} {b['p99']:>7.2f} | "
-                  f"{a['rps'] / b['rps']:>9.1f}x {b['p99'] / a['p99']:>5.1f}x")
+                  f"{a['rps'] / b['rps']:>9.1f}x {b['p99'] / a['p99']:>5.1f}x | "
+                  f"{ceiling:>11.0f} {a['rps'] / ceiling:>9.2f}x")
             if a["errors"] or b["errors"]:
                 print(f"  non-2xx responses: fraiseql {a['errors']}, PostGraphile {b['errors']}")
         print("\nthroughput = fraiseql req/s ÷ PostGraphile req/s; p99 = PostGraphile p99 ÷ fraiseql p99 "
-              "(above 1 means fraiseql's tail is lower)")
+              "(above 1 means fraiseql's tail is lower); of ceiling = fraiseql req/s ÷ pgbench tps of the "
+              "same statement at the same concurrency")
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

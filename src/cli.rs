@@ -54,6 +54,21 @@ pub enum Command {
         #[command(subcommand)]
         command: DbCommand,
     },
+    /// Print the SQL a GraphQL query runs (one statement per root field) without running it.
+    Explain {
+        /// The GraphQL query text.
+        #[arg(value_name = "QUERY")]
+        query: String,
+        /// JSON object of variables.
+        #[arg(long, value_name = "JSON")]
+        variables: Option<String>,
+        /// schema.json or schema.compiled.json (overrides [graphql] schema).
+        #[arg(long, value_name = "PATH")]
+        schema: Option<PathBuf>,
+        /// Write parameters into the SQL as literals (for psql or pgbench).
+        #[arg(long)]
+        inline: bool,
+    },
     /// Validate the configuration and schema, and reach every configured service.
     Check,
     /// Print the Grafana dashboard JSON built into this binary.

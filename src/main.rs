@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (listen, schema) = match &cli.command {
         Command::Serve { listen, schema } => (*listen, schema.clone()),
+        Command::Explain { schema, .. } => (None, schema.clone()),
         _ => (None, None),
     };
     let overrides = Overrides {
@@ -95,6 +96,47 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 compiled.queries.len(),
                 compiled.mutations.len()
             );
+        }
+        Command::Explain {
+            query,
+            variables,
+            inline,
+            ..
+        } => {
+            if config.graphql.schema.is_empty() {
+                anyhow::bail!("no schema: pass --schema PATH or set [graphql] schema");
+            }
+            let schema = fraiseql::schema::load(std::path::Path::new(&config.graphql.schema))?;
+            let engine = fraiseql::graphql::Engine::new(
+                std::sync::Arc::new(schema),
+                config.graphql_limits(),
+            )?;
+            let variables = match variables {
+                Some(v) => Some(
+                    serde_json::from_str(&v)
+                        .map_err(|e| anyhow::anyhow!("--variables is not JSON: {e}"))?,
+                ),
+                None => None,
+            };
+            let request = fraiseql::graphql::Request {
+                query,
+                operation_name: None,
+                variables,
+            };
+            let statements = engine
+                .explain(&request)
+                .map_err(|body| anyhow::anyhow!("{body}"))?;
+            for (field, stmt) in statements {
+                println!("-- {field}");
+                if inline {
+                    println!("{};", fraiseql::sql::inline_params(&stmt));
+                } else {
+                    println!("{};", stmt.sql);
+                    for (i, p) in stmt.params.iter().enumerate() {
+                        println!("-- ${} = {}", i + 1, fraiseql::sql::param_literal(p));
+                    }
+                }
+            }
         }
         Command::Check => {
             let items = fraiseql::check::run(&config).await;

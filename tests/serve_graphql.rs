@@ -257,3 +257,40 @@ async fn sighup_reloads_the_schema_and_keeps_the_old_one_when_the_new_is_broken(
     assert!(v.get("errors").is_none(), "{v}");
     assert_eq!(get(&format!("{}/healthz", server.base)).await.0, 200);
 }
+
+#[tokio::test]
+async fn explain_prints_the_statement_that_runs() {
+    let db = TestDb::new().await;
+    db.load_blog().await;
+    let query = r#"{ posts(where: {title: {in: ["Post 1 by user-01", "it's $2"]}, views: {gte: 0}}, orderBy: [{title: ASC}]) { title views } }"#;
+    let schema = crate_path("examples/blog/schema.json");
+    let o = bin()
+        .args([
+            "explain",
+            "--inline",
+            "--schema",
+            schema.to_str().unwrap(),
+            query,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sql: String = stdout.lines().filter(|l| !l.starts_with("--")).collect();
+    let via_sql: String = db
+        .client()
+        .await
+        .query_one(sql.trim_end_matches(';'), &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    let mut config = db.config();
+    config.graphql.schema = schema.display().to_string();
+    let server = TestServer::start(config).await;
+    let (_, via_http) = post(&server.url("/graphql"), query).await;
+    let via_sql: Value = serde_json::from_str(&via_sql).unwrap();
+    assert_eq!(via_http["data"]["posts"], via_sql);
+    assert_eq!(via_sql.as_array().unwrap().len(), 1);
+    server.stop().await;
+}

@@ -81,6 +81,55 @@ pub enum Param {
     Json(serde_json::Value),
 }
 
+/// `p` as an SQL literal (quoted and cast like its placeholder), for display only: the
+/// server always binds parameters.
+pub fn param_literal(p: &Param) -> String {
+    fn quote(s: &str) -> String {
+        format!("'{}'", s.replace('\'', "''"))
+    }
+    match p {
+        Param::Text(Some(t)) => quote(t),
+        Param::Text(None) => "NULL".into(),
+        Param::TextArray(items) => {
+            let inner: Vec<String> = items
+                .iter()
+                .map(|i| match i {
+                    Some(t) => format!("\"{}\"", t.replace('\\', "\\\\").replace('"', "\\\"")),
+                    None => "NULL".into(),
+                })
+                .collect();
+            quote(&format!("{{{}}}", inner.join(",")))
+        }
+        Param::BigInt(n) => n.to_string(),
+        Param::Json(v) => quote(&v.to_string()),
+    }
+}
+
+/// The statement with its placeholders replaced by literals (for psql or pgbench).
+pub fn inline_params(stmt: &Statement) -> String {
+    // One pass over the text, so a literal containing `$2` is never substituted again.
+    let mut out = String::with_capacity(stmt.sql.len());
+    let mut rest = stmt.sql.as_str();
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let digits = rest[i + 1..]
+            .bytes()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let index: Option<usize> = rest[i + 1..i + 1 + digits].parse().ok();
+        match index
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|n| stmt.params.get(n))
+        {
+            Some(p) => out.push_str(&param_literal(p)),
+            None => out.push_str(&rest[i..i + 1 + digits]),
+        }
+        rest = &rest[i + 1 + digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 impl Param {
     /// A reference usable by tokio-postgres.
     pub fn as_sql(&self) -> &(dyn ToSql + Sync) {
