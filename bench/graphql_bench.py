@@ -131,13 +131,25 @@ def main():
     env = dict(os.environ, FRAISEQL_DATABASE_URL=URL, FRAISEQL_LOG="warn")
     subprocess.run([args.binary, "db", "init"], env=env, check=True, stdout=subprocess.DEVNULL)
     psql_file(DB, os.path.join(ROOT, "examples", "blog", "schema.sql"))
+    psql_file(DB, os.path.join(ROOT, "examples", "blog", "tv.sql"))
     psql_file(DB, os.path.join(ROOT, "examples", "blog", "seed.sql"))
     psql(DB, "ANALYZE")
     user_id = psql_value(DB, "SELECT id FROM tb_user ORDER BY pk_user LIMIT 1")
 
     procs = []
     try:
-        schema = os.path.join(ROOT, "examples", "blog", "schema.json")
+        # FraiseQL reads the table-backed copies (tv_*, examples/blog/tv.sql), as a
+        # production deployment would; PostGraphile reads the tb_ tables themselves.
+        with open(os.path.join(ROOT, "examples", "blog", "schema.json")) as f:
+            sdk = json.load(f)
+        for item in sdk.get("types", []) + sdk.get("queries", []):
+            if str(item.get("sql_source", "")).startswith("v_"):
+                item["sql_source"] = "t" + item["sql_source"]
+        schema_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        json.dump(sdk, schema_file)
+        schema_file.close()
+        schema = schema_file.name
+        print("fraiseql serves examples/blog/schema.json over tv_ tables; PostGraphile serves the tb_ tables")
         fq = subprocess.Popen([args.binary, "serve", "--listen", f"127.0.0.1:{FRAISEQL_PORT}",
                                "--schema", schema],
                               env=dict(env, FRAISEQL_DATABASE_POOL_SIZE="16"))

