@@ -44,6 +44,18 @@ pub async fn run(config: &Config) -> Vec<Item> {
         result,
     });
 
+    if !config.observers.is_empty() {
+        let result = crate::db::pool(&config.database)
+            .map_err(anyhow::Error::from)
+            .and_then(|pool| crate::serve::build_observers(config, pool))
+            .map(|_| "conditions, templates, URLs and secrets valid".to_string())
+            .map_err(|e| format!("{e:#}"));
+        items.push(Item {
+            name: format!("observers ({})", config.observers.len()),
+            result,
+        });
+    }
+
     if !config.graphql.schema.is_empty() {
         let path = &config.graphql.schema;
         match crate::schema::load(std::path::Path::new(path)) {

@@ -71,6 +71,11 @@ pub enum Command {
     },
     /// Validate the configuration and schema, and reach every configured service.
     Check,
+    /// Inspect, retry and purge observer jobs that exhausted their retries.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Print the Grafana dashboard JSON built into this binary.
     Dashboard,
 }
@@ -79,4 +84,43 @@ pub enum Command {
 pub enum DbCommand {
     /// Create or upgrade the `fraiseql` schema (idempotent, safe to run concurrently).
     Init,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters, newest first.
+    List {
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only this observer's jobs.
+        #[arg(long, value_name = "NAME")]
+        observer: Option<String>,
+        /// At most this many.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: i64,
+    },
+    /// Show one dead letter: the whole job and every attempt's error (JSON).
+    Show {
+        #[arg(value_name = "ID")]
+        id: i64,
+    },
+    /// Hand a dead letter (or all of them) back to the running observers for a new round of
+    /// attempts; a running `serve` picks it up within a second.
+    Retry {
+        #[arg(
+            value_name = "ID",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        id: Option<i64>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete dead letters (all, or those older than an age such as 30m, 12h, 7d).
+    Purge {
+        #[arg(long, value_name = "AGE")]
+        older_than: Option<String>,
+    },
 }

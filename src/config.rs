@@ -45,6 +45,10 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub graphql: GraphqlConfig,
+    /// How the observer runtime runs (reader, workers, queue bounds, dedup).
+    pub observer_runtime: crate::observers::ObserverSettings,
+    /// What reacts to committed changes: `[[observers]]` with their `[[observers.actions]]`.
+    pub observers: Vec<crate::observers::ObserverConfig>,
     /// Where each top-level key came from, for error messages. Not part of the file format.
     #[serde(skip)]
     pub origins: Origins,
@@ -426,6 +430,16 @@ impl Config {
                 return Err(self.value_error(key, "must be at least 1"));
             }
         }
+        if let Err(e) =
+            crate::observers::config::validate(&self.observers, &self.observer_runtime, None)
+        {
+            let origin = self.origins.of("observers");
+            return Err(ConfigError::Value {
+                key: "observers".into(),
+                origin,
+                message: e.to_string(),
+            });
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(self.value_error("log.level", format!("invalid filter: {e}")));
         }
@@ -482,13 +496,25 @@ fn apply_env(
                 continue;
             }
             let lower = rest.to_ascii_lowercase();
-            let Some((section, key)) = lower.split_once('_') else {
-                return Err(ConfigError::Env {
-                    var: var.clone(),
-                    message: "not a configuration key; expected FRAISEQL_<SECTION>_<KEY>".into(),
-                });
-            };
-            (section.to_string(), key.to_string())
+            // Section names may contain `_` (`observer_runtime`): the longest section that
+            // prefixes the name wins.
+            let known = defaults
+                .keys()
+                .filter(|sec| lower.starts_with(&format!("{sec}_")))
+                .max_by_key(|sec| sec.len());
+            match known {
+                Some(sec) => (sec.clone(), lower[sec.len() + 1..].to_string()),
+                None => match lower.split_once('_') {
+                    Some((section, key)) => (section.to_string(), key.to_string()),
+                    None => {
+                        return Err(ConfigError::Env {
+                            var: var.clone(),
+                            message: "not a configuration key; expected FRAISEQL_<SECTION>_<KEY>"
+                                .into(),
+                        });
+                    }
+                },
+            }
         } else {
             continue;
         };
@@ -497,7 +523,12 @@ fn apply_env(
                 var: var.clone(),
                 message: format!(
                     "unknown section `{section}`; expected one of {}",
-                    defaults.keys().cloned().collect::<Vec<_>>().join(", ")
+                    defaults
+                        .iter()
+                        .filter(|(_, v)| v.is_table())
+                        .map(|(k, _)| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             });
         };
@@ -709,6 +740,12 @@ mod tests {
             e.contains("FRAISEQL_SERVR_LISTEN") && e.contains("unknown section"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn sections_with_underscores_take_env_overrides() {
+        let c = load("", &[("FRAISEQL_OBSERVER_RUNTIME_CONCURRENCY", "3")]).unwrap();
+        assert_eq!(c.observer_runtime.concurrency, 3);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! PostgreSQL. `main.rs` parses the command line and starts one role; each role lives in its
 //! own module and exposes `run(config, shutdown)`.
 
+pub mod actions;
 pub mod assets;
 pub mod check;
 pub mod cli;
@@ -11,6 +12,8 @@ pub mod graphql;
 pub mod http;
 pub mod metrics;
 pub mod net;
+pub mod observers;
+pub mod queue;
 pub mod schema;
 pub mod serve;
 pub mod shutdown;

@@ -6,11 +6,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use fraiseql::cli::{Cli, Command, DbCommand};
+use fraiseql::cli::{Cli, Command, DbCommand, DlqCommand};
 use fraiseql::config::{Config, LogFormat, Overrides};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider for every rustls user in the process (ring: pure Rust + asm,
+    // links statically). Clients that need their own roots still build their own configs.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let (listen, schema) = match &cli.command {
         Command::Serve { listen, schema } => (*listen, schema.clone()),
         Command::Explain { schema, .. } => (None, schema.clone()),
@@ -144,9 +147,62 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Dlq { command } => return dlq(command, &config).await,
         Command::Dashboard => {
             use std::io::Write;
             std::io::stdout().write_all(&fraiseql::assets::dashboard())?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fraiseql dlq …` against the dead-letter store in PostgreSQL.
+async fn dlq(command: DlqCommand, config: &Config) -> anyhow::Result<ExitCode> {
+    use fraiseql::queue::dlq::{ListFilter, PgDeadLetters, format_table, parse_age};
+    let store = PgDeadLetters::new(fraiseql::db::pool(&config.database)?);
+    match command {
+        DlqCommand::List {
+            json,
+            observer,
+            limit,
+        } => {
+            let items = store
+                .list(&ListFilter {
+                    observer,
+                    limit: Some(limit),
+                })
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else {
+                print!("{}", format_table(&items));
+            }
+        }
+        DlqCommand::Show { id } => match store.show(id).await? {
+            Some(item) => println!("{}", serde_json::to_string_pretty(&item)?),
+            None => {
+                eprintln!("error: no dead letter {id}");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        DlqCommand::Retry { id: Some(id), .. } => {
+            if !store.request_retry(id).await? {
+                eprintln!("error: no dead letter {id}");
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("dead letter {id} handed back for retry");
+        }
+        DlqCommand::Retry { id: None, .. } => {
+            let n = store.request_retry_all().await?;
+            println!("{n} dead letters handed back for retry");
+        }
+        DlqCommand::Purge { older_than } => {
+            let age = match older_than {
+                Some(a) => Some(parse_age(&a).map_err(|e| anyhow::anyhow!("--older-than: {e}"))?),
+                None => None,
+            };
+            let n = store.purge(age).await?;
+            println!("{n} dead letters purged");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -6,8 +6,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 const NAMESPACE: &str = "fraiseql";
@@ -36,6 +36,8 @@ pub struct Metrics {
     pub db_up: IntGauge,
     /// The GraphQL engine: operations, durations, errors.
     pub graphql: GraphqlMetrics,
+    /// The observer runtime: events, actions, backlog, dead letters, dedup.
+    pub observers: ObserverMetrics,
     /// Build information as labels; the value is always 1.
     pub build_info: IntGaugeVec,
 }
@@ -137,6 +139,9 @@ impl Metrics {
                 "1 when the last database readiness check succeeded, else 0.",
             ),
             graphql: GraphqlMetrics::register(&registry).expect("unique metric"),
+            observers: ObserverMetrics::new(&registry)
+                .expect("unique metric")
+                .with_known_actions(),
             build_info,
             registry,
         }
@@ -205,6 +210,114 @@ impl GraphqlMetrics {
                 &["code"],
             )?,
         })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Observer metrics (`fraiseql_observer_*`): the reader, dispatch and workers update them.
+#[derive(Clone)]
+pub struct ObserverMetrics {
+    /// Change-log rows read and matched (whether or not any observer matched).
+    pub events_processed: IntCounter,
+    /// Changes that could not be dispatched (undecodable row, enqueue failure).
+    pub events_failed: IntCounter,
+    pub actions_executed: IntCounterVec,
+    pub action_errors: IntCounterVec,
+    pub action_duration: HistogramVec,
+    /// Jobs live in the queue (ready + delayed + in flight).
+    pub backlog: IntGauge,
+    /// Dead letters waiting for an operator.
+    pub dead_letters: IntGauge,
+    pub dedup_skips: IntCounter,
+    /// Commit-to-dispatch lag of the last change read.
+    pub read_lag: Histogram,
+}
+
+impl ObserverMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = ObserverMetrics {
+            events_processed: IntCounter::new(
+                "fraiseql_observer_events_processed_total",
+                "Change-log rows read and matched against the observers",
+            )?,
+            events_failed: IntCounter::new(
+                "fraiseql_observer_events_failed_total",
+                "Change-log rows that could not be dispatched",
+            )?,
+            actions_executed: IntCounterVec::new(
+                Opts::new(
+                    "fraiseql_observer_actions_executed_total",
+                    "Actions executed successfully, by action type",
+                ),
+                &["action"],
+            )?,
+            action_errors: IntCounterVec::new(
+                Opts::new(
+                    "fraiseql_observer_action_errors_total",
+                    "Failed action attempts, by action type and kind (retryable or permanent)",
+                ),
+                &["action", "kind"],
+            )?,
+            action_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "fraiseql_observer_action_duration_seconds",
+                    "Duration of one action attempt, by action type",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+                &["action"],
+            )?,
+            backlog: IntGauge::new(
+                "fraiseql_observer_backlog",
+                "Observer jobs queued, waiting for a retry or in flight",
+            )?,
+            dead_letters: IntGauge::new(
+                "fraiseql_observer_dead_letters",
+                "Observer jobs in the dead-letter store awaiting an operator",
+            )?,
+            dedup_skips: IntCounter::new(
+                "fraiseql_observer_dedup_skips_total",
+                "Jobs not executed because their idempotency key already succeeded",
+            )?,
+            read_lag: Histogram::with_opts(
+                HistogramOpts::new(
+                    "fraiseql_observer_read_lag_seconds",
+                    "Time from a change's commit to its dispatch by the reader",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+                ]),
+            )?,
+        };
+        registry.register(Box::new(m.events_processed.clone()))?;
+        registry.register(Box::new(m.events_failed.clone()))?;
+        registry.register(Box::new(m.actions_executed.clone()))?;
+        registry.register(Box::new(m.action_errors.clone()))?;
+        registry.register(Box::new(m.action_duration.clone()))?;
+        registry.register(Box::new(m.backlog.clone()))?;
+        registry.register(Box::new(m.dead_letters.clone()))?;
+        registry.register(Box::new(m.dedup_skips.clone()))?;
+        registry.register(Box::new(m.read_lag.clone()))?;
+        Ok(m)
+    }
+
+    /// Creates the series of every action type at zero, so rates and dashboards work before
+    /// the first execution (the label values are a closed set).
+    pub fn with_known_actions(self) -> Self {
+        for action in ["webhook", "slack", "email", "search", "cache"] {
+            self.actions_executed.with_label_values(&[action]);
+            self.action_duration.with_label_values(&[action]);
+            for kind in ["retryable", "permanent"] {
+                self.action_errors.with_label_values(&[action, kind]);
+            }
+        }
+        self
+    }
+
+    /// Metrics registered into a throwaway registry (tests, `fraiseql check`).
+    pub fn unregistered() -> Self {
+        Self::new(&Registry::new()).expect("metric definitions are valid")
     }
 }
 

@@ -21,6 +21,54 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     run_on(listener, config, shutdown).await
 }
 
+/// Starts the observer runtime (in-process queue) when `[[observers]]` are configured.
+fn start_observers(
+    state: &Arc<AppState>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let config = &state.config;
+    if config.observers.is_empty() {
+        return Ok(None);
+    }
+    let runtime = build_observers(config, state.pool.clone())?;
+    tracing::info!(
+        observers = config.observers.len(),
+        "observer runtime started"
+    );
+    Ok(Some(tokio::spawn(runtime.run(shutdown.clone()))))
+}
+
+/// Validates and compiles the observers (conditions, templates, URLs, secrets); starts
+/// nothing, so `check` uses it too.
+pub fn build_observers(
+    config: &Config,
+    pool: deadpool_postgres::Pool,
+) -> anyhow::Result<crate::observers::ObserverRuntime> {
+    let pg = crate::db::pg_config(&config.database)?;
+    let mut builder = crate::observers::ObserverRuntime::builder(
+        config.observer_runtime.clone(),
+        config.observers.clone(),
+        pool,
+        pg,
+    )
+    .metrics(crate::metrics::metrics().observers.clone());
+    // Observers on entities the schema does not know are refused (typos found at start).
+    if let Some(Ok(schema)) = (!config.graphql.schema.is_empty())
+        .then(|| crate::schema::load(std::path::Path::new(&config.graphql.schema)))
+    {
+        builder = builder.known_entities(schema.types.iter().map(|t| t.name.clone()).collect());
+    }
+    let runtime = builder.build().map_err(|e| {
+        let file = config
+            .origins
+            .file()
+            .map(|p| format!("config file {}: ", p.display()))
+            .unwrap_or_default();
+        anyhow::anyhow!("{file}{e}")
+    })?;
+    Ok(runtime)
+}
+
 /// Loads the schema at `path` (schema.json or compiled) and builds an engine for it.
 fn load_engine(config: &Config, path: &str) -> anyhow::Result<crate::graphql::Engine> {
     let schema = crate::schema::load(std::path::Path::new(path))?;
@@ -92,6 +140,7 @@ pub async fn run_on(
     if state.engine.is_some() {
         spawn_reload_on_sighup(state.clone(), shutdown.clone());
     }
+    let observers = start_observers(&state, &shutdown)?;
 
     // Warm one connection so the first request does not pay for it, and say early whether
     // the database is reachable. Failure is not fatal: /readyz reports it until it recovers.
@@ -106,6 +155,14 @@ pub async fn run_on(
     });
     tracing::info!(%addr, startup_ms = started.elapsed().as_millis() as u64, "serving HTTP");
     http::serve(listener, state, shutdown).await?;
+    if let Some(task) = observers {
+        // The runtime drains on the same shutdown signal: in-flight jobs finish or are
+        // handed back within observer_runtime.shutdown_grace_ms, then the checkpoint is
+        // written.
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "observer runtime ended abnormally");
+        }
+    }
     pool.close();
     tracing::info!("stopped");
     Ok(())

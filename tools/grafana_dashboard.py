@@ -34,15 +34,27 @@ panel("GraphQL request latency p50 / p95 / p99", [
 panel("SQL statement latency p50 / p99", [
     ("histogram_quantile(%s, sum by (le) (rate(fraiseql_graphql_sql_duration_seconds_bucket%s[$__rate_interval])))" % (q, S), "p%d" % round(q*100)) for q in (0.5,0.99)], "s", 12, 26)
 panel("Top operations by name", [("topk(10, sum by (name) (rate(fraiseql_graphql_operations_total%s[$__rate_interval])))" % S, "{{name}}")], "ops", 0, 34, w=24)
-row("Database", 42)
+row("Observers", 42)
+panel("Events processed / failed", [("sum(rate(fraiseql_observer_events_processed_total%s[$__rate_interval]))" % S, "processed"),
+                                   ("sum(rate(fraiseql_observer_events_failed_total%s[$__rate_interval]))" % S, "failed")], "ops", 0, 43)
+panel("Actions executed by type", [("sum by (action) (rate(fraiseql_observer_actions_executed_total%s[$__rate_interval]))" % S, "{{action}}")], "ops", 12, 43)
+panel("Action errors by type and kind", [("sum by (action, kind) (rate(fraiseql_observer_action_errors_total%s[$__rate_interval]))" % S, "{{action}} {{kind}}")], "ops", 0, 51)
+panel("Action duration p50 / p99", [
+    ("histogram_quantile(%s, sum by (le, action) (rate(fraiseql_observer_action_duration_seconds_bucket%s[$__rate_interval])))" % (q, S), "{{action}} p%d" % round(q*100)) for q in (0.5, 0.99)], "s", 12, 51)
+panel("Backlog (queued, delayed, in flight)", [("sum(fraiseql_observer_backlog%s)" % S, "backlog")], "short", 0, 59)
+panel("Dead letters awaiting an operator", [("max(fraiseql_observer_dead_letters%s)" % S, "dead letters")], "short", 12, 59)
+panel("Dedup skips (replays not re-executed)", [("sum(rate(fraiseql_observer_dedup_skips_total%s[$__rate_interval]))" % S, "skips")], "ops", 0, 67)
+panel("Commit to dispatch lag p50 / p99", [
+    ("histogram_quantile(%s, sum by (le) (rate(fraiseql_observer_read_lag_seconds_bucket%s[$__rate_interval])))" % (q, S), "p%d" % round(q*100)) for q in (0.5, 0.99)], "s", 12, 67)
+row("Database", 75)
 panel("Connection pool", [("sum(fraiseql_db_pool_connections%s)" % S, "open"), ("sum(fraiseql_db_pool_connections_in_use%s)" % S, "in use"),
-                          ("sum(fraiseql_db_pool_waiting%s)" % S, "waiting"), ("sum(fraiseql_db_pool_max_connections%s)" % S, "max")], "short", 0, 43)
-panel("Database up", [("min(fraiseql_db_up%s)" % S, "up")], "short", 12, 43, kind="stat")
-row("Process", 51)
-panel("Resident memory", [("fraiseql_process_resident_memory_bytes%s" % S, "{{instance}}")], "bytes", 0, 52)
-panel("CPU", [("rate(fraiseql_process_cpu_seconds_total%s[$__rate_interval])" % S, "{{instance}}")], "percentunit", 12, 52)
-panel("Open file descriptors", [("fraiseql_process_open_fds%s" % S, "{{instance}}")], "short", 0, 60)
-panel("Version", [("count by (version) (fraiseql_build_info%s)" % S, "{{version}}")], "short", 12, 60, kind="stat")
+                          ("sum(fraiseql_db_pool_waiting%s)" % S, "waiting"), ("sum(fraiseql_db_pool_max_connections%s)" % S, "max")], "short", 0, 76)
+panel("Database up", [("min(fraiseql_db_up%s)" % S, "up")], "short", 12, 76, kind="stat")
+row("Process", 84)
+panel("Resident memory", [("fraiseql_process_resident_memory_bytes%s" % S, "{{instance}}")], "bytes", 0, 85)
+panel("CPU", [("rate(fraiseql_process_cpu_seconds_total%s[$__rate_interval])" % S, "{{instance}}")], "percentunit", 12, 85)
+panel("Open file descriptors", [("fraiseql_process_open_fds%s" % S, "{{instance}}")], "short", 0, 93)
+panel("Version", [("count by (version) (fraiseql_build_info%s)" % S, "{{version}}")], "short", 12, 93, kind="stat")
 dash={
  "title":"FraiseQL","uid":"fraiseql","tags":["fraiseql"],"timezone":"browser","schemaVersion":39,"version":1,
  "refresh":"30s","time":{"from":"now-1h","to":"now"},

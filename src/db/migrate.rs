@@ -10,8 +10,14 @@ use tokio_postgres::Client;
 use super::{DbError, describe};
 
 /// `(version, name, sql)` in the order they apply. Never edit a released migration: add one.
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "core", include_str!("migrations/0001_core.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "core", include_str!("migrations/0001_core.sql")),
+    (
+        2,
+        "observers",
+        include_str!("migrations/0002_observers.sql"),
+    ),
+];
 
 /// Arbitrary constant identifying FraiseQL's migration lock (`pg_advisory_xact_lock`).
 const MIGRATION_LOCK: i64 = 0x6672_6169_7365_0001;

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 mod blog;
+pub mod observers;
 #[allow(unused_imports)]
 pub use blog::*;
 
@@ -245,6 +246,8 @@ pub fn free_port() -> u16 {
 }
 
 pub fn http() -> reqwest::Client {
+    // reqwest is built without a default TLS provider (the binary chooses ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()

@@ -1,0 +1,189 @@
+//! `email`: send a message over SMTP with lettre (rustls with ring; no OpenSSL).
+//!
+//! `tls = "none" | "starttls" | "tls"` selects plain SMTP, STARTTLS (default, port 587) or
+//! implicit TLS (port 465); certificates are checked against the bundled Mozilla roots plus
+//! an optional `ca_file` (a private CA). Credentials come from `username_env`/`password_env`. `to`,
+//! `subject` and `body` are templates; `to` may render several comma-separated addresses.
+//! SMTP 4xx replies, connection errors and timeouts are retried; 5xx replies and addresses
+//! that do not parse are permanent.
+
+use std::time::Duration;
+
+use lettre::message::{Mailbox, header::ContentType};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde::{Deserialize, Serialize};
+
+use super::template::Template;
+use super::{ActionConfigError, ActionDeps, ActionError};
+use crate::queue::Job;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    None,
+    #[default]
+    Starttls,
+    Tls,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    pub host: String,
+    /// Default: 25 for `none`, 587 for `starttls`, 465 for `tls`.
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    /// PEM file with extra root certificates to trust (a private CA), on top of the
+    /// bundled Mozilla roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    #[serde(default)]
+    pub username_env: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    pub from: String,
+    /// Template; comma-separated addresses.
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+    #[serde(default = "super::webhook::default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+pub struct EmailAction {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    to: Template,
+    subject: Template,
+    body: Template,
+}
+
+impl EmailAction {
+    pub fn build(
+        prefix: &str,
+        c: &EmailConfig,
+        deps: &ActionDeps,
+    ) -> Result<Self, ActionConfigError> {
+        if c.host.is_empty() {
+            return Err(ActionConfigError::new("host", "expected an SMTP host name"));
+        }
+        let from: Mailbox = c.from.parse().map_err(|e| {
+            ActionConfigError::new(
+                "from",
+                format!("`{}` is not an e-mail address: {e}", c.from),
+            )
+        })?;
+        let tls_err = |e: lettre::transport::smtp::Error| {
+            ActionConfigError::new("tls", format!("cannot set up TLS for `{}`: {e}", c.host))
+        };
+        // Make sure rustls has its (ring) provider before lettre builds a TLS config.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let params = match (&c.ca_file, c.tls) {
+            (Some(_), SmtpTls::None) => {
+                return Err(ActionConfigError::new(
+                    "ca_file",
+                    "only meaningful with tls = \"starttls\" or \"tls\"",
+                ));
+            }
+            (Some(path), _) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    ActionConfigError::new("ca_file", format!("cannot read `{path}`: {e}"))
+                })?;
+                let cert = Certificate::from_pem(&pem).map_err(|e| {
+                    ActionConfigError::new(
+                        "ca_file",
+                        format!("`{path}` is not a PEM certificate: {e}"),
+                    )
+                })?;
+                Some(
+                    TlsParameters::builder(c.host.clone())
+                        .add_root_certificate(cert)
+                        .build_rustls()
+                        .map_err(tls_err)?,
+                )
+            }
+            (None, _) => None,
+        };
+        type Transport = AsyncSmtpTransport<Tokio1Executor>;
+        let mut builder = match (c.tls, params) {
+            (SmtpTls::None, _) => Transport::builder_dangerous(&c.host).port(c.port.unwrap_or(25)),
+            (SmtpTls::Starttls, Some(p)) => Transport::builder_dangerous(&c.host)
+                .port(c.port.unwrap_or(587))
+                .tls(Tls::Required(p)),
+            (SmtpTls::Tls, Some(p)) => Transport::builder_dangerous(&c.host)
+                .port(c.port.unwrap_or(465))
+                .tls(Tls::Wrapper(p)),
+            (SmtpTls::Starttls, None) => Transport::starttls_relay(&c.host)
+                .map_err(tls_err)?
+                .port(c.port.unwrap_or(587)),
+            (SmtpTls::Tls, None) => Transport::relay(&c.host)
+                .map_err(tls_err)?
+                .port(c.port.unwrap_or(465)),
+        };
+        match (&c.username_env, &c.password_env) {
+            (Some(u), Some(p)) => {
+                let user = deps.secret("username_env", u)?;
+                let pass = deps.secret("password_env", p)?;
+                builder = builder.credentials(Credentials::new(user, pass));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ActionConfigError::new(
+                    "password_env",
+                    "expected both `username_env` and `password_env`, or neither",
+                ));
+            }
+        }
+        let transport = builder
+            .timeout(Some(Duration::from_millis(c.timeout_ms.max(1))))
+            .build();
+        Ok(EmailAction {
+            transport,
+            from,
+            to: super::compile_template(prefix, "to", &c.to)?,
+            subject: super::compile_template(prefix, "subject", &c.subject)?,
+            body: super::compile_template(prefix, "body", &c.body)?,
+        })
+    }
+
+    pub async fn execute(&self, job: &Job) -> Result<(), ActionError> {
+        let ctx = super::render_context(job);
+        let to = super::render(&self.to, &ctx, "to")?;
+        let subject = super::render(&self.subject, &ctx, "subject")?;
+        let body = super::render(&self.body, &ctx, "body")?;
+        let mut msg = Message::builder()
+            .from(self.from.clone())
+            .subject(subject.trim())
+            .header(ContentType::TEXT_PLAIN);
+        let mut any = false;
+        for addr in to.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            let mb: Mailbox = addr.parse().map_err(|e| {
+                ActionError::permanent(format!("recipient `{addr}` is not an e-mail address: {e}"))
+            })?;
+            msg = msg.to(mb);
+            any = true;
+        }
+        if !any {
+            return Err(ActionError::permanent(
+                "the `to` template rendered no recipient",
+            ));
+        }
+        // Lets the receiving side spot replays of the same job.
+        msg = msg.message_id(Some(format!("<{}@fraiseql>", job.key.replace(':', "."))));
+        let msg = msg
+            .body(body)
+            .map_err(|e| ActionError::permanent(format!("building the message: {e}")))?;
+        self.transport.send(msg).await.map_err(|e| {
+            if e.is_permanent() {
+                ActionError::permanent(format!("SMTP rejected the message: {e}"))
+            } else {
+                ActionError::retryable(format!("SMTP delivery failed: {e}"))
+            }
+        })?;
+        Ok(())
+    }
+}

@@ -1,0 +1,285 @@
+//! The observer runtime: every committed change reaches its actions, at least once.
+//!
+//! ```text
+//! tb_entity_change_log ──LISTEN/catch-up──▶ reader ──▶ matcher ──▶ dispatch ──▶ Queue
+//!        ▲ checkpoint (safe cursor) ◀── dispatch::Tracker ◀── workers ◀──────────┘
+//!                                                            │  ├─ actions::* (execute)
+//!                                                            │  ├─ queue::dedup (skip replays)
+//!                                                            │  └─ queue::dlq (dead letters)
+//! ```
+//! [`ObserverRuntime`] wires the pieces: it compiles the config (all errors at start), then
+//! runs the reader ([`reader`]), the workers ([`worker`]) and a housekeeping task (claims dead
+//! letters whose retry was requested by `fraiseql dlq retry`, refreshes the backlog and
+//! dead-letter gauges, purges the dedup window) until the shutdown token is cancelled.
+//!
+//! Starting it from `serve`:
+//! ```ignore
+//! let runtime = ObserverRuntime::builder(settings, observers, pool, pg_config)
+//!     .metrics(ObserverMetrics::new(&registry)?)
+//!     .known_entities(schema.entity_names())
+//!     .build()?;                      // config errors surface here
+//! tokio::spawn(runtime.run(shutdown.child_token()));
+//! ```
+
+pub mod condition;
+pub mod config;
+pub mod dispatch;
+pub mod matcher;
+pub mod reader;
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::actions::{ActionDeps, EnvLookup};
+use crate::metrics::ObserverMetrics;
+use crate::queue::Queue;
+use crate::queue::dedup::{DedupStore, PgDedup};
+use crate::queue::dlq::PgDeadLetters;
+use crate::queue::memory::MemoryQueue;
+
+pub use config::{ConfigError, ObserverConfig, ObserverSettings};
+use dispatch::{Dispatcher, Tracker};
+use matcher::CompiledObservers;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObserverError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("building the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// Builds an [`ObserverRuntime`]; see the module docs.
+pub struct ObserverRuntimeBuilder {
+    settings: ObserverSettings,
+    observers: Vec<ObserverConfig>,
+    pool: Pool,
+    pg_config: tokio_postgres::Config,
+    metrics: Option<ObserverMetrics>,
+    queue: Option<Arc<dyn Queue>>,
+    known_entities: Option<Vec<String>>,
+    env: Option<EnvLookup>,
+}
+
+impl ObserverRuntimeBuilder {
+    /// Registered metrics (default: an unregistered set).
+    pub fn metrics(mut self, metrics: ObserverMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Another queue backend (Redis). Default: a [`MemoryQueue`] of `queue_capacity` jobs
+    /// that dead-letters into PostgreSQL.
+    pub fn queue(mut self, queue: Arc<dyn Queue>) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
+    /// Entity names from the compiled schema; an observer on any other entity is an error.
+    pub fn known_entities(mut self, entities: Vec<String>) -> Self {
+        self.known_entities = Some(entities);
+        self
+    }
+
+    /// Where `*_env` secrets are looked up (default: the process environment).
+    pub fn env(mut self, lookup: EnvLookup) -> Self {
+        self.env = Some(lookup);
+        self
+    }
+
+    /// Validates and compiles everything: conditions, templates, URLs, secrets.
+    pub fn build(self) -> Result<ObserverRuntime, ObserverError> {
+        let mut deps = ActionDeps::new(self.pool.clone())?;
+        if let Some(env) = self.env {
+            deps.env = env;
+        }
+        let observers = CompiledObservers::compile(
+            &self.observers,
+            &self.settings,
+            self.known_entities.as_deref(),
+            &deps,
+        )?;
+        let dead_letters = PgDeadLetters::new(self.pool.clone());
+        let queue = self.queue.unwrap_or_else(|| {
+            Arc::new(MemoryQueue::new(
+                self.settings.queue_capacity,
+                Arc::new(dead_letters.clone()),
+            ))
+        });
+        Ok(ObserverRuntime {
+            dedup: Arc::new(PgDedup::new(
+                self.pool.clone(),
+                Duration::from_secs(self.settings.dedup_window_secs),
+            )),
+            settings: self.settings,
+            observers: Arc::new(observers),
+            pg_config: self.pg_config,
+            metrics: self.metrics.unwrap_or_else(ObserverMetrics::unregistered),
+            queue,
+            dead_letters,
+        })
+    }
+}
+
+/// The compiled, ready-to-run observer runtime.
+pub struct ObserverRuntime {
+    settings: ObserverSettings,
+    observers: Arc<CompiledObservers>,
+    pg_config: tokio_postgres::Config,
+    metrics: ObserverMetrics,
+    queue: Arc<dyn Queue>,
+    dead_letters: PgDeadLetters,
+    dedup: Arc<dyn DedupStore>,
+}
+
+impl ObserverRuntime {
+    /// `pg_config` is used for the reader's own connection (LISTEN + advisory lock; no TLS
+    /// yet); everything else goes through `pool`.
+    pub fn builder(
+        settings: ObserverSettings,
+        observers: Vec<ObserverConfig>,
+        pool: Pool,
+        pg_config: tokio_postgres::Config,
+    ) -> ObserverRuntimeBuilder {
+        ObserverRuntimeBuilder {
+            settings,
+            observers,
+            pool,
+            pg_config,
+            metrics: None,
+            queue: None,
+            known_entities: None,
+            env: None,
+        }
+    }
+
+    pub fn queue(&self) -> Arc<dyn Queue> {
+        self.queue.clone()
+    }
+
+    pub fn dead_letters(&self) -> PgDeadLetters {
+        self.dead_letters.clone()
+    }
+
+    pub fn metrics(&self) -> &ObserverMetrics {
+        &self.metrics
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains: the reader stops, workers finish (or
+    /// after `shutdown_grace_ms` hand back) their jobs, and the checkpoint is written.
+    pub async fn run(self, shutdown: CancellationToken) {
+        if self.observers.is_empty() {
+            info!("no observers configured; observer runtime idle");
+            return;
+        }
+        let tracker = Arc::new(Tracker::default());
+        let mut tasks = tokio::task::JoinSet::new();
+
+        // Workers get their own token: they must keep running while the reader drains, and
+        // stop only after it.
+        let workers_stop = CancellationToken::new();
+        let drained = CancellationToken::new();
+        if self.settings.run_workers {
+            let workers = Arc::new(worker::Workers {
+                observers: self.observers.clone(),
+                queue: self.queue.clone(),
+                dedup: self.dedup.clone(),
+                dead_letters: Some(self.dead_letters.clone()),
+                tracker: tracker.clone(),
+                metrics: self.metrics.clone(),
+                concurrency: self.settings.concurrency,
+                grace: Duration::from_millis(self.settings.shutdown_grace_ms),
+            });
+            tasks.spawn(workers.run(workers_stop.clone()));
+        }
+        let reader = if self.settings.run_reader {
+            let reader = reader::Reader {
+                settings: self.settings.clone(),
+                pg_config: self.pg_config.clone(),
+                dispatcher: Dispatcher {
+                    observers: self.observers.clone(),
+                    queue: self.queue.clone(),
+                    tracker: tracker.clone(),
+                    metrics: self.metrics.clone(),
+                },
+            };
+            Some(tokio::spawn(reader.run(shutdown.clone(), drained.clone())))
+        } else {
+            None
+        };
+        tasks.spawn(housekeeping(
+            self.queue.clone(),
+            self.dead_letters.clone(),
+            self.dedup.clone(),
+            self.metrics.clone(),
+            Duration::from_secs(self.settings.dlq_retry_lease_secs),
+            shutdown.clone(),
+        ));
+
+        // Drain order: the reader stops dispatching, workers finish (or hand back) their
+        // in-flight jobs, then the reader writes the final checkpoint and lets go of the lock.
+        shutdown.cancelled().await;
+        workers_stop.cancel();
+        while tasks.join_next().await.is_some() {}
+        if let Err(e) = self.dedup.flush().await {
+            warn!(error = %e, "flushing dedup records failed");
+        }
+        drained.cancel();
+        if let Some(r) = reader {
+            let _ = r.await;
+        }
+        info!("observer runtime stopped");
+    }
+}
+
+/// Dead-letter retries requested by `fraiseql dlq retry`, gauges, dedup purge.
+async fn housekeeping(
+    queue: Arc<dyn Queue>,
+    dead_letters: PgDeadLetters,
+    dedup: Arc<dyn DedupStore>,
+    metrics: ObserverMetrics,
+    lease: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        ticks += 1;
+        match dead_letters.claim_retries(100, lease).await {
+            Ok(jobs) => {
+                for job in jobs {
+                    info!(key = %job.key, "re-enqueueing a dead letter on request");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        r = queue.enqueue(job) => if let Err(e) = r {
+                            warn!(error = %e, "re-enqueueing a dead letter failed (reclaimed after the lease)");
+                        },
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "claiming dead-letter retries failed"),
+        }
+        if let Ok(n) = dead_letters.count_dead().await {
+            metrics.dead_letters.set(n);
+        }
+        if let Ok(depth) = queue.depth().await {
+            metrics.backlog.set(depth as i64);
+        }
+        // Every ~10 minutes.
+        if ticks % 1200 == 1
+            && let Err(e) = dedup.purge_expired().await
+        {
+            warn!(error = %e, "purging the dedup window failed");
+        }
+    }
+}

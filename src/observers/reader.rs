@@ -1,0 +1,439 @@
+//! The change-log reader: wake-up by LISTEN, catch-up from a durable checkpoint, one active
+//! reader per consumer across instances.
+//!
+//! A session runs on its own connection (not from the pool, because it must receive
+//! notifications and hold a session-level advisory lock):
+//! 1. `LISTEN fraiseql_changes`, then `pg_try_advisory_lock(hashtextextended('fraiseql.observers:' || consumer, 0))`
+//!    every `takeover_interval_ms` until it is ours. The lock belongs to the connection, so
+//!    when the active instance dies (even by kill -9) PostgreSQL releases it as the socket
+//!    closes and a standby takes over within one interval.
+//! 2. Load the checkpoint `(last_txid, last_pk)` from `fraiseql.tb_observer_checkpoint`
+//!    (created at `start_from` on first use). `start_from = "now"` stores the snapshot
+//!    taken at creation: the cursor starts at its xmin and rows already visible in it (the
+//!    history) are skipped, while transactions still running at that moment are delivered
+//!    when they commit.
+//! 3. Catch up: read rows after the cursor in `(txid, pk)` order, in batches, dispatch them,
+//!    repeat; when a batch comes back short, wait for a notification or `poll_interval_ms`.
+//!    Notifications are only wake-ups: a lost one delays, never loses, a change.
+//! 4. A checkpoint task writes the dispatcher's safe cursor every `checkpoint_interval_ms`
+//!    when it moved (only ever forwards, so a stale writer can never move it back).
+//! 5. Before dispatching a batch, the reader raises the dispatch high-water mark to
+//!    the batch's last cursor. Changes at or below the mark loaded at session start may have
+//!    been dispatched by an earlier session (crash, takeover): their jobs are marked
+//!    `replay` and consult the dedup store. Changes above it are fresh and skip that lookup,
+//!    which keeps the dedup table off the hot path.
+//!
+//! Why `(txid, pk)` and not `pk` alone: `pk` comes from a sequence when the row is inserted,
+//! not when it commits, so a transaction that commits late can make a smaller `pk` appear
+//! behind a reader that already moved past it — the classic lost-event bug of pk-cursor
+//! outbox readers. Migration 0002 adds `txid xid8 DEFAULT pg_current_xact_id()` to the change
+//! log and the reader only reads rows whose transaction is older than every transaction
+//! still running (`txid < pg_snapshot_xmin(pg_current_snapshot())`): no row can ever appear
+//! below the cursor afterwards. The cost is that a long-running writing transaction
+//! delays delivery of later changes until it ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::config::{ChangeOp, ObserverSettings, StartFrom};
+use super::dispatch::{Cursor, DispatchError, Dispatcher};
+use super::matcher::ChangeEvent;
+
+pub const CHANNEL: &str = "fraiseql_changes";
+/// `application_name` of the reader's session.
+pub const APPLICATION_NAME: &str = "fraiseql-observer-reader";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReaderError {
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("the reader's database connection was lost")]
+    ConnectionLost,
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+    #[error("bad checkpoint value: {0}")]
+    Checkpoint(String),
+}
+
+pub struct Reader {
+    pub settings: ObserverSettings,
+    pub pg_config: tokio_postgres::Config,
+    pub dispatcher: Dispatcher,
+}
+
+const READ_SQL: &str = "SELECT pk, txid::text AS txid, id, occurred_at, entity, entity_id, op, \
+       before, after, changed_fields, actor, tenant_id, trace_id \
+     FROM fraiseql.tb_entity_change_log \
+     WHERE (txid, pk) > ($1::text::xid8, $2::bigint) \
+       AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
+       AND ($4::text IS NULL OR NOT pg_visible_in_snapshot(txid, $4::text::pg_snapshot)) \
+     ORDER BY txid, pk LIMIT $3";
+
+/// What a session loads besides the checkpoint.
+struct Start {
+    /// Dispatch high-water mark at session start: changes at or below it may have been
+    /// dispatched before (their jobs are marked `replay`).
+    high_water_mark: Cursor,
+    /// `start_from = "now"`: rows visible in this snapshot are history.
+    snapshot: Option<String>,
+}
+
+impl Reader {
+    /// Runs sessions until shutdown; a failed session (database down, connection lost) is
+    /// retried after `takeover_interval_ms`.
+    ///
+    /// `shutdown` stops reading; `drained` (cancelled by the runtime once the workers have
+    /// finished their in-flight jobs) ends the session after a last checkpoint write, so
+    /// the jobs finished during the drain are not replayed by the next start.
+    pub async fn run(self, shutdown: CancellationToken, drained: CancellationToken) {
+        let retry = Duration::from_millis(self.settings.takeover_interval_ms.max(10));
+        while !shutdown.is_cancelled() {
+            match self.session(&shutdown, &drained).await {
+                Ok(()) => break,
+                Err(ReaderError::Dispatch(DispatchError::Shutdown)) => break,
+                Err(e) => warn!(error = %e, "observer reader session ended; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(retry) => {}
+            }
+        }
+        info!("observer reader stopped");
+    }
+
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        drained: &CancellationToken,
+    ) -> Result<(), ReaderError> {
+        let mut pg_config = self.pg_config.clone();
+        // Lets operators (and tests) find the reader's session in pg_stat_activity.
+        pg_config.application_name(APPLICATION_NAME);
+        let (client, mut connection) = pg_config.connect(NoTls).await?;
+        let wake = Arc::new(Notify::new());
+        let lost = CancellationToken::new();
+        // The session's tasks end with it, whatever way it ends: first the checkpoint task
+        // (`session_end`, final write included), then the connection (`conn_end`).
+        let session_end = CancellationToken::new();
+        let conn_end = CancellationToken::new();
+        let _end_guard = (
+            session_end.clone().drop_guard(),
+            conn_end.clone().drop_guard(),
+        );
+        {
+            let wake = wake.clone();
+            let lost = lost.clone();
+            let end = conn_end.clone();
+            tokio::spawn(async move {
+                let mut messages =
+                    futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                loop {
+                    tokio::select! {
+                        m = messages.next() => match m {
+                            Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => { debug!(error = %e, "reader connection error"); break; }
+                            None => break,
+                        },
+                        // Dropping the connection closes it, which releases the lock.
+                        _ = end.cancelled() => break,
+                    }
+                }
+                lost.cancel();
+            });
+        }
+        let client = Arc::new(client);
+        // The session only writes progress markers (checkpoint, high-water mark). Losing the
+        // last few hundred milliseconds of them to a PostgreSQL crash means replaying (and
+        // at worst re-delivering) a few changes, which at-least-once allows; waiting for a
+        // WAL flush per batch would add a disk sync to every delivery's latency.
+        client
+            .batch_execute(&format!("SET synchronous_commit = off; LISTEN {CHANNEL}"))
+            .await?;
+
+        let lock_name = format!("fraiseql.observers:{}", self.settings.consumer);
+        let takeover = Duration::from_millis(self.settings.takeover_interval_ms.max(10));
+        let mut announced = false;
+        loop {
+            let got: bool = client
+                .query_one(
+                    "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                    &[&lock_name],
+                )
+                .await?
+                .get(0);
+            if got {
+                break;
+            }
+            if !announced {
+                info!(consumer = %self.settings.consumer, "another instance is the active observer reader; standing by");
+                announced = true;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = lost.cancelled() => return Err(ReaderError::ConnectionLost),
+                _ = tokio::time::sleep(takeover) => {}
+            }
+        }
+
+        let (mut cursor, start) = self.load_checkpoint(&client).await?;
+        info!(consumer = %self.settings.consumer, txid = cursor.txid, pk = cursor.pk, "active observer reader; catching up from checkpoint");
+        let tracker = self.dispatcher.tracker.clone();
+        tracker.reset(cursor);
+        let checkpointer = tokio::spawn(checkpoint_task(
+            client.clone(),
+            self.settings.consumer.clone(),
+            tracker.clone(),
+            cursor,
+            Duration::from_millis(self.settings.checkpoint_interval_ms.max(1)),
+            session_end.clone(),
+        ));
+
+        let result = match self
+            .read_loop(&client, &mut cursor, &start, &wake, &lost, shutdown)
+            .await
+        {
+            Err(ReaderError::Dispatch(DispatchError::Shutdown)) => Ok(()),
+            other => other,
+        };
+        if result.is_ok() {
+            // Shutting down: keep the checkpoint task (and the lock) until the workers are
+            // done, then write the final checkpoint.
+            tokio::select! {
+                _ = drained.cancelled() => {}
+                _ = lost.cancelled() => {}
+            }
+        }
+        session_end.cancel();
+        // The final checkpoint write happens in the task before it returns.
+        let _ = checkpointer.await;
+        conn_end.cancel();
+        result
+    }
+
+    async fn read_loop(
+        &self,
+        client: &Client,
+        cursor: &mut Cursor,
+        start: &Start,
+        wake: &Notify,
+        lost: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ReaderError> {
+        let stmt = client.prepare(READ_SQL).await?;
+        let mut hwm_written = start.high_water_mark;
+        let poll = Duration::from_millis(self.settings.poll_interval_ms.max(1));
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let rows = client
+                .query(
+                    &stmt,
+                    &[
+                        &cursor.txid.to_string(),
+                        &cursor.pk,
+                        &self.settings.batch_size,
+                        &start.snapshot,
+                    ],
+                )
+                .await?;
+            let full = rows.len() as i64 >= self.settings.batch_size;
+            let cursors = rows
+                .iter()
+                .map(|row| {
+                    let txid: String = row.get("txid");
+                    Ok(Cursor {
+                        txid: txid
+                            .parse()
+                            .map_err(|_| ReaderError::Checkpoint(txid.clone()))?,
+                        pk: row.get("pk"),
+                    })
+                })
+                .collect::<Result<Vec<_>, ReaderError>>()?;
+            if let Some(&last) = cursors.last()
+                && last > hwm_written
+            {
+                write_high_water_mark(client, &self.settings.consumer, last).await?;
+                hwm_written = last;
+            }
+            for (row, &next) in rows.iter().zip(&cursors) {
+                match decode(row) {
+                    Some(ev) => {
+                        let replay = next <= start.high_water_mark;
+                        self.dispatcher
+                            .dispatch(next, &ev, replay, shutdown)
+                            .await?;
+                    }
+                    None => {
+                        warn!(pk = next.pk, "change-log row could not be decoded; skipped");
+                        self.dispatcher.metrics.events_failed.inc();
+                        self.dispatcher.tracker.register(next, None);
+                    }
+                }
+                *cursor = next;
+            }
+            if let Ok(depth) = self.dispatcher.queue.depth().await {
+                self.dispatcher.metrics.backlog.set(depth as i64);
+            }
+            if full {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = lost.cancelled() => return Err(ReaderError::ConnectionLost),
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    /// Returns the checkpoint and what else the session starts from.
+    async fn load_checkpoint(&self, client: &Client) -> Result<(Cursor, Start), ReaderError> {
+        let (start, snapshot) = match self.settings.start_from {
+            // Transactions below the snapshot's xmin have ended; the others visible in it
+            // are filtered out by the snapshot itself.
+            StartFrom::Now => ("pg_snapshot_xmin(s)", "s"),
+            StartFrom::Beginning => ("'0'::xid8", "NULL::pg_snapshot"),
+        };
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO fraiseql.tb_observer_checkpoint \
+                       (consumer, last_txid, last_pk, dispatched_txid, dispatched_pk, start_snapshot) \
+                     SELECT $1, {start}, 0, {start}, 0, {snapshot} \
+                     FROM (SELECT pg_current_snapshot() AS s) AS snap \
+                     ON CONFLICT (consumer) DO NOTHING"
+                ),
+                &[&self.settings.consumer],
+            )
+            .await?;
+        let row = client
+            .query_one(
+                "SELECT last_txid::text, last_pk, dispatched_txid::text, dispatched_pk, \
+                   start_snapshot::text \
+                 FROM fraiseql.tb_observer_checkpoint WHERE consumer = $1",
+                &[&self.settings.consumer],
+            )
+            .await?;
+        let parse = |s: String| s.parse::<u64>().map_err(|_| ReaderError::Checkpoint(s));
+        let checkpoint = Cursor {
+            txid: parse(row.get(0))?,
+            pk: row.get(1),
+        };
+        let hwm = Cursor {
+            txid: parse(row.get(2))?,
+            pk: row.get(3),
+        };
+        Ok((
+            checkpoint,
+            Start {
+                high_water_mark: hwm.max(checkpoint),
+                snapshot: row.get(4),
+            },
+        ))
+    }
+}
+
+/// Raises the dispatch high-water mark (durably, before the batch is dispatched).
+async fn write_high_water_mark(
+    client: &Client,
+    consumer: &str,
+    c: Cursor,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE fraiseql.tb_observer_checkpoint \
+             SET dispatched_txid = $2::text::xid8, dispatched_pk = $3 \
+             WHERE consumer = $1 AND (dispatched_txid, dispatched_pk) < ($2::text::xid8, $3)",
+            &[&consumer, &c.txid.to_string(), &c.pk],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Writes the safe cursor when it moved; once more when the session ends.
+async fn checkpoint_task(
+    client: Arc<Client>,
+    consumer: String,
+    tracker: Arc<super::dispatch::Tracker>,
+    mut written: Cursor,
+    every: Duration,
+    end: CancellationToken,
+) {
+    loop {
+        let stop = tokio::select! {
+            _ = end.cancelled() => true,
+            _ = tokio::time::sleep(every) => false,
+        };
+        let safe = tracker.safe_cursor();
+        if safe != written {
+            match write_checkpoint(&client, &consumer, safe).await {
+                Ok(()) => written = safe,
+                Err(e) => debug!(error = %e, "checkpoint write failed; will retry"),
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+async fn write_checkpoint(
+    client: &Client,
+    consumer: &str,
+    c: Cursor,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE fraiseql.tb_observer_checkpoint \
+             SET last_txid = $2::text::xid8, last_pk = $3, updated_at = now() \
+             WHERE consumer = $1 AND (last_txid, last_pk) < ($2::text::xid8, $3)",
+            &[&consumer, &c.txid.to_string(), &c.pk],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Reads a consumer's checkpoint (for `fraiseql check` / tests).
+pub async fn read_checkpoint(
+    client: &Client,
+    consumer: &str,
+) -> Result<Option<Cursor>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT last_txid::text, last_pk FROM fraiseql.tb_observer_checkpoint WHERE consumer = $1",
+            &[&consumer],
+        )
+        .await?;
+    Ok(row.and_then(|r| {
+        let t: String = r.get(0);
+        Some(Cursor {
+            txid: t.parse().ok()?,
+            pk: r.get(1),
+        })
+    }))
+}
+
+fn decode(row: &tokio_postgres::Row) -> Option<ChangeEvent> {
+    Some(ChangeEvent {
+        pk: row.try_get("pk").ok()?,
+        id: row.try_get("id").ok()?,
+        occurred_at: row.try_get("occurred_at").ok()?,
+        entity: row.try_get("entity").ok()?,
+        entity_id: row.try_get("entity_id").ok()?,
+        op: ChangeOp::parse(row.try_get("op").ok()?)?,
+        before: row.try_get("before").ok()?,
+        after: row.try_get("after").ok()?,
+        changed_fields: row.try_get("changed_fields").ok()?,
+        actor: row.try_get("actor").ok()?,
+        tenant_id: row.try_get("tenant_id").ok()?,
+        trace_id: row.try_get("trace_id").ok()?,
+    })
+}

@@ -1,0 +1,176 @@
+//! The job queue seam between the observer reader (producer) and the action workers
+//! (consumers).
+//!
+//! The reader turns every matching (change, action) pair into one [`Job`] and hands it to a
+//! [`Queue`]; workers [`Queue::reserve`] jobs, run the action, then [`Queue::ack`] it, schedule
+//! it again with [`Queue::retry`] or give up with [`Queue::dead_letter`]. The trait is kept
+//! small on purpose so that the in-process backend ([`memory`]) and the Redis backend of the
+//! scale-out issue can both implement it and be held to the same [`conformance`] suite.
+//!
+//! Related pieces that live next to the seam:
+//! - [`backoff`]: how long to wait before the next attempt;
+//! - [`dlq`]: the durable dead-letter store in PostgreSQL (used by the memory backend, and the
+//!   store behind `fraiseql dlq`);
+//! - [`dedup`]: the "already succeeded" window that makes replays harmless.
+
+pub mod backoff;
+pub mod conformance;
+pub mod dedup;
+pub mod dlq;
+pub mod memory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// One unit of work: run action `action_index` of observer `observer` for change `change_pk`.
+///
+/// Everything an executor needs travels inside the job (the event document is embedded)
+/// so that a job can live in another process (Redis) and be retried from the dead-letter
+/// store long after the change-log row was purged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Unique id of this job instance (a replayed change gets a new id but the same key).
+    pub id: Uuid,
+    /// `<change pk>:<observer>:<action index>`: stable across replays; actions pass it on.
+    pub key: String,
+    pub change_pk: i64,
+    pub observer: String,
+    pub action_index: usize,
+    /// The action's type name (`webhook`, `slack`, …), for metrics and the DLQ listing.
+    pub action_type: String,
+    /// The event document: `{"event": {...}, "before": ..., "after": ...}`.
+    pub payload: serde_json::Value,
+    /// Attempts made so far (0 for a fresh job).
+    pub attempts: u32,
+    /// One entry per failed attempt, oldest first.
+    pub errors: Vec<AttemptError>,
+    pub enqueued_at: DateTime<Utc>,
+    /// Set when the job was re-enqueued from the dead-letter store, so that a success can
+    /// resolve (delete) the dead letter and a new failure updates the same row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_id: Option<i64>,
+    /// The change may have been dispatched before (it is at or below the reader's
+    /// dispatch high-water mark, or the job comes from the dead-letter store): the worker
+    /// consults the dedup store before running it. Fresh changes skip that lookup.
+    #[serde(default)]
+    pub replay: bool,
+}
+
+impl Job {
+    /// Builds a fresh job for one (change, observer, action) triple.
+    pub fn new(
+        change_pk: i64,
+        observer: &str,
+        action_index: usize,
+        action_type: &str,
+        payload: serde_json::Value,
+    ) -> Self {
+        Job {
+            id: Uuid::new_v4(),
+            key: idempotency_key(change_pk, observer, action_index),
+            change_pk,
+            observer: observer.to_owned(),
+            action_index,
+            action_type: action_type.to_owned(),
+            payload,
+            attempts: 0,
+            errors: Vec::new(),
+            enqueued_at: Utc::now(),
+            dead_letter_id: None,
+            replay: false,
+        }
+    }
+
+    /// Records a failed attempt (increments `attempts`).
+    pub fn record_failure(&mut self, error: &str, retryable: bool) {
+        self.attempts += 1;
+        self.errors.push(AttemptError {
+            attempt: self.attempts,
+            at: Utc::now(),
+            error: error.to_owned(),
+            retryable,
+        });
+    }
+}
+
+/// The idempotency key format shared by the queue, the dedup table and the actions.
+pub fn idempotency_key(change_pk: i64, observer: &str, action_index: usize) -> String {
+    format!("{change_pk}:{observer}:{action_index}")
+}
+
+/// One failed attempt, kept with the job and stored with the dead letter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptError {
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+    pub error: String,
+    pub retryable: bool,
+}
+
+/// A reserved job. The `receipt` identifies this reservation to the backend (the memory
+/// backend uses a counter; a Redis backend would use the in-flight entry it owns).
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    pub job: Job,
+    pub receipt: String,
+}
+
+/// What [`Queue::enqueue`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The job is now queued.
+    Added,
+    /// A job with the same idempotency key is already queued, delayed or in flight; the new
+    /// one was dropped (enqueue is idempotent by key while a job is live).
+    Duplicate,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue is closed")]
+    Closed,
+    #[error("unknown reservation {0} (already acknowledged, retried or dead-lettered)")]
+    UnknownReservation(String),
+    #[error("dead-letter store failed: {0}")]
+    DeadLetter(String),
+    #[error("queue backend error: {0}")]
+    Backend(String),
+}
+
+/// The queue seam. Implementations must be safe to share between the reader and many
+/// workers (`Arc<dyn Queue>`).
+///
+/// Contract (checked by [`conformance::run_all`]):
+/// - `enqueue` is idempotent by `job.key` while a job with that key is live (ready, delayed
+///   or reserved); it may wait (back-pressure) when the backend is full;
+/// - `reserve` hands each ready job to exactly one caller and waits at most `wait` for one;
+/// - a reserved job leaves the queue only through `ack`, `retry` or `dead_letter`;
+/// - `retry(at)` makes the job (with its updated attempts and errors) reservable again no
+///   earlier than `at`;
+/// - `dead_letter` moves the job to the backend's durable dead-letter store.
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// Short backend name for logs and metrics (`memory`, `redis`).
+    fn backend(&self) -> &'static str;
+
+    /// True when an enqueued job survives this process dying. The reader then advances its
+    /// checkpoint as soon as the enqueue returns instead of waiting for the job to finish.
+    fn durable(&self) -> bool;
+
+    async fn enqueue(&self, job: Job) -> Result<Enqueued, QueueError>;
+
+    async fn reserve(&self, wait: Duration) -> Result<Option<Reservation>, QueueError>;
+
+    async fn ack(&self, reservation: Reservation) -> Result<(), QueueError>;
+
+    async fn retry(&self, reservation: Reservation, at: DateTime<Utc>) -> Result<(), QueueError>;
+
+    async fn dead_letter(&self, reservation: Reservation) -> Result<(), QueueError>;
+
+    /// Jobs currently live in the queue (ready + delayed + reserved).
+    async fn depth(&self) -> Result<u64, QueueError>;
+}

@@ -1,0 +1,77 @@
+//! The queue conformance suite against the in-process backend.
+
+use std::sync::Arc;
+
+use fraiseql::queue::conformance;
+use fraiseql::queue::dlq::MemoryDeadLetters;
+use fraiseql::queue::memory::MemoryQueue;
+use fraiseql::queue::{Job, Queue};
+
+#[tokio::test]
+async fn memory_queue_passes_the_conformance_suite() {
+    conformance::run_all(|| async {
+        MemoryQueue::new(1000, Arc::new(MemoryDeadLetters::default()))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn memory_queue_writes_dead_letters_to_its_sink() {
+    let sink = Arc::new(MemoryDeadLetters::default());
+    let q = MemoryQueue::new(10, sink.clone());
+    q.enqueue(Job::new(1, "o", 0, "webhook", serde_json::json!({})))
+        .await
+        .unwrap();
+    let mut r = q
+        .reserve(std::time::Duration::from_secs(1))
+        .await
+        .unwrap()
+        .unwrap();
+    r.job.record_failure("HTTP 400", false);
+    q.dead_letter(r).await.unwrap();
+    let dead = sink.jobs();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].key, "1:o:0");
+    assert_eq!(dead[0].errors[0].error, "HTTP 400");
+}
+
+#[tokio::test]
+async fn memory_queue_applies_back_pressure_when_full() {
+    let q = Arc::new(MemoryQueue::new(2, Arc::new(MemoryDeadLetters::default())));
+    for pk in 0..2 {
+        q.enqueue(Job::new(pk, "o", 0, "webhook", serde_json::json!({})))
+            .await
+            .unwrap();
+    }
+    let q2 = q.clone();
+    let blocked = tokio::spawn(async move {
+        q2.enqueue(Job::new(9, "o", 0, "webhook", serde_json::json!({})))
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        !blocked.is_finished(),
+        "enqueue into a full queue must wait"
+    );
+    // A retry keeps its slot: still full.
+    let r = q
+        .reserve(std::time::Duration::from_secs(1))
+        .await
+        .unwrap()
+        .unwrap();
+    q.retry(r, chrono::Utc::now()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!blocked.is_finished());
+    let r = q
+        .reserve(std::time::Duration::from_secs(1))
+        .await
+        .unwrap()
+        .unwrap();
+    q.ack(r).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(1), blocked)
+        .await
+        .expect("an ack frees a slot")
+        .unwrap()
+        .unwrap();
+    assert_eq!(q.depth().await.unwrap(), 2);
+}
