@@ -39,8 +39,9 @@ lint: ## cargo fmt --check and clippy with warnings denied
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-bench: build ## benchmarks: GraphQL vs PostGraphile side by side; serve start-up time and idle memory
+bench: build ## benchmarks: GraphQL vs PostGraphile side by side; observers commit→delivery; start-up time and idle memory
 	python3 bench/graphql_bench.py --binary target/release/fraiseql
+	$(CARGO) bench --bench observers
 	bench/startup.sh target/release/fraiseql
 
 demo: run ## alias of run
