@@ -38,6 +38,8 @@ pub struct Metrics {
     pub graphql: GraphqlMetrics,
     /// The observer runtime: events, actions, backlog, dead letters, dedup.
     pub observers: ObserverMetrics,
+    /// The Arrow Flight role: streams, rows, bytes, durations.
+    pub flight: FlightMetrics,
     /// Build information as labels; the value is always 1.
     pub build_info: IntGaugeVec,
 }
@@ -142,6 +144,7 @@ impl Metrics {
             observers: ObserverMetrics::new(&registry)
                 .expect("unique metric")
                 .with_known_actions(),
+            flight: FlightMetrics::register(&registry).expect("unique metric"),
             build_info,
             registry,
         }
@@ -318,6 +321,132 @@ impl ObserverMetrics {
     /// Metrics registered into a throwaway registry (tests, `fraiseql check`).
     pub fn unregistered() -> Self {
         Self::new(&Registry::new()).expect("metric definitions are valid")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Arrow Flight metrics (`fraiseql_flight_*`).
+/// Stream durations range from milliseconds (a small view) to hours (a `follow` stream).
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+];
+
+/// Ticket type labels: `view`, `events`, `graphql`.
+#[derive(Clone)]
+pub struct FlightMetrics {
+    /// DoGet streams started, by ticket type.
+    pub streams_started: IntCounterVec,
+    /// DoGet streams that sent their last batch, by ticket type.
+    pub streams_finished: IntCounterVec,
+    /// DoGet streams that ended in an error or were abandoned by the client, by ticket type.
+    pub streams_failed: IntCounterVec,
+    /// Rows sent in DoGet streams.
+    pub rows_sent: IntCounter,
+    /// Bytes of Flight data (IPC headers and bodies) sent in DoGet streams.
+    pub bytes_sent: IntCounter,
+    /// Wall time of DoGet streams, from ticket to last message.
+    pub stream_duration: Histogram,
+}
+
+fn ticket_counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help).namespace(NAMESPACE), &["ticket"])?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn try_counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+) -> Result<IntCounter, prometheus::Error> {
+    let c = IntCounter::with_opts(Opts::new(name, help).namespace(NAMESPACE))?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl FlightMetrics {
+    /// Creates the metrics and registers them into `registry`.
+    pub fn register(registry: &Registry) -> Result<FlightMetrics, prometheus::Error> {
+        let stream_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "flight_stream_duration_seconds",
+                "Wall time of Arrow Flight DoGet streams.",
+            )
+            .namespace(NAMESPACE)
+            .buckets(DURATION_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(stream_duration.clone()))?;
+        Ok(FlightMetrics {
+            streams_started: ticket_counter_vec(
+                registry,
+                "flight_streams_started_total",
+                "Arrow Flight DoGet streams started, by ticket type.",
+            )?,
+            streams_finished: ticket_counter_vec(
+                registry,
+                "flight_streams_finished_total",
+                "Arrow Flight DoGet streams completed, by ticket type.",
+            )?,
+            streams_failed: ticket_counter_vec(
+                registry,
+                "flight_streams_failed_total",
+                "Arrow Flight DoGet streams that failed or were cancelled by the client, by ticket type.",
+            )?,
+            rows_sent: try_counter(
+                registry,
+                "flight_rows_sent_total",
+                "Rows sent in Arrow Flight DoGet streams.",
+            )?,
+            bytes_sent: try_counter(
+                registry,
+                "flight_bytes_sent_total",
+                "Bytes of Arrow Flight data sent in DoGet streams.",
+            )?,
+            stream_duration,
+        })
+    }
+
+    /// Metrics in a registry of their own, for callers that do not export them.
+    pub fn unregistered() -> FlightMetrics {
+        FlightMetrics::register(&Registry::new()).expect("fresh registry has no duplicates")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_every_name() {
+        let registry = Registry::new();
+        let m = FlightMetrics::register(&registry).unwrap();
+        m.streams_started.with_label_values(&["view"]).inc();
+        m.streams_finished.with_label_values(&["view"]).inc();
+        m.streams_failed.with_label_values(&["view"]).inc();
+        m.rows_sent.inc();
+        m.bytes_sent.inc();
+        m.stream_duration.observe(0.1);
+        let names: Vec<String> = registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        for n in [
+            "fraiseql_flight_streams_started_total",
+            "fraiseql_flight_streams_finished_total",
+            "fraiseql_flight_streams_failed_total",
+            "fraiseql_flight_rows_sent_total",
+            "fraiseql_flight_bytes_sent_total",
+            "fraiseql_flight_stream_duration_seconds",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
+        }
+        // Registering twice into one registry is an error, not a panic.
+        assert!(FlightMetrics::register(&registry).is_err());
     }
 }
 

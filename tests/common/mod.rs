@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 mod blog;
+pub mod flight;
 pub mod observers;
 #[allow(unused_imports)]
 pub use blog::*;

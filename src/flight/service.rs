@@ -1,0 +1,549 @@
+//! The gRPC `FlightService`: authenticates every call, resolves descriptors and tickets,
+//! and wires the producers ([`stream`](super::stream), [`graphql`](super::graphql),
+//! [`put`](super::put)) to the Flight encoder, recording the `fraiseql_flight_*` metrics.
+//!
+//! Descriptors: a path `["va_orders"]` names a registered view or table (all columns),
+//! `["events"]` the change log, or a GraphQL list query advertised by the
+//! [`GraphQLSource`]; a command descriptor is a ticket document. Every FlightInfo has one
+//! endpoint, on this server, whose ticket is the JSON ticket to pass to DoGet.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError as ArrowFlightError;
+use arrow_flight::flight_descriptor::DescriptorType;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult,
+    Ticket as FlightTicket,
+};
+use arrow_ipc::writer::IpcWriteOptions;
+use arrow_schema::SchemaRef;
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream};
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use serde_json::{Map, Value, json};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::auth::Tokens;
+use super::graphql::{GraphQLSource, arrow_schema as graphql_schema, spawn_rows};
+use super::registry::Registry;
+use super::stream::{BatchResult, StreamError, spawn_events, spawn_sql};
+use super::ticket::{self, Ticket, TicketError, events_schema, plan_view};
+use crate::metrics::FlightMetrics;
+
+impl From<TicketError> for Status {
+    fn from(e: TicketError) -> Status {
+        match e {
+            TicketError::UnknownView(_) => Status::not_found(e.to_string()),
+            _ => Status::invalid_argument(e.to_string()),
+        }
+    }
+}
+
+/// Everything the service needs, shared by all calls.
+pub struct FlightState {
+    pub pool: deadpool_postgres::Pool,
+    pub registry: Arc<Registry>,
+    pub tokens: Tokens,
+    pub metrics: FlightMetrics,
+    pub graphql: Option<Arc<dyn GraphQLSource>>,
+    pub wake: Option<Arc<Notify>>,
+    pub shutdown: CancellationToken,
+    pub batch_rows: usize,
+    pub max_ticket_bytes: usize,
+    pub put_tables: Vec<String>,
+    pub follow_poll: Duration,
+}
+
+#[derive(Clone)]
+pub struct FraiseFlightService {
+    state: Arc<FlightState>,
+}
+
+type Stream_<T> = BoxStream<'static, Result<T, Status>>;
+
+/// The name of the change-log flight in path descriptors.
+pub const EVENTS_PATH: &str = "events";
+
+impl FraiseFlightService {
+    pub fn new(state: FlightState) -> FraiseFlightService {
+        FraiseFlightService {
+            state: Arc::new(state),
+        }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.state.tokens.check(request.metadata()).map_err(|e| {
+            tracing::debug!(error = %e, "flight call refused");
+            Status::from(e)
+        })
+    }
+
+    fn graphql(&self) -> Result<&Arc<dyn GraphQLSource>, Status> {
+        self.state.graphql.as_ref().ok_or_else(|| {
+            Status::unimplemented("graphql tickets are not available: no GraphQL schema is loaded")
+        })
+    }
+
+    /// Views need the registry; before its first load (database down at startup) the
+    /// answer is "try again", not "no such view".
+    fn require_registry(&self) -> Result<(), Status> {
+        if self.state.registry.is_loaded() {
+            Ok(())
+        } else {
+            Err(Status::unavailable(
+                "the schema registry is not loaded yet (is the database reachable?)",
+            ))
+        }
+    }
+
+    fn parse_ticket(&self, bytes: &[u8]) -> Result<Ticket, Status> {
+        Ok(ticket::parse(bytes, self.state.max_ticket_bytes)?)
+    }
+
+    /// The schema a ticket returns, without running it.
+    async fn ticket_schema(&self, t: &Ticket) -> Result<SchemaRef, Status> {
+        match t {
+            Ticket::View(v) => {
+                self.require_registry()?;
+                Ok(plan_view(v, &self.state.registry)?.schema)
+            }
+            Ticket::Events(_) => Ok(events_schema()),
+            Ticket::GraphQL(g) => {
+                let empty = Map::new();
+                let fields = self
+                    .graphql()?
+                    .shape(
+                        &g.query,
+                        g.variables.as_ref().unwrap_or(&empty),
+                        g.operation_name.as_deref(),
+                    )
+                    .await?;
+                Ok(graphql_schema(&fields))
+            }
+        }
+    }
+
+    /// Resolves a descriptor to (ticket bytes, schema).
+    async fn resolve(&self, d: &FlightDescriptor) -> Result<(Bytes, SchemaRef), Status> {
+        match DescriptorType::try_from(d.r#type) {
+            Ok(DescriptorType::Path) => {
+                self.require_registry()?;
+                let [name] = d.path.as_slice() else {
+                    return Err(Status::invalid_argument(
+                        "a path descriptor has one element: a view, table, \"events\" or a named GraphQL query",
+                    ));
+                };
+                if let Some(rel) = self.state.registry.get(name) {
+                    let t = json!({"type": "view", "view": rel.name}).to_string();
+                    return Ok((Bytes::from(t), rel.arrow_schema.clone()));
+                }
+                if name == EVENTS_PATH {
+                    let t = json!({"type": "events"}).to_string();
+                    return Ok((Bytes::from(t), events_schema()));
+                }
+                if let Some(src) = &self.state.graphql
+                    && let Some(q) = src.list_queries().into_iter().find(|q| q.name == *name)
+                {
+                    let t = json!({"type": "graphql", "query": q.query}).to_string();
+                    let ticket = self.parse_ticket(t.as_bytes())?;
+                    let schema = self.ticket_schema(&ticket).await?;
+                    return Ok((Bytes::from(t), schema));
+                }
+                Err(Status::not_found(format!(
+                    "no flight named {name:?}: not a va_/ta_ view or table, \"events\", or a GraphQL list query"
+                )))
+            }
+            Ok(DescriptorType::Cmd) => {
+                let t = self.parse_ticket(&d.cmd)?;
+                let schema = self.ticket_schema(&t).await?;
+                Ok((d.cmd.clone(), schema))
+            }
+            _ => Err(Status::invalid_argument("unknown descriptor type")),
+        }
+    }
+
+    fn flight_info(
+        descriptor: FlightDescriptor,
+        ticket: Bytes,
+        schema: &SchemaRef,
+    ) -> Result<FlightInfo, Status> {
+        Ok(FlightInfo::new()
+            .try_with_schema(schema)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .with_descriptor(descriptor)
+            .with_endpoint(FlightEndpoint::new().with_ticket(FlightTicket::new(ticket)))
+            .with_total_records(-1)
+            .with_total_bytes(-1))
+    }
+}
+
+/// Records how a DoGet stream ended. Dropped before the end (the client went away) counts
+/// as failed; dropping also fires the stop token through the guard, cancelling the query.
+struct StreamTracker {
+    metrics: FlightMetrics,
+    kind: &'static str,
+    started: Instant,
+    ended: bool,
+    _stop: DropGuard,
+}
+
+impl StreamTracker {
+    fn end(&mut self, ok: bool) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        let counter = if ok {
+            &self.metrics.streams_finished
+        } else {
+            &self.metrics.streams_failed
+        };
+        counter.with_label_values(&[self.kind]).inc();
+        let secs = self.started.elapsed().as_secs_f64();
+        self.metrics.stream_duration.observe(secs);
+        tracing::debug!(
+            ticket = self.kind,
+            ok,
+            seconds = secs,
+            "flight stream ended"
+        );
+    }
+}
+
+impl Drop for StreamTracker {
+    fn drop(&mut self) {
+        self.end(false);
+    }
+}
+
+/// Turns the producer's batches into Flight data, counting rows and bytes.
+fn flight_stream(
+    schema: SchemaRef,
+    rx: mpsc::Receiver<BatchResult>,
+    tracker: StreamTracker,
+) -> Stream_<FlightData> {
+    let metrics = tracker.metrics.clone();
+    let batches = stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .map(move |item: Result<RecordBatch, StreamError>| match item {
+        Ok(b) => {
+            metrics.rows_sent.inc_by(b.num_rows() as u64);
+            Ok(b)
+        }
+        Err(e) => Err(ArrowFlightError::Tonic(Box::new(Status::from(e)))),
+    });
+    let encoder = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(batches);
+    Box::pin(TrackedStream {
+        inner: Box::pin(encoder),
+        tracker,
+    })
+}
+
+/// The DoGet response: Flight data with byte counting and end-of-stream bookkeeping.
+struct TrackedStream<S> {
+    inner: Pin<Box<S>>,
+    tracker: StreamTracker,
+}
+
+impl<S> Stream for TrackedStream<S>
+where
+    S: Stream<Item = Result<FlightData, ArrowFlightError>> + Send,
+{
+    type Item = Result<FlightData, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.tracker.ended {
+            return Poll::Ready(None);
+        }
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(fd))) => {
+                let n = fd.data_header.len() + fd.data_body.len() + fd.app_metadata.len();
+                self.tracker.metrics.bytes_sent.inc_by(n as u64);
+                Poll::Ready(Some(Ok(fd)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // One error ends the stream.
+                self.tracker.end(false);
+                Poll::Ready(Some(Err(Status::from(e))))
+            }
+            Poll::Ready(None) => {
+                self.tracker.end(true);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl FlightService for FraiseFlightService {
+    type HandshakeStream = Stream_<HandshakeResponse>;
+    type ListFlightsStream = Stream_<FlightInfo>;
+    type DoGetStream = Stream_<FlightData>;
+    type DoPutStream = Stream_<PutResult>;
+    type DoExchangeStream = Stream_<FlightData>;
+    type DoActionStream = Stream_<arrow_flight::Result>;
+    type ListActionsStream = Stream_<ActionType>;
+
+    async fn handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        let token = self.state.tokens.handshake(request.metadata())?;
+        let bearer = format!("Bearer {token}");
+        let reply = HandshakeResponse {
+            protocol_version: 0,
+            payload: Bytes::new(),
+        };
+        let mut response: Response<Self::HandshakeStream> =
+            Response::new(stream::iter(vec![Ok(reply)]).boxed());
+        response.metadata_mut().insert(
+            "authorization",
+            bearer
+                .parse()
+                .map_err(|_| Status::invalid_argument("token is not a valid header value"))?,
+        );
+        Ok(response)
+    }
+
+    async fn list_flights(
+        &self,
+        request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        self.authorize(&request)?;
+        // The criteria expression, when given, is a name prefix.
+        let prefix = String::from_utf8_lossy(&request.get_ref().expression).to_string();
+        let mut infos = Vec::new();
+        for (name, rel) in &self.state.registry.snapshot().relations {
+            if !name.starts_with(&prefix) {
+                continue;
+            }
+            let t = json!({"type": "view", "view": name}).to_string();
+            infos.push(Self::flight_info(
+                FlightDescriptor::new_path(vec![name.clone()]),
+                Bytes::from(t),
+                &rel.arrow_schema,
+            )?);
+        }
+        if EVENTS_PATH.starts_with(&prefix) {
+            infos.push(Self::flight_info(
+                FlightDescriptor::new_path(vec![EVENTS_PATH.into()]),
+                Bytes::from(json!({"type": "events"}).to_string()),
+                &events_schema(),
+            )?);
+        }
+        if let Some(src) = &self.state.graphql {
+            for q in src.list_queries() {
+                if !q.name.starts_with(&prefix) {
+                    continue;
+                }
+                let d = FlightDescriptor::new_path(vec![q.name.clone()]);
+                let (t, schema) = self.resolve(&d).await?;
+                infos.push(Self::flight_info(d, t, &schema)?);
+            }
+        }
+        Ok(Response::new(
+            stream::iter(infos.into_iter().map(Ok)).boxed(),
+        ))
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authorize(&request)?;
+        let d = request.into_inner();
+        let (t, schema) = self.resolve(&d).await?;
+        Ok(Response::new(Self::flight_info(d, t, &schema)?))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        self.authorize(&request)?;
+        Err(Status::unimplemented(
+            "PollFlightInfo is not supported: use GetFlightInfo",
+        ))
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        self.authorize(&request)?;
+        let (_, schema) = self.resolve(request.get_ref()).await?;
+        let options = IpcWriteOptions::default();
+        let result: SchemaResult = SchemaAsIpc::new(&schema, &options)
+            .try_into()
+            .map_err(|e: arrow_schema::ArrowError| Status::internal(e.to_string()))?;
+        Ok(Response::new(result))
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<FlightTicket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        self.authorize(&request)?;
+        let s = &self.state;
+        let t = self.parse_ticket(&request.get_ref().ticket)?;
+        let kind = t.kind();
+        let stop = s.shutdown.child_token();
+        let (schema, rx) = match t {
+            Ticket::View(v) => {
+                self.require_registry()?;
+                let plan = plan_view(&v, &s.registry)?;
+                let schema = plan.schema.clone();
+                let rx = spawn_sql(
+                    s.pool.clone(),
+                    plan,
+                    s.batch_rows,
+                    stop.clone(),
+                    s.shutdown.clone(),
+                );
+                (schema, rx)
+            }
+            Ticket::Events(e) => {
+                let rx = spawn_events(
+                    s.pool.clone(),
+                    e,
+                    s.batch_rows,
+                    s.follow_poll,
+                    s.wake.clone(),
+                    stop.clone(),
+                    s.shutdown.clone(),
+                );
+                (events_schema(), rx)
+            }
+            Ticket::GraphQL(g) => {
+                let empty = Map::new();
+                let rows = self
+                    .graphql()?
+                    .execute(
+                        &g.query,
+                        g.variables.as_ref().unwrap_or(&empty),
+                        g.operation_name.as_deref(),
+                    )
+                    .await?;
+                let schema = graphql_schema(&rows.fields);
+                let rx = spawn_rows(rows, s.batch_rows, stop.clone(), s.shutdown.clone());
+                (schema, rx)
+            }
+        };
+        s.metrics.streams_started.with_label_values(&[kind]).inc();
+        tracing::debug!(ticket = kind, "flight stream started");
+        let tracker = StreamTracker {
+            metrics: s.metrics.clone(),
+            kind,
+            started: Instant::now(),
+            ended: false,
+            _stop: stop.drop_guard(),
+        };
+        Ok(Response::new(flight_stream(schema, rx, tracker)))
+    }
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        self.authorize(&request)?;
+        let mut incoming = request.into_inner();
+        let Some(first) = incoming.message().await? else {
+            return Err(Status::invalid_argument("DoPut received no data"));
+        };
+        let descriptor = first.flight_descriptor.clone();
+        let data = stream::once(async move { Ok(first) })
+            .chain(incoming)
+            .map_err(ArrowFlightError::from)
+            .boxed();
+        let s = &self.state;
+        let rows = super::put::put(descriptor, data, &s.registry, &s.put_tables, &s.pool).await?;
+        tracing::info!(rows, "flight DoPut committed");
+        let result = PutResult {
+            app_metadata: Bytes::from(json!({ "rows": rows }).to_string()),
+        };
+        Ok(Response::new(stream::iter(vec![Ok(result)]).boxed()))
+    }
+
+    async fn do_exchange(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        self.authorize(&request)?;
+        Err(Status::unimplemented("DoExchange is not supported"))
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        self.authorize(&request)?;
+        let s = &self.state;
+        let body: Value = match request.get_ref().r#type.as_str() {
+            "health" => {
+                let client = s
+                    .pool
+                    .get()
+                    .await
+                    .map_err(|e| Status::unavailable(format!("database unavailable: {e}")))?;
+                client.simple_query("SELECT 1").await.map_err(|e| {
+                    Status::unavailable(format!(
+                        "database unavailable: {}",
+                        super::registry::describe_pg(&e)
+                    ))
+                })?;
+                json!({"status": "ok", "relations": s.registry.snapshot().relations.len()})
+            }
+            "refresh" => {
+                let n = s
+                    .registry
+                    .refresh(&s.pool)
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                json!({"relations": n})
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown action {other:?} (supported: health, refresh)"
+                )));
+            }
+        };
+        let result = arrow_flight::Result::new(body.to_string());
+        Ok(Response::new(stream::iter(vec![Ok(result)]).boxed()))
+    }
+
+    async fn list_actions(
+        &self,
+        request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        self.authorize(&request)?;
+        let actions = vec![
+            ActionType {
+                r#type: "health".into(),
+                description: "Checks the database connection; returns {\"status\": \"ok\"}.".into(),
+            },
+            ActionType {
+                r#type: "refresh".into(),
+                description: "Reloads the schema registry of va_/ta_ views and tables.".into(),
+            },
+        ];
+        Ok(Response::new(
+            stream::iter(actions.into_iter().map(Ok)).boxed(),
+        ))
+    }
+}

@@ -1,0 +1,377 @@
+//! Rows → RecordBatch: runs one planned statement and appends each row's binary values to
+//! Arrow builders, sending a batch every `batch_rows` rows into a bounded channel.
+//!
+//! Memory stays bounded: tokio-postgres reads the result incrementally (its connection task
+//! hands rows over through a channel of one message), the batch channel holds at most
+//! [`BATCH_QUEUE`] batches, and a slow gRPC client therefore slows the producer, which
+//! stops reading the socket, which makes PostgreSQL wait. When the client goes away (the
+//! response stream is dropped) or the server shuts down, the stop token fires, the
+//! PostgreSQL query is cancelled and the connection is dropped instead of being pooled
+//! mid-result.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::RecordBatch;
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use futures_util::StreamExt;
+use tokio::sync::{Notify, mpsc};
+use tokio_postgres::types::{FromSql, Type};
+use tokio_util::sync::CancellationToken;
+
+use super::registry::describe_pg;
+use super::ticket::{EventsTicket, SqlPlan, plan_events};
+use super::types::{ColumnBuilder, oid};
+
+/// Batches buffered between the producer and the gRPC stream. Two lets the producer fill
+/// the next batch while the previous one is being encoded and sent.
+pub const BATCH_QUEUE: usize = 2;
+
+/// Rows the builders reserve up front. They grow (by doubling) to `batch_rows` when the
+/// result is that large; reserving a full batch for a 4-row result would waste memory and
+/// make the Flight encoder, which sizes batches by their allocated memory, split it.
+const INITIAL_CAPACITY: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("database unavailable: {0}")]
+    Pool(String),
+    /// A data error caused by the client's values (SQLSTATE class 22), e.g. a filter value
+    /// that is not a number.
+    #[error("{0}")]
+    BadValue(String),
+    #[error("query failed: {0}")]
+    Query(String),
+    #[error("{0}")]
+    Decode(String),
+    #[error(
+        "the view changed since the schema registry was loaded ({0}); run DoAction \"refresh\""
+    )]
+    SchemaChanged(String),
+    #[error("server is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    Arrow(String),
+}
+
+impl StreamError {
+    fn from_pg(e: &tokio_postgres::Error) -> StreamError {
+        match e.code().map(|c| c.code()) {
+            Some(code) if code.starts_with("22") => StreamError::BadValue(describe_pg(e)),
+            // Undefined table or column: the registry is stale.
+            Some("42P01" | "42703") => StreamError::SchemaChanged(describe_pg(e)),
+            _ => StreamError::Query(describe_pg(e)),
+        }
+    }
+}
+
+impl From<StreamError> for tonic::Status {
+    fn from(e: StreamError) -> tonic::Status {
+        match &e {
+            StreamError::BadValue(_) => tonic::Status::invalid_argument(e.to_string()),
+            StreamError::SchemaChanged(_) => tonic::Status::failed_precondition(e.to_string()),
+            StreamError::Pool(_) | StreamError::ShuttingDown => {
+                tonic::Status::unavailable(e.to_string())
+            }
+            _ => tonic::Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// Any value's raw binary bytes, whatever its type: the decoders in
+/// [`types`](super::types) interpret them, so no Rust value is built per field.
+struct Raw<'a>(&'a [u8]);
+
+impl<'a> FromSql<'a> for Raw<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(raw))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+pub type BatchResult = Result<RecordBatch, StreamError>;
+
+/// Why a producer stopped early.
+enum Stop {
+    /// The client went away or the server is shutting down.
+    Cancelled,
+    /// The query or a value failed; the error goes to the client.
+    Failed(StreamError),
+}
+
+/// Runs `plan` and streams its rows as batches. The receiver yields at most one error, last.
+pub fn spawn_sql(
+    pool: deadpool_postgres::Pool,
+    plan: SqlPlan,
+    batch_rows: usize,
+    stop: CancellationToken,
+    shutdown: CancellationToken,
+) -> mpsc::Receiver<BatchResult> {
+    let (tx, rx) = mpsc::channel(BATCH_QUEUE);
+    tokio::spawn(async move {
+        let result = async {
+            let client = pool
+                .get()
+                .await
+                .map_err(|e| StreamError::Pool(e.to_string()))?;
+            let outcome = run_plan(&client, &plan, batch_rows, &tx, &stop).await;
+            finish_client(client, &outcome);
+            match outcome? {
+                // Cut short by shutdown: say so, or the client would take a truncated
+                // result for a complete one.
+                RunOutcome::Stopped if shutdown.is_cancelled() => Err(StreamError::ShuttingDown),
+                _ => Ok(()),
+            }
+        }
+        .await;
+        report(result, &tx, &shutdown).await;
+    });
+    rx
+}
+
+/// Sends the final error, if any, unless the client is gone.
+async fn report(
+    result: Result<(), StreamError>,
+    tx: &mpsc::Sender<BatchResult>,
+    shutdown: &CancellationToken,
+) {
+    if let Err(e) = result {
+        let e = if shutdown.is_cancelled() {
+            StreamError::ShuttingDown
+        } else {
+            e
+        };
+        tracing::debug!(error = %e, "flight stream failed");
+        let _ = tx.send(Err(e)).await;
+    }
+}
+
+/// A connection whose query was cancelled mid-result is closed rather than pooled.
+fn finish_client(client: deadpool_postgres::Object, outcome: &Result<RunOutcome, StreamError>) {
+    if matches!(outcome, Ok(RunOutcome::Stopped) | Err(_)) {
+        drop(deadpool_postgres::Object::take(client));
+    }
+}
+
+enum RunOutcome {
+    Done {
+        rows: u64,
+        last: Option<RecordBatch>,
+    },
+    Stopped,
+}
+
+/// Executes one statement into batches. Returns how many rows were sent and the last batch.
+async fn run_plan(
+    client: &deadpool_postgres::Object,
+    plan: &SqlPlan,
+    batch_rows: usize,
+    tx: &mpsc::Sender<BatchResult>,
+    stop: &CancellationToken,
+) -> Result<RunOutcome, StreamError> {
+    let types: Vec<Type> = plan.params.iter().map(|p| p.sql_type()).collect();
+    // Not the connection's statement cache: tickets vary in shape without bound, and one
+    // prepare round trip is nothing next to a Flight stream.
+    let stmt = client
+        .prepare_typed(&plan.sql, &types)
+        .await
+        .map_err(|e| StreamError::from_pg(&e))?;
+    check_columns(&stmt, plan)?;
+    let rows = client
+        .query_raw(&stmt, plan.params.iter().map(|p| p.as_sql()))
+        .await
+        .map_err(|e| StreamError::from_pg(&e))?;
+    let mut rows = pin!(rows);
+    let mut cancelled = pin!(stop.cancelled());
+    let ncols = plan.columns.len();
+    let mut builders: Vec<ColumnBuilder> = plan
+        .columns
+        .iter()
+        .map(|c| ColumnBuilder::new(&c.pg, batch_rows.min(INITIAL_CAPACITY)))
+        .collect();
+    let mut in_batch = 0usize;
+    let mut total = 0u64;
+    let mut last = None;
+    let result: Result<(), Stop> = async {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = &mut cancelled => return Err(Stop::Cancelled),
+                r = rows.next() => r,
+            };
+            let Some(row) = next else { break };
+            let row = row.map_err(|e| Stop::Failed(StreamError::from_pg(&e)))?;
+            for (i, b) in builders.iter_mut().enumerate() {
+                let column = || &plan.columns[i].name;
+                let raw: Option<Raw<'_>> = row.try_get(i).map_err(|e| {
+                    Stop::Failed(StreamError::Decode(format!("column {}: {e}", column())))
+                })?;
+                b.append(raw.map(|r| r.0)).map_err(|m| {
+                    Stop::Failed(StreamError::Decode(format!("column {}: {m}", column())))
+                })?;
+            }
+            in_batch += 1;
+            if in_batch == batch_rows {
+                let batch = make_batch(plan, &mut builders)?;
+                total += in_batch as u64;
+                in_batch = 0;
+                send(tx, batch, &mut cancelled).await?;
+            }
+        }
+        if in_batch > 0 {
+            let batch = make_batch(plan, &mut builders)?;
+            total += in_batch as u64;
+            last = Some(batch.clone());
+            send(tx, batch, &mut cancelled).await?;
+        }
+        Ok(())
+    }
+    .await;
+    debug_assert_eq!(builders.len(), ncols);
+    match result {
+        Ok(()) => Ok(RunOutcome::Done { rows: total, last }),
+        Err(stop) => {
+            // Stop the statement on the server too: dropping the row stream alone would
+            // let PostgreSQL run the query to completion.
+            let token = client.cancel_token();
+            tokio::spawn(async move {
+                if let Err(e) = token.cancel_query(tokio_postgres::NoTls).await {
+                    tracing::debug!(error = %e, "cancelling the PostgreSQL query failed");
+                }
+            });
+            match stop {
+                Stop::Cancelled => Ok(RunOutcome::Stopped),
+                Stop::Failed(e) => Err(e),
+            }
+        }
+    }
+}
+
+impl From<StreamError> for Stop {
+    fn from(e: StreamError) -> Stop {
+        Stop::Failed(e)
+    }
+}
+
+fn make_batch(plan: &SqlPlan, builders: &mut [ColumnBuilder]) -> Result<RecordBatch, StreamError> {
+    let arrays = builders.iter_mut().map(|b| b.finish()).collect();
+    RecordBatch::try_new(plan.schema.clone(), arrays).map_err(|e| StreamError::Arrow(e.to_string()))
+}
+
+/// Sends a batch, waiting for room (back-pressure) unless the stream is stopped meanwhile.
+async fn send(
+    tx: &mpsc::Sender<BatchResult>,
+    batch: RecordBatch,
+    cancelled: &mut std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+) -> Result<(), Stop> {
+    tokio::select! {
+        biased;
+        _ = cancelled.as_mut() => Err(Stop::Cancelled),
+        r = tx.send(Ok(batch)) => r.map_err(|_| Stop::Cancelled),
+    }
+}
+
+/// The OID a result column must have for its registry type: read-as-text columns are
+/// cast to text in the SELECT.
+fn expected_oid(c: &super::registry::Column) -> u32 {
+    use super::types::PgType;
+    match &c.pg {
+        PgType::AsText => oid::TEXT,
+        PgType::Array(e) if e.read_as_text() => 1009,
+        _ => c.type_oid,
+    }
+}
+
+fn check_columns(stmt: &tokio_postgres::Statement, plan: &SqlPlan) -> Result<(), StreamError> {
+    let cols = stmt.columns();
+    let arrays_ok = |got: &Type, c: &super::registry::Column| {
+        // Array columns report the array type's OID, the registry the base type's.
+        matches!(got.kind(), tokio_postgres::types::Kind::Array(_))
+            && matches!(c.pg, super::types::PgType::Array(_))
+    };
+    if cols.len() != plan.columns.len()
+        || cols.iter().zip(&plan.columns).any(|(got, want)| {
+            let t = got.type_();
+            (t.oid() != expected_oid(want) && !arrays_ok(t, want)) || got.name() != want.name
+        })
+    {
+        return Err(StreamError::SchemaChanged("its columns differ".into()));
+    }
+    Ok(())
+}
+
+/// Streams change-log rows; with `follow`, keeps polling for new rows until the client
+/// goes away, the limit is reached, `until` has passed, or the server shuts down.
+pub fn spawn_events(
+    pool: deadpool_postgres::Pool,
+    ticket: EventsTicket,
+    batch_rows: usize,
+    poll: Duration,
+    wake: Option<Arc<Notify>>,
+    stop: CancellationToken,
+    shutdown: CancellationToken,
+) -> mpsc::Receiver<BatchResult> {
+    let (tx, rx) = mpsc::channel(BATCH_QUEUE);
+    tokio::spawn(async move {
+        let result = async {
+            let mut after = ticket.since_pk.unwrap_or(0);
+            let mut remaining = ticket.limit.map(|l| l.min(i64::MAX as u64) as i64);
+            loop {
+                let page = remaining.map_or(batch_rows as i64, |r| r.min(batch_rows as i64));
+                if page == 0 {
+                    return Ok(());
+                }
+                let plan = plan_events(&ticket, after, page);
+                let client = pool
+                    .get()
+                    .await
+                    .map_err(|e| StreamError::Pool(e.to_string()))?;
+                let outcome = run_plan(&client, &plan, batch_rows, &tx, &stop).await;
+                finish_client(client, &outcome);
+                let (rows, last) = match outcome? {
+                    RunOutcome::Done { rows, last } => (rows, last),
+                    // A follow stream has no end: shutdown ends it cleanly. A bounded one
+                    // cut short says so.
+                    RunOutcome::Stopped if shutdown.is_cancelled() && !ticket.follow => {
+                        return Err(StreamError::ShuttingDown);
+                    }
+                    RunOutcome::Stopped => return Ok(()),
+                };
+                if let Some(batch) = last {
+                    let pks = batch.column(0).as_primitive::<Int64Type>();
+                    if !pks.is_empty() {
+                        after = pks.value(pks.len() - 1);
+                    }
+                }
+                if let Some(r) = remaining.as_mut() {
+                    *r -= rows as i64;
+                }
+                if (rows as i64) < page {
+                    // Caught up.
+                    if !ticket.follow || ticket.until.is_some_and(|u| chrono::Utc::now() >= u) {
+                        return Ok(());
+                    }
+                    let woken = async {
+                        match &wake {
+                            Some(n) => n.notified().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(poll) => {}
+                        _ = woken => {}
+                    }
+                }
+            }
+        }
+        .await;
+        report(result, &tx, &shutdown).await;
+    });
+    rx
+}
