@@ -34,6 +34,16 @@ pub enum Command {
         /// schema.json or schema.compiled.json to serve (overrides [graphql] schema).
         #[arg(long, value_name = "PATH")]
         schema: Option<PathBuf>,
+        /// Also run the Arrow Flight server ([flight] section) in this process.
+        #[arg(long)]
+        with_flight: bool,
+    },
+    /// Serve Arrow Flight (gRPC): va_/ta_ views and change events as Arrow record batches;
+    /// /healthz, /readyz and /metrics on [server] listen.
+    Flight {
+        /// Address to bind (overrides [flight] listen).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
     },
     /// Compile schema.json (as the SDKs export it) into schema.compiled.json.
     Compile {

@@ -49,6 +49,8 @@ pub struct Config {
     pub observer_runtime: crate::observers::ObserverSettings,
     /// What reacts to committed changes: `[[observers]]` with their `[[observers.actions]]`.
     pub observers: Vec<crate::observers::ObserverConfig>,
+    /// The Arrow Flight server (`fraiseql flight`, `serve --with-flight`).
+    pub flight: crate::flight::FlightConfig,
     /// Where each top-level key came from, for error messages. Not part of the file format.
     #[serde(skip)]
     pub origins: Origins,
@@ -290,6 +292,7 @@ impl Origins {
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub schema: Option<PathBuf>,
+    pub flight_listen: Option<String>,
     pub log_format: Option<LogFormat>,
 }
 
@@ -359,6 +362,10 @@ impl Config {
         if let Some(schema) = &overrides.schema {
             config.graphql.schema = schema.display().to_string();
             origins.flags.push("graphql.schema".into());
+        }
+        if let Some(listen) = &overrides.flight_listen {
+            config.flight.listen = listen.clone();
+            origins.flags.push("flight.listen".into());
         }
         if let Some(format) = overrides.log_format {
             config.log.format = format;
@@ -532,19 +539,10 @@ fn apply_env(
                 ),
             });
         };
-        let Some(default) = section_defaults.get(&key) else {
-            return Err(ConfigError::Env {
-                var: var.clone(),
-                message: format!(
-                    "unknown key `{key}` in section `{section}`; expected one of {}",
-                    section_defaults
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            });
-        };
+        // Optional keys without a default (unset paths) are absent from the defaults: they
+        // are taken as strings, and an unknown key is refused when the table is deserialized.
+        let string_default = toml::Value::String(String::new());
+        let default = section_defaults.get(&key).unwrap_or(&string_default);
         let parsed = match default {
             toml::Value::String(_) => toml::Value::String(value.clone()),
             toml::Value::Integer(_) => value

@@ -14,14 +14,16 @@ fn main() -> ExitCode {
     // One TLS crypto provider for every rustls user in the process (ring: pure Rust + asm,
     // links statically). Clients that need their own roots still build their own configs.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (listen, schema) = match &cli.command {
-        Command::Serve { listen, schema } => (*listen, schema.clone()),
-        Command::Explain { schema, .. } => (None, schema.clone()),
-        _ => (None, None),
+    let (listen, schema, flight_listen) = match &cli.command {
+        Command::Serve { listen, schema, .. } => (*listen, schema.clone(), None),
+        Command::Explain { schema, .. } => (None, schema.clone(), None),
+        Command::Flight { listen } => (None, None, listen.clone()),
+        _ => (None, None, None),
     };
     let overrides = Overrides {
         listen,
         schema,
+        flight_listen,
         log_format: cli.log_format,
     };
     let config = match Config::load(cli.config.as_deref(), &overrides) {
@@ -55,10 +57,15 @@ fn main() -> ExitCode {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve { .. } => {
+        Command::Serve { with_flight, .. } => {
             let shutdown = CancellationToken::new();
             fraiseql::shutdown::cancel_on_signals(shutdown.clone());
-            fraiseql::serve::run(config, shutdown).await?;
+            fraiseql::serve::run(config, with_flight, shutdown).await?;
+        }
+        Command::Flight { .. } => {
+            let shutdown = CancellationToken::new();
+            fraiseql::shutdown::cancel_on_signals(shutdown.clone());
+            fraiseql::serve::run_flight(config, shutdown).await?;
         }
         Command::Db {
             command: DbCommand::Init,

@@ -144,7 +144,9 @@ impl Metrics {
             observers: ObserverMetrics::new(&registry)
                 .expect("unique metric")
                 .with_known_actions(),
-            flight: FlightMetrics::register(&registry).expect("unique metric"),
+            flight: FlightMetrics::register(&registry)
+                .expect("unique metric")
+                .with_known_tickets(),
             build_info,
             registry,
         }
@@ -369,6 +371,16 @@ fn try_counter(
 }
 
 impl FlightMetrics {
+    /// Creates the series of every ticket type at zero (the label values are a closed set).
+    pub fn with_known_tickets(self) -> Self {
+        for ticket in ["view", "events", "graphql"] {
+            self.streams_started.with_label_values(&[ticket]);
+            self.streams_finished.with_label_values(&[ticket]);
+            self.streams_failed.with_label_values(&[ticket]);
+        }
+        self
+    }
+
     /// Creates the metrics and registers them into `registry`.
     pub fn register(registry: &Registry) -> Result<FlightMetrics, prometheus::Error> {
         let stream_duration = Histogram::with_opts(
@@ -416,6 +428,22 @@ impl FlightMetrics {
     }
 }
 
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn render() -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * 1024);
+    let families = metrics().registry.gather();
+    // Encoding into a Vec cannot fail for well-formed families.
+    let _ = TextEncoder::new().encode(&families, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,20 +476,4 @@ mod tests {
         // Registering twice into one registry is an error, not a panic.
         assert!(FlightMetrics::register(&registry).is_err());
     }
-}
-
-static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
-
-/// The process-wide metrics.
-pub fn metrics() -> &'static Metrics {
-    &METRICS
-}
-
-/// The Prometheus text exposition of every metric.
-pub fn render() -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 * 1024);
-    let families = metrics().registry.gather();
-    // Encoding into a Vec cannot fail for well-formed families.
-    let _ = TextEncoder::new().encode(&families, &mut out);
-    out
 }

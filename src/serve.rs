@@ -13,12 +13,96 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, redact_url};
 use crate::http::{self, AppState};
 
-/// Binds `server.listen` and serves until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Binds `server.listen` (and `flight.listen` with `with_flight`) and serves until
+/// `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    with_flight: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
-    run_on(listener, config, shutdown).await
+    if !with_flight {
+        return run_on(listener, config, shutdown).await;
+    }
+    let flight_listener = bind_flight(&config).await?;
+    let pool = crate::db::pool(&config.database)?;
+    let flight = flight_server(&config, pool)?;
+    let (a, b) = tokio::join!(
+        run_on(listener, config, shutdown.clone()),
+        serve_flight(flight, flight_listener, shutdown.clone())
+    );
+    a.and(b)
+}
+
+/// The `flight` role: Arrow Flight on `flight.listen`, and /healthz, /readyz, /metrics on
+/// `server.listen` (no GraphQL, no observers).
+pub async fn run_flight(mut config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let flight_listener = bind_flight(&config).await?;
+    let http_listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
+    let pool = crate::db::pool(&config.database)?;
+    let flight = flight_server(&config, pool)?;
+    config.graphql.schema.clear();
+    config.observers.clear();
+    let (a, b) = tokio::join!(
+        run_on(http_listener, config, shutdown.clone()),
+        serve_flight(flight, flight_listener, shutdown.clone())
+    );
+    a.and(b)
+}
+
+async fn bind_flight(config: &Config) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(&config.flight.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (flight.listen)", config.flight.listen))
+}
+
+fn flight_server(
+    config: &Config,
+    pool: deadpool_postgres::Pool,
+) -> anyhow::Result<crate::flight::FlightServer> {
+    let server = crate::flight::FlightServer::new(config.flight.clone(), pool)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_metrics(crate::metrics::metrics().flight.clone());
+    Ok(server)
+}
+
+/// Serves Flight until `shutdown`; SIGHUP reloads its registry of va_/ta_ views. A Flight
+/// server that fails stops the whole process (its shutdown token is cancelled).
+async fn serve_flight(
+    server: crate::flight::FlightServer,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let registry = server.registry_handle();
+    let hup_shutdown = shutdown.clone();
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup_shutdown.cancelled() => return,
+                received = hup.recv() => if received.is_none() { return },
+            }
+            match registry.refresh().await {
+                Ok(_) => tracing::info!("flight registry refreshed"),
+                Err(e) => tracing::error!(error = %e, "flight registry refresh failed"),
+            }
+        }
+    });
+    tracing::info!(addr = %listener.local_addr()?, "serving Arrow Flight");
+    let result = server
+        .serve(listener, shutdown.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"));
+    shutdown.cancel();
+    result
 }
 
 /// Starts the observer runtime (in-process queue) when `[[observers]]` are configured.

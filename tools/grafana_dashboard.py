@@ -46,15 +46,23 @@ panel("Dead letters awaiting an operator", [("max(fraiseql_observer_dead_letters
 panel("Dedup skips (replays not re-executed)", [("sum(rate(fraiseql_observer_dedup_skips_total%s[$__rate_interval]))" % S, "skips")], "ops", 0, 67)
 panel("Commit to dispatch lag p50 / p99", [
     ("histogram_quantile(%s, sum by (le) (rate(fraiseql_observer_read_lag_seconds_bucket%s[$__rate_interval])))" % (q, S), "p%d" % round(q*100)) for q in (0.5, 0.99)], "s", 12, 67)
-row("Database", 75)
+row("Arrow Flight", 75)
+panel("Streams by ticket type", [("sum by (ticket) (rate(fraiseql_flight_streams_started_total%s[$__rate_interval]))" % S, "started {{ticket}}"),
+                                 ("sum by (ticket) (rate(fraiseql_flight_streams_finished_total%s[$__rate_interval]))" % S, "finished {{ticket}}"),
+                                 ("sum by (ticket) (rate(fraiseql_flight_streams_failed_total%s[$__rate_interval]))" % S, "failed {{ticket}}")], "ops", 0, 76)
+panel("Rows and bytes sent", [("sum(rate(fraiseql_flight_rows_sent_total%s[$__rate_interval]))" % S, "rows/s"),
+                              ("sum(rate(fraiseql_flight_bytes_sent_total%s[$__rate_interval]))" % S, "bytes/s")], "short", 12, 76)
+panel("Stream duration p50 / p99", [
+    ("histogram_quantile(%s, sum by (le) (rate(fraiseql_flight_stream_duration_seconds_bucket%s[$__rate_interval])))" % (q, S), "p%d" % round(q*100)) for q in (0.5, 0.99)], "s", 0, 84, w=24)
+row("Database", 92)
 panel("Connection pool", [("sum(fraiseql_db_pool_connections%s)" % S, "open"), ("sum(fraiseql_db_pool_connections_in_use%s)" % S, "in use"),
-                          ("sum(fraiseql_db_pool_waiting%s)" % S, "waiting"), ("sum(fraiseql_db_pool_max_connections%s)" % S, "max")], "short", 0, 76)
-panel("Database up", [("min(fraiseql_db_up%s)" % S, "up")], "short", 12, 76, kind="stat")
-row("Process", 84)
-panel("Resident memory", [("fraiseql_process_resident_memory_bytes%s" % S, "{{instance}}")], "bytes", 0, 85)
-panel("CPU", [("rate(fraiseql_process_cpu_seconds_total%s[$__rate_interval])" % S, "{{instance}}")], "percentunit", 12, 85)
-panel("Open file descriptors", [("fraiseql_process_open_fds%s" % S, "{{instance}}")], "short", 0, 93)
-panel("Version", [("count by (version) (fraiseql_build_info%s)" % S, "{{version}}")], "short", 12, 93, kind="stat")
+                          ("sum(fraiseql_db_pool_waiting%s)" % S, "waiting"), ("sum(fraiseql_db_pool_max_connections%s)" % S, "max")], "short", 0, 93)
+panel("Database up", [("min(fraiseql_db_up%s)" % S, "up")], "short", 12, 93, kind="stat")
+row("Process", 101)
+panel("Resident memory", [("fraiseql_process_resident_memory_bytes%s" % S, "{{instance}}")], "bytes", 0, 102)
+panel("CPU", [("rate(fraiseql_process_cpu_seconds_total%s[$__rate_interval])" % S, "{{instance}}")], "percentunit", 12, 102)
+panel("Open file descriptors", [("fraiseql_process_open_fds%s" % S, "{{instance}}")], "short", 0, 110)
+panel("Version", [("count by (version) (fraiseql_build_info%s)" % S, "{{version}}")], "short", 12, 110, kind="stat")
 dash={
  "title":"FraiseQL","uid":"fraiseql","tags":["fraiseql"],"timezone":"browser","schemaVersion":39,"version":1,
  "refresh":"30s","time":{"from":"now-1h","to":"now"},

@@ -7,7 +7,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Errors in the `[flight]` section; each names the key.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +32,7 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 /// The `[flight]` TOML section.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FlightConfig {
     /// Address to listen on (`fraiseql flight --listen` overrides it).
