@@ -39,8 +39,9 @@ lint: ## cargo fmt --check and clippy with warnings denied
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-bench: build ## benchmarks: GraphQL vs PostGraphile side by side; observers commit→delivery; start-up time and idle memory
+bench: build ## benchmarks: GraphQL vs PostGraphile; Redis queue vs BullMQ; observers commit→delivery; start-up and memory
 	python3 bench/graphql_bench.py --binary target/release/fraiseql
+	bench/queue_bench.sh
 	$(CARGO) bench --bench observers
 	bench/startup.sh target/release/fraiseql
 

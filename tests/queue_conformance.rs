@@ -1,4 +1,7 @@
-//! The queue conformance suite against the in-process backend.
+//! The queue conformance suite (`queue::conformance`) on both backends: the whole suite on
+//! the in-process backend, and every case on a fresh Redis queue with its own key prefix.
+
+mod common;
 
 use std::sync::Arc;
 
@@ -6,6 +9,9 @@ use fraiseql::queue::conformance;
 use fraiseql::queue::dlq::MemoryDeadLetters;
 use fraiseql::queue::memory::MemoryQueue;
 use fraiseql::queue::{Job, Queue};
+
+use common::redis::{Cleanup, queue};
+use fraiseql::queue::conformance as c;
 
 #[tokio::test]
 async fn memory_queue_passes_the_conformance_suite() {
@@ -74,4 +80,43 @@ async fn memory_queue_applies_back_pressure_when_full() {
         .unwrap()
         .unwrap();
     assert_eq!(q.depth().await.unwrap(), 2);
+}
+
+macro_rules! redis_case {
+    ($name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let cleanup = Cleanup::new(common::redis::REDIS_URL);
+            c::$name(queue(&cleanup).await).await;
+        }
+    };
+    (arc $name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let cleanup = Cleanup::new(common::redis::REDIS_URL);
+            c::$name(Arc::new(queue(&cleanup).await)).await;
+        }
+    };
+}
+
+mod redis_backend {
+    use super::*;
+    redis_case!(enqueue_then_reserve_returns_the_same_job);
+    redis_case!(reserve_on_empty_waits_then_returns_none);
+    redis_case!(arc reserve_wakes_up_on_enqueue);
+    redis_case!(enqueue_is_idempotent_by_key_while_live);
+    redis_case!(ack_removes_the_job_and_frees_the_key);
+    redis_case!(ready_jobs_come_out_in_fifo_order);
+    redis_case!(retry_delays_the_job_and_keeps_its_history);
+    redis_case!(dead_letter_removes_the_job);
+    redis_case!(unknown_reservations_are_rejected);
+    redis_case!(arc concurrent_reservers_never_share_a_job);
+    redis_case!(depth_counts_ready_delayed_and_reserved);
+
+    /// The suite's own entry point, as the memory backend runs it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn run_all() {
+        let cleanup = Cleanup::new(common::redis::REDIS_URL);
+        c::run_all(|| queue(&cleanup)).await;
+    }
 }

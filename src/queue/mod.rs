@@ -14,10 +14,15 @@
 //! - [`dedup`]: the "already succeeded" window that makes replays harmless.
 
 pub mod backoff;
+pub mod config;
 pub mod conformance;
 pub mod dedup;
 pub mod dlq;
 pub mod memory;
+pub mod pump;
+pub mod redis;
+pub mod redis_dlq;
+pub mod redis_metrics;
 
 use std::time::Duration;
 

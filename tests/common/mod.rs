@@ -9,6 +9,7 @@
 mod blog;
 pub mod flight;
 pub mod observers;
+pub mod redis;
 #[allow(unused_imports)]
 pub use blog::*;
 

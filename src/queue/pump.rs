@@ -1,0 +1,274 @@
+//! The batching worker loop over [`RedisQueue`]: keeps up to `concurrency` jobs running and
+//! spends one Redis round trip per batch, not per job.
+//!
+//! Each round trip acknowledges every job that finished since the last one *and* reserves jobs
+//! for the slots that freed up, in one script call ([`RedisQueue::ack_and_reserve`]); two round
+//! trips may be in flight at once, so finished jobs are acknowledged while the previous
+//! batch is still on the wire. Slots promised to a round trip in flight count as taken: no
+//! more than `concurrency` jobs are ever reserved by this loop. Handlers run
+//! as tasks of a `JoinSet`, so their number is bounded by `concurrency` by construction and no
+//! channel is needed. Retries and dead letters (rare) go through the trait methods one by one.
+//!
+//! On shutdown the loop stops reserving, keeps acknowledging until the running jobs finish,
+//! and when `grace` runs out aborts the rest and hands their reservations back
+//! ([`RedisQueue::release_receipts`]) so another worker takes them at once instead of after
+//! the visibility timeout. `fraiseql worker` is this loop plus an action executor as handler.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::futures::Notified;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::redis::{Batch, RedisQueue};
+use super::{Job, Queue, QueueError, Reservation};
+
+/// What a handler decided about its job.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Done: acknowledge.
+    Ack,
+    /// Run again no earlier than `at`; `job` carries the recorded failure.
+    Retry { job: Job, at: DateTime<Utc> },
+    /// Give up; `job` carries every attempt's error.
+    DeadLetter { job: Job },
+}
+
+#[derive(Debug, Clone)]
+pub struct PumpConfig {
+    /// Most jobs running (reserved and not yet finished) at once.
+    pub concurrency: usize,
+    /// Most jobs reserved in one round trip.
+    pub batch: usize,
+    /// Time allowed for running jobs to finish after shutdown before they are handed back.
+    pub grace: Duration,
+}
+
+impl Default for PumpConfig {
+    fn default() -> Self {
+        PumpConfig {
+            concurrency: 10,
+            batch: 100,
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counts for logs, tests and the benchmark.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PumpStats {
+    pub reserved: u64,
+    pub acked: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+    /// Finished jobs whose reservation had already expired (another worker got them).
+    pub lost_reservations: u64,
+    /// Jobs handed back at shutdown.
+    pub released: u64,
+    /// Redis round trips of the ack-and-reserve call.
+    pub round_trips: u64,
+}
+
+/// Round trips in flight at once: while one is on the wire the next batch of finished jobs
+/// is already being acknowledged, so throughput is bound by Redis, not by round-trip latency.
+const MAX_IN_FLIGHT: usize = 2;
+
+type RoundTrip<'a> = Pin<
+    Box<
+        dyn Future<
+                Output = (
+                    Result<Option<Batch>, QueueError>,
+                    usize,
+                    Vec<String>,
+                    Pin<Box<Notified<'a>>>,
+                ),
+            > + Send
+            + 'a,
+    >,
+>;
+
+/// Waiting for work after an empty round trip: its wake-up registration and its timer.
+type Idle<'a> = (Pin<Box<Notified<'a>>>, Pin<Box<tokio::time::Sleep>>);
+
+/// Runs the loop until `shutdown` is cancelled and the running jobs are finished or handed
+/// back. `handler` runs one job.
+pub async fn run<H, Fut>(
+    queue: Arc<RedisQueue>,
+    config: PumpConfig,
+    handler: H,
+    shutdown: CancellationToken,
+) -> Result<PumpStats, QueueError>
+where
+    H: Fn(Job) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let q: &RedisQueue = &queue;
+    let handler = Arc::new(handler);
+    let concurrency = config.concurrency.max(1);
+    let batch = config.batch.clamp(1, super::redis::MAX_BATCH);
+    let mut stats = PumpStats::default();
+    let mut running: JoinSet<(String, Outcome)> = JoinSet::new();
+    let mut held: HashSet<String> = HashSet::new();
+    let mut acks: Vec<String> = Vec::new();
+    let mut trips: FuturesUnordered<RoundTrip<'_>> = FuturesUnordered::new();
+    // Slots promised to round trips in flight, so that running + promised <= concurrency.
+    let mut promised = 0usize;
+    let mut drain_deadline: Option<Instant> = None;
+    // After a round trip that found no work: the wake-up registered before it was sent (so a
+    // publish after the script ran is not lost) and the longest sleep Redis suggested.
+    let mut idle: Option<Idle<'_>> = None;
+
+    loop {
+        if drain_deadline.is_none() && shutdown.is_cancelled() {
+            drain_deadline = Some(Instant::now() + config.grace);
+        }
+        let draining = drain_deadline.is_some();
+
+        while trips.len() < MAX_IN_FLIGHT {
+            let free = concurrency - running.len() - promised;
+            let want = if draining || idle.is_some() {
+                0
+            } else {
+                free.min(batch)
+            };
+            if acks.is_empty() && want == 0 {
+                break;
+            }
+            let mut notified = Box::pin(q.notified());
+            notified.as_mut().enable();
+            promised += want;
+            let sent = std::mem::take(&mut acks);
+            trips.push(Box::pin(async move {
+                let r = q.ack_and_reserve(&sent, want, None).await;
+                (r, want, sent, notified)
+            }));
+        }
+
+        if draining && running.is_empty() && acks.is_empty() && trips.is_empty() {
+            return Ok(stats);
+        }
+
+        tokio::select! {
+            Some((result, want, sent, notified)) = trips.next(), if !trips.is_empty() => {
+                promised -= want;
+                let b = result?.expect("no deadline");
+                stats.round_trips += 1;
+                stats.acked += b.acked.acked as u64;
+                stats.lost_reservations += b.acked.unknown.len() as u64;
+                for r in &sent {
+                    held.remove(r);
+                }
+                if want > 0 && b.reserved.is_empty() && idle.is_none() {
+                    let sleep = Box::pin(tokio::time::sleep(q.idle_sleep(&b)));
+                    idle = Some((notified, sleep));
+                }
+                for Reservation { job, receipt } in b.reserved {
+                    stats.reserved += 1;
+                    held.insert(receipt.clone());
+                    let h = handler.clone();
+                    running.spawn(async move { (receipt, h(job).await) });
+                }
+            }
+            done = running.join_next(), if !running.is_empty() => {
+                match done {
+                    Some(Ok((receipt, outcome))) => {
+                        finish(q, &mut stats, &mut acks, &mut held, receipt, outcome).await?;
+                        // Let handlers that are ready to finish do so (they were spawned on
+                        // this thread's run queue), then collect everything that finished into
+                        // the same round trip: a few microseconds for far fewer round trips.
+                        tokio::task::yield_now().await;
+                        while let Some(res) = running.try_join_next() {
+                            match res {
+                                Ok((receipt, outcome)) => {
+                                    finish(q, &mut stats, &mut acks, &mut held, receipt, outcome)
+                                        .await?;
+                                }
+                                Err(e) => warn!(error = %e, "pump: a handler panicked; its job will be reclaimed"),
+                            }
+                        }
+                    }
+                    Some(Err(e)) => warn!(error = %e, "pump: a handler panicked; its job will be reclaimed"),
+                    None => {}
+                }
+            }
+            _ = async {
+                match idle.as_mut() {
+                    Some((n, s)) => tokio::select! { _ = n.as_mut() => {}, _ = s.as_mut() => {} },
+                    None => std::future::pending().await,
+                }
+            }, if idle.is_some() && !draining => {
+                idle = None;
+            }
+            _ = shutdown.cancelled(), if !draining => {}
+            _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if draining => {
+                // Grace is over: stop the stragglers, let the round trips in flight land (what
+                // they reserved is ours too), and give every unfinished job back.
+                running.abort_all();
+                while running.join_next().await.is_some() {}
+                while let Some((result, _, sent, _)) = trips.next().await {
+                    let b = result?.expect("no deadline");
+                    stats.acked += b.acked.acked as u64;
+                    for r in &sent {
+                        held.remove(r);
+                    }
+                    for r in b.reserved {
+                        held.insert(r.receipt);
+                    }
+                }
+                if !acks.is_empty() {
+                    let b = q.ack_and_reserve(&acks, 0, None).await?.expect("no deadline");
+                    stats.acked += b.acked.acked as u64;
+                    for r in &acks {
+                        held.remove(r);
+                    }
+                }
+                let rest: Vec<String> = held.drain().collect();
+                stats.released += rest.len() as u64;
+                q.release_receipts(&rest).await?;
+                return Ok(stats);
+            }
+        }
+    }
+}
+
+async fn finish(
+    queue: &RedisQueue,
+    stats: &mut PumpStats,
+    acks: &mut Vec<String>,
+    held: &mut HashSet<String>,
+    receipt: String,
+    outcome: Outcome,
+) -> Result<(), QueueError> {
+    let result = match outcome {
+        Outcome::Ack => {
+            acks.push(receipt);
+            return Ok(());
+        }
+        Outcome::Retry { job, at } => {
+            held.remove(&receipt);
+            stats.retried += 1;
+            queue.retry(Reservation { job, receipt }, at).await
+        }
+        Outcome::DeadLetter { job } => {
+            held.remove(&receipt);
+            stats.dead_lettered += 1;
+            queue.dead_letter(Reservation { job, receipt }).await
+        }
+    };
+    match result {
+        Err(QueueError::UnknownReservation(_)) => {
+            stats.lost_reservations += 1;
+            Ok(())
+        }
+        other => other,
+    }
+}
