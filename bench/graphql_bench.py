@@ -152,7 +152,7 @@ def main():
         print("fraiseql serves examples/blog/schema.json over tv_ tables; PostGraphile serves the tb_ tables")
         fq = subprocess.Popen([args.binary, "serve", "--listen", f"127.0.0.1:{FRAISEQL_PORT}",
                                "--schema", schema],
-                              env=dict(env, FRAISEQL_DATABASE_POOL_SIZE="16"))
+                              env=env)
         procs.append(fq)
         pg_bin = ensure_postgraphile()
         pg = subprocess.Popen([pg_bin, "-c", URL, "--schema", "public", "--port", str(PG_PORT),

@@ -85,7 +85,8 @@ impl Default for ServerConfig {
 pub struct DatabaseConfig {
     /// PostgreSQL connection URL (`postgres://user:password@host:port/dbname`).
     pub url: String,
-    /// Most connections the pool opens.
+    /// Most connections the pool opens; 0 = twice the CPU cores, at least 4 (more
+    /// connections than PostgreSQL can run at once only add queueing and tail latency).
     pub pool_size: usize,
     /// Time allowed to open one connection, in milliseconds.
     pub connect_timeout_ms: u64,
@@ -101,7 +102,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: "postgres://postgres@127.0.0.1:5432/postgres".to_string(),
-            pool_size: 16,
+            pool_size: 0,
             connect_timeout_ms: 5_000,
             acquire_timeout_ms: 5_000,
             statement_timeout_ms: 30_000,
@@ -111,6 +112,15 @@ impl Default for DatabaseConfig {
 }
 
 impl DatabaseConfig {
+    /// `pool_size`, with 0 resolved to twice the available cores (at least 4).
+    pub fn effective_pool_size(&self) -> usize {
+        if self.pool_size > 0 {
+            return self.pool_size;
+        }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        (cores * 2).max(4)
+    }
+
     /// The URL as tokio-postgres understands it: libpq's `sslmode=verify-full` and
     /// `verify-ca` become `require` (FraiseQL always verifies certificates under TLS).
     pub fn normalized_url(&self) -> String {
@@ -402,8 +412,8 @@ impl Config {
                 format!("{} is not a readable file", self.database.tls_ca_file),
             ));
         }
-        if self.database.pool_size == 0 {
-            return Err(self.value_error("database.pool_size", "must be at least 1"));
+        if self.database.pool_size > 10_000 {
+            return Err(self.value_error("database.pool_size", "must be at most 10000"));
         }
         if self.server.max_body_bytes < 1024 {
             return Err(self.value_error("server.max_body_bytes", "must be at least 1024"));
@@ -653,7 +663,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.server.listen.port(), 9000);
         assert_eq!(c.server.grace_period_ms, 5);
-        assert_eq!(c.database.pool_size, 16);
+        assert_eq!(c.database.pool_size, 0);
 
         let c = load(
             "[server]\nlisten = \"127.0.0.1:9000\"\n",

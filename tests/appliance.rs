@@ -34,7 +34,10 @@ async fn health_ready_metrics_and_errors() {
         "fraiseql_http_requests_total{route=\"/healthz\",status=\"405\"} 1",
         "fraiseql_http_requests_total{route=\"other\",status=\"404\"} 1",
         "fraiseql_http_request_duration_seconds_bucket{route=\"/readyz\"",
-        "fraiseql_db_pool_max_connections 16",
+        &format!(
+            "fraiseql_db_pool_max_connections {}",
+            fraiseql::config::DatabaseConfig::default().effective_pool_size()
+        ),
         "fraiseql_db_up 1",
         "fraiseql_process_resident_memory_bytes",
         "fraiseql_build_info",

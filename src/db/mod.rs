@@ -213,7 +213,7 @@ pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
     );
     let acquire = Duration::from_millis(cfg.acquire_timeout_ms);
     Pool::builder(manager)
-        .max_size(cfg.pool_size)
+        .max_size(cfg.effective_pool_size())
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(acquire))
         .create_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)))
