@@ -26,7 +26,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve HTTP: /graphql, /graphiql, /healthz, /readyz and /metrics. SIGHUP reloads the schema.
+    /// Serve HTTP (/graphql, /graphiql, /healthz, /readyz, /metrics) and run the observers.
+    /// SIGHUP reloads the schema.
     Serve {
         /// Address to bind (overrides [server] listen).
         #[arg(long, value_name = "ADDR")]
