@@ -39,9 +39,10 @@ lint: ## cargo fmt --check and clippy with warnings denied
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-bench: build ## benchmarks: GraphQL vs PostGraphile; Redis queue vs BullMQ; observers commit→delivery; start-up and memory
+bench: build ## benchmarks: GraphQL vs PostGraphile; Redis queue vs BullMQ; Flight vs ADBC; observers commit→delivery; start-up and memory
 	python3 bench/graphql_bench.py --binary target/release/fraiseql
 	bench/queue_bench.sh
+	BINARY=target/release/fraiseql bench/flight/run.sh
 	$(CARGO) bench --bench observers
 	bench/startup.sh target/release/fraiseql
 

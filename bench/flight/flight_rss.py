@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """Peak RSS of the Flight server process while a client streams 10 million rows.
 
-Starts the server binary (release build of examples/flight_server.rs, or `fraiseql flight`
+Starts the server binary (`fraiseql flight`
 in the main crate), streams the va_stream10m view batch by batch (the client keeps no
 rows), and reads the kernel's peak-RSS counter (VmHWM in /proc/PID/status) of the server.
 
-    python3 bench/flight_rss.py --server target/release/examples/flight_server \
+    python3 bench/flight_rss.py --server target/release/fraiseql \
         --db postgres://postgres@127.0.0.1:5432/fraiseql_flight_bench --view va_stream10m
 """
 import argparse
 import json
+import os
 import socket
 import subprocess
 import time
@@ -35,7 +36,7 @@ def free_port():
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--server", default="target/release/examples/flight_server")
+    p.add_argument("--server", default="target/release/fraiseql")
     p.add_argument("--db", required=True)
     p.add_argument("--view", default="va_stream10m")
     p.add_argument("--token", default="bench")
@@ -43,11 +44,18 @@ def main():
 
     port = free_port()
     proc = subprocess.Popen(
-        [args.server, "--db", args.db, "--listen", f"127.0.0.1:{port}", "--token", args.token],
-        stdout=subprocess.PIPE, text=True)
+        [args.server, "flight", "--listen", f"127.0.0.1:{port}"],
+        env=dict(os.environ, FRAISEQL_DATABASE_URL=args.db, FRAISEQL_LOG="warn",
+                 FRAISEQL_FLIGHT_TOKENS=json.dumps([args.token]),
+                 FRAISEQL_SERVER_LISTEN=f"127.0.0.1:{port + 1}"),
+        stdout=subprocess.DEVNULL)
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("listening"), line
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
         idle_kb = status_kb(proc.pid, "VmRSS")
         client = flight.FlightClient(f"grpc+tcp://127.0.0.1:{port}")
         options = flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {args.token}".encode())])
