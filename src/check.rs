@@ -1,6 +1,7 @@
 //! The `check` role: validate the configuration and reach every configured service, one
 //! line per item. Returns whether everything passed; `main` turns that into the exit code.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, redact_url};
@@ -26,28 +27,63 @@ pub async fn run(config: &Config) -> Vec<Item> {
     });
 
     let db_name = format!("database {}", redact_url(&config.database.url));
-    let result = match crate::db::pool(&config.database) {
-        Ok(pool) => {
-            let timeout = Duration::from_millis(config.database.connect_timeout_ms + 1000);
-            let r = crate::db::ping(&pool, timeout)
-                .await
-                .map(|v| format!("PostgreSQL {v}"))
-                .map_err(|e| e.to_string());
-            pool.close();
-            r
+    // One pool serves every check below; it is closed before returning.
+    let pool = match crate::db::pool(&config.database) {
+        Ok(pool) => pool,
+        Err(e) => {
+            items.push(Item {
+                name: db_name,
+                result: Err(e.to_string()),
+            });
+            return items;
         }
-        Err(e) => Err(e.to_string()),
     };
+    let timeout = Duration::from_millis(config.database.connect_timeout_ms + 1000);
+    let result = crate::db::ping(&pool, timeout)
+        .await
+        .map(|v| format!("PostgreSQL {v}"))
+        .map_err(|e| e.to_string());
     let db_ok = result.is_ok();
     items.push(Item {
         name: db_name,
         result,
     });
 
+    let mut engine = None;
+    if !config.graphql.schema.is_empty() {
+        let path = &config.graphql.schema;
+        let name = format!("schema {path}");
+        match crate::schema::load(std::path::Path::new(path)) {
+            Err(e) => items.push(Item {
+                name,
+                result: Err(e.to_string()),
+            }),
+            Ok(schema) => {
+                items.push(Item {
+                    name: name.clone(),
+                    result: Ok(format!(
+                        "{} types, {} queries, {} mutations",
+                        schema.types.len(),
+                        schema.queries.len(),
+                        schema.mutations.len()
+                    )),
+                });
+                match crate::graphql::Engine::new(Arc::new(schema), config.graphql_limits()) {
+                    Err(e) => items.push(Item {
+                        name,
+                        result: Err(e.to_string()),
+                    }),
+                    Ok(e) => engine = Some(e),
+                }
+            }
+        }
+    }
+
     if !config.observers.is_empty() {
-        let result = crate::db::pool(&config.database)
-            .map_err(anyhow::Error::from)
-            .and_then(|pool| crate::serve::build_observers(config, pool))
+        let entities = engine
+            .as_ref()
+            .map(|e| e.schema().types.iter().map(|t| t.name.clone()).collect());
+        let result = crate::serve::build_observers(config, pool.clone(), entities)
             .map(|_| "conditions, templates, URLs and secrets valid".to_string())
             .map_err(|e| format!("{e:#}"));
         items.push(Item {
@@ -56,56 +92,24 @@ pub async fn run(config: &Config) -> Vec<Item> {
         });
     }
 
-    if !config.graphql.schema.is_empty() {
-        let path = &config.graphql.schema;
-        match crate::schema::load(std::path::Path::new(path)) {
-            Err(e) => items.push(Item {
-                name: format!("schema {path}"),
-                result: Err(e.to_string()),
-            }),
-            Ok(schema) => {
-                items.push(Item {
-                    name: format!("schema {path}"),
-                    result: Ok(format!(
-                        "{} types, {} queries, {} mutations",
-                        schema.types.len(),
-                        schema.queries.len(),
-                        schema.mutations.len()
-                    )),
-                });
-                match crate::graphql::Engine::new(
-                    std::sync::Arc::new(schema),
-                    config.graphql_limits(),
-                ) {
-                    Err(e) => items.push(Item {
-                        name: format!("schema {path}"),
-                        result: Err(e.to_string()),
-                    }),
-                    Ok(engine) if db_ok => items.extend(check_objects(config, &engine).await),
-                    Ok(_) => {}
-                }
-            }
-        }
+    if let (Some(engine), true) = (&engine, db_ok) {
+        items.extend(check_objects(&pool, engine).await);
     }
+    pool.close();
     items
 }
 
 /// Every view and function the schema names exists, views with a `data jsonb` column.
-async fn check_objects(config: &Config, engine: &crate::graphql::Engine) -> Vec<Item> {
-    let connect = async {
-        let pg = crate::db::pg_config(&config.database).map_err(|e| e.to_string())?;
-        let connector = crate::db::tls_connector(&pg, &config.database.tls_ca_file)
-            .map_err(|e| e.to_string())?;
-        crate::db::connect(&pg, &connector)
-            .await
-            .map_err(|e| crate::db::describe(&e))
-    };
-    match connect.await {
+async fn check_objects(
+    pool: &deadpool_postgres::Pool,
+    engine: &crate::graphql::Engine,
+) -> Vec<Item> {
+    match pool.get().await {
         Err(e) => vec![Item {
             name: "schema objects".into(),
-            result: Err(e),
+            result: Err(e.to_string()),
         }],
-        Ok((client, _conn)) => engine
+        Ok(client) => engine
             .check_database(&client)
             .await
             .into_iter()

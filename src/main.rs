@@ -70,16 +70,13 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Db {
             command: DbCommand::Init,
         } => {
-            let pg = fraiseql::db::pg_config(&config.database)?;
-            let connector = fraiseql::db::tls_connector(&pg, &config.database.tls_ca_file)?;
-            let (mut client, _connection) =
-                fraiseql::db::connect(&pg, &connector).await.map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot connect to {}: {}",
-                        fraiseql::config::redact_url(&config.database.url),
-                        fraiseql::db::describe(&e)
-                    )
-                })?;
+            let pool = fraiseql::db::pool(&config.database)?;
+            let mut client = fraiseql::db::client(&pool).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot connect to {}: {e}",
+                    fraiseql::config::redact_url(&config.database.url)
+                )
+            })?;
             let report = fraiseql::db::migrate::run(&mut client).await?;
             for (version, name) in &report.applied {
                 println!("applied {version:04}_{name}");
@@ -116,11 +113,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             if config.graphql.schema.is_empty() {
                 anyhow::bail!("no schema: pass --schema PATH or set [graphql] schema");
             }
-            let schema = fraiseql::schema::load(std::path::Path::new(&config.graphql.schema))?;
-            let engine = fraiseql::graphql::Engine::new(
-                std::sync::Arc::new(schema),
-                config.graphql_limits(),
-            )?;
+            let engine = fraiseql::serve::load_engine(&config, &config.graphql.schema)?;
             let variables = match variables {
                 Some(v) => Some(
                     serde_json::from_str(&v)

@@ -20,17 +20,20 @@ pub async fn run(
     with_flight: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
+    if config.graphql.schema.is_empty() {
+        tracing::warn!("no GraphQL schema configured; /graphql answers 404");
+    }
+    let listener = bind_http(&config).await?;
     if !with_flight {
-        return run_on(listener, config, shutdown).await;
+        let pool = crate::db::pool(&config.database)?;
+        return serve_http(listener, config, pool, shutdown).await;
     }
     let flight_listener = bind_flight(&config).await?;
+    // One pool for both servers: the connection budget is `database.pool_size` per process.
     let pool = crate::db::pool(&config.database)?;
-    let flight = flight_server(&config, pool)?;
+    let flight = flight_server(&config, pool.clone())?;
     let (a, b) = tokio::join!(
-        run_on(listener, config, shutdown.clone()),
+        serve_http(listener, config, pool, shutdown.clone()),
         serve_flight(flight, flight_listener, shutdown.clone())
     );
     a.and(b)
@@ -40,18 +43,22 @@ pub async fn run(
 /// `server.listen` (no GraphQL, no observers).
 pub async fn run_flight(mut config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let flight_listener = bind_flight(&config).await?;
-    let http_listener = TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
+    let http_listener = bind_http(&config).await?;
     let pool = crate::db::pool(&config.database)?;
-    let flight = flight_server(&config, pool)?;
+    let flight = flight_server(&config, pool.clone())?;
     config.graphql.schema.clear();
     config.observers.clear();
     let (a, b) = tokio::join!(
-        run_on(http_listener, config, shutdown.clone()),
+        serve_http(http_listener, config, pool, shutdown.clone()),
         serve_flight(flight, flight_listener, shutdown.clone())
     );
     a.and(b)
+}
+
+async fn bind_http(config: &Config) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))
 }
 
 async fn bind_flight(config: &Config) -> anyhow::Result<TcpListener> {
@@ -114,7 +121,10 @@ fn start_observers(
     if config.observers.is_empty() {
         return Ok(None);
     }
-    let runtime = build_observers(config, state.pool.clone())?;
+    let entities = state
+        .engine()
+        .map(|e| e.schema().types.iter().map(|t| t.name.clone()).collect());
+    let runtime = build_observers(config, state.pool.clone(), entities)?;
     tracing::info!(
         observers = config.observers.len(),
         "observer runtime started"
@@ -123,10 +133,12 @@ fn start_observers(
 }
 
 /// Validates and compiles the observers (conditions, templates, URLs, secrets); starts
-/// nothing, so `check` uses it too.
+/// nothing, so `check` uses it too. `known_entities` (the schema's type names) turns an
+/// observer on an unknown entity into an error, so typos are found at start.
 pub fn build_observers(
     config: &Config,
     pool: deadpool_postgres::Pool,
+    known_entities: Option<Vec<String>>,
 ) -> anyhow::Result<crate::observers::ObserverRuntime> {
     let pg = crate::db::pg_config(&config.database)?;
     let mut builder = crate::observers::ObserverRuntime::builder(
@@ -136,11 +148,8 @@ pub fn build_observers(
         pg,
     )
     .metrics(crate::metrics::metrics().observers.clone());
-    // Observers on entities the schema does not know are refused (typos found at start).
-    if let Some(Ok(schema)) = (!config.graphql.schema.is_empty())
-        .then(|| crate::schema::load(std::path::Path::new(&config.graphql.schema)))
-    {
-        builder = builder.known_entities(schema.types.iter().map(|t| t.name.clone()).collect());
+    if let Some(entities) = known_entities {
+        builder = builder.known_entities(entities);
     }
     let runtime = builder.build().map_err(|e| {
         let file = config
@@ -154,7 +163,7 @@ pub fn build_observers(
 }
 
 /// Loads the schema at `path` (schema.json or compiled) and builds an engine for it.
-fn load_engine(config: &Config, path: &str) -> anyhow::Result<crate::graphql::Engine> {
+pub fn load_engine(config: &Config, path: &str) -> anyhow::Result<crate::graphql::Engine> {
     let schema = crate::schema::load(std::path::Path::new(path))?;
     let engine = crate::graphql::Engine::new(Arc::new(schema), config.graphql_limits())?
         .with_metrics(crate::metrics::metrics().graphql.clone());
@@ -204,14 +213,25 @@ pub async fn run_on(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let started = Instant::now();
+    if config.graphql.schema.is_empty() {
+        tracing::warn!("no GraphQL schema configured; /graphql answers 404");
+    }
     let pool = crate::db::pool(&config.database)?;
+    serve_http(listener, config, pool, shutdown).await
+}
+
+/// The HTTP side over `pool`: GraphQL (when a schema is configured), observers (when
+/// configured), health and metrics.
+async fn serve_http(
+    listener: TcpListener,
+    config: Config,
+    pool: deadpool_postgres::Pool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
     let addr = listener.local_addr()?;
     let engine = match config.graphql.schema.as_str() {
-        "" => {
-            tracing::warn!("no GraphQL schema configured; /graphql answers 404");
-            None
-        }
+        "" => None,
         path => Some(std::sync::RwLock::new(Arc::new(load_engine(
             &config, path,
         )?))),

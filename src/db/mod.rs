@@ -84,12 +84,12 @@ pub fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError
 /// `sslmode=require`, else plaintext. `prefer` is treated as plaintext rather than as
 /// "TLS without verification", which would protect against nothing.
 #[derive(Clone)]
-pub struct Connector {
+struct Connector {
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
 
 /// Builds the connector for `pg`: the bundled Mozilla roots, or `ca_file` when given.
-pub fn tls_connector(pg: &tokio_postgres::Config, ca_file: &str) -> Result<Connector, DbError> {
+fn tls_connector(pg: &tokio_postgres::Config, ca_file: &str) -> Result<Connector, DbError> {
     if pg.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
         return Ok(Connector { tls: None });
     }
@@ -124,7 +124,7 @@ pub fn tls_connector(pg: &tokio_postgres::Config, ca_file: &str) -> Result<Conne
 
 /// Opens one connection, resolving TCP host names with [`crate::net::resolve`] (not NSS)
 /// and driving the connection on its own task.
-pub async fn connect(
+async fn connect(
     pg: &tokio_postgres::Config,
     connector: &Connector,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
@@ -222,13 +222,17 @@ pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
         .map_err(|e| DbError::Build(e.to_string()))
 }
 
+/// A pooled connection, with the pool's failure described (no SQL, no password).
+pub async fn client(pool: &Pool) -> Result<deadpool_postgres::Object, DbError> {
+    pool.get()
+        .await
+        .map_err(|e| DbError::Unavailable(describe_pool(&e)))
+}
+
 /// Takes a connection and runs `SELECT version()`; returns the server version.
 pub async fn ping(pool: &Pool, timeout: Duration) -> Result<String, DbError> {
     let work = async {
-        let client = pool
-            .get()
-            .await
-            .map_err(|e| DbError::Unavailable(describe_pool(&e)))?;
+        let client = client(pool).await?;
         let row = client
             .query_one("SELECT current_setting('server_version')", &[])
             .await

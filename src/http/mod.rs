@@ -303,21 +303,6 @@ fn metrics_endpoint(state: &AppState) -> Response<Body> {
     r
 }
 
-/// Reads a whole request body, refusing more than `limit` bytes.
-pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("request body larger than {limit} bytes"),
-        )),
-        Err(_) => Err(json_error(
-            StatusCode::BAD_REQUEST,
-            "could not read the request body",
-        )),
-    }
-}
-
 pub fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
     *r.status_mut() = status;
