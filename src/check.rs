@@ -83,7 +83,7 @@ pub async fn run(config: &Config) -> Vec<Item> {
         let entities = engine
             .as_ref()
             .map(|e| e.schema().types.iter().map(|t| t.name.clone()).collect());
-        let result = crate::serve::build_observers(config, pool.clone(), entities)
+        let result = crate::serve::build_observers(config, pool.clone(), entities, None)
             .map(|_| "conditions, templates, URLs and secrets valid".to_string())
             .map_err(|e| format!("{e:#}"));
         items.push(Item {
@@ -92,11 +92,42 @@ pub async fn run(config: &Config) -> Vec<Item> {
         });
     }
 
+    if config.queue.backend == crate::queue::config::QueueBackend::Redis {
+        items.push(check_redis(&config.queue).await);
+    }
+
     if let (Some(engine), true) = (&engine, db_ok) {
         items.extend(check_objects(&pool, engine).await);
     }
     pool.close();
     items
+}
+
+/// The Redis queue answers PING, and how many jobs and dead letters it holds.
+async fn check_redis(config: &crate::queue::config::QueueConfig) -> Item {
+    let name = format!(
+        "redis queue {} (prefix {})",
+        crate::queue::config::redact_url(&config.url),
+        config.key_prefix
+    );
+    // `connect` waits for Redis to come up; `check` must answer promptly instead.
+    let limit = Duration::from_millis(config.connect_timeout_ms + 1000);
+    let probe = async {
+        use crate::queue::Queue;
+        let q = crate::queue::redis::RedisQueue::connect(config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let depth = q.depth().await.map_err(|e| e.to_string())?;
+        let dead = crate::queue::redis_dlq::count(&q)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(format!("{depth} jobs live, {dead} dead letters"))
+    };
+    let result = match tokio::time::timeout(limit, probe).await {
+        Err(_) => Err(format!("unreachable within {} ms", limit.as_millis())),
+        Ok(r) => r,
+    };
+    Item { name, result }
 }
 
 /// Every view and function the schema names exists, views with a `data jsonb` column.

@@ -46,6 +46,17 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
     },
+    /// Execute observer jobs from the Redis queue ([queue] backend = "redis"); /healthz,
+    /// /readyz and /metrics on [worker] listen. SIGTERM drains: no new jobs, running ones
+    /// finish within [worker] grace_period_ms or are handed back.
+    Worker {
+        /// Jobs executed at once (overrides [worker] concurrency).
+        #[arg(long, value_name = "N")]
+        concurrency: Option<usize>,
+        /// Address of /healthz, /readyz and /metrics (overrides [worker] listen).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
     /// Compile schema.json (as the SDKs export it) into schema.compiled.json.
     Compile {
         /// The schema.json to compile.

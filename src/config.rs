@@ -51,9 +51,37 @@ pub struct Config {
     pub observers: Vec<crate::observers::ObserverConfig>,
     /// The Arrow Flight server (`fraiseql flight`, `serve --with-flight`).
     pub flight: crate::flight::FlightConfig,
+    /// Which backend carries observer jobs (`memory` in-process, or `redis`).
+    pub queue: crate::queue::config::QueueConfig,
+    /// `fraiseql worker`: the standalone consumer of the Redis queue.
+    pub worker: WorkerConfig,
+    /// NATS JetStream: change events published to `<prefix>.<entity>.<op>`.
+    pub nats: crate::nats::NatsConfig,
     /// Where each top-level key came from, for error messages. Not part of the file format.
     #[serde(skip)]
     pub origins: Origins,
+}
+
+/// `[worker]`: the `fraiseql worker` role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Address of the worker's own `/healthz`, `/readyz` and `/metrics`.
+    pub listen: SocketAddr,
+    /// Jobs executed at once (`--concurrency` overrides).
+    pub concurrency: usize,
+    /// After SIGTERM, running jobs get this long to finish; the rest are handed back.
+    pub grace_period_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            concurrency: 16,
+            grace_period_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -303,6 +331,8 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub schema: Option<PathBuf>,
     pub flight_listen: Option<String>,
+    pub worker_listen: Option<SocketAddr>,
+    pub worker_concurrency: Option<usize>,
     pub log_format: Option<LogFormat>,
 }
 
@@ -376,6 +406,14 @@ impl Config {
         if let Some(listen) = &overrides.flight_listen {
             config.flight.listen = listen.clone();
             origins.flags.push("flight.listen".into());
+        }
+        if let Some(listen) = overrides.worker_listen {
+            config.worker.listen = listen;
+            origins.flags.push("worker.listen".into());
+        }
+        if let Some(n) = overrides.worker_concurrency {
+            config.worker.concurrency = n;
+            origins.flags.push("worker.concurrency".into());
         }
         if let Some(format) = overrides.log_format {
             config.log.format = format;
@@ -456,6 +494,25 @@ impl Config {
                 origin,
                 message: e.to_string(),
             });
+        }
+        if let Err(e) = self.queue.validate() {
+            return Err(self.value_error(&format!("queue.{}", e.key), e.message));
+        }
+        if let Err(e) = self.nats.validate() {
+            return Err(self.value_error(e.key, e.message));
+        }
+        if self.nats.consume && !self.nats.enabled() {
+            return Err(self.value_error("nats.consume", "needs nats.url"));
+        }
+        if self.nats.consume && self.queue.backend != crate::queue::config::QueueBackend::Redis {
+            return Err(self.value_error(
+                "nats.consume",
+                "needs [queue] backend = \"redis\": a NATS message is acknowledged once its jobs \
+                 are queued, and only the Redis queue keeps them if this process dies",
+            ));
+        }
+        if self.worker.concurrency == 0 || self.worker.concurrency > 10_000 {
+            return Err(self.value_error("worker.concurrency", "expected 1 to 10000"));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(self.value_error("log.level", format!("invalid filter: {e}")));

@@ -14,18 +14,26 @@ fn main() -> ExitCode {
     // One TLS crypto provider for every rustls user in the process (ring: pure Rust + asm,
     // links statically). Clients that need their own roots still build their own configs.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (listen, schema, flight_listen) = match &cli.command {
-        Command::Serve { listen, schema, .. } => (*listen, schema.clone(), None),
-        Command::Explain { schema, .. } => (None, schema.clone(), None),
-        Command::Flight { listen } => (None, None, listen.clone()),
-        _ => (None, None, None),
-    };
-    let overrides = Overrides {
-        listen,
-        schema,
-        flight_listen,
+    let mut overrides = Overrides {
         log_format: cli.log_format,
+        ..Default::default()
     };
+    match &cli.command {
+        Command::Serve { listen, schema, .. } => {
+            overrides.listen = *listen;
+            overrides.schema = schema.clone();
+        }
+        Command::Explain { schema, .. } => overrides.schema = schema.clone(),
+        Command::Flight { listen } => overrides.flight_listen = listen.clone(),
+        Command::Worker {
+            concurrency,
+            listen,
+        } => {
+            overrides.worker_listen = *listen;
+            overrides.worker_concurrency = *concurrency;
+        }
+        _ => {}
+    }
     let config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(c) => c,
         Err(e) => {
@@ -66,6 +74,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let shutdown = CancellationToken::new();
             fraiseql::shutdown::cancel_on_signals(shutdown.clone());
             fraiseql::serve::run_flight(config, shutdown).await?;
+        }
+        Command::Worker { .. } => {
+            let shutdown = CancellationToken::new();
+            fraiseql::shutdown::cancel_on_signals(shutdown.clone());
+            fraiseql::worker::run(config, shutdown).await?;
         }
         Command::Db {
             command: DbCommand::Init,
@@ -156,52 +169,123 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `fraiseql dlq …` against the dead-letter store in PostgreSQL.
+/// `fraiseql dlq …` against the dead-letter store of the configured queue backend:
+/// PostgreSQL for the memory queue, Redis for the Redis queue.
 async fn dlq(command: DlqCommand, config: &Config) -> anyhow::Result<ExitCode> {
-    use fraiseql::queue::dlq::{ListFilter, PgDeadLetters, format_table, parse_age};
-    let store = PgDeadLetters::new(fraiseql::db::pool(&config.database)?);
+    use fraiseql::queue::config::QueueBackend;
+    use fraiseql::queue::dlq::{DeadLetter, ListFilter, PgDeadLetters, format_table, parse_age};
+    use fraiseql::queue::redis_dlq;
+
+    let redis = match config.queue.backend {
+        QueueBackend::Memory => None,
+        QueueBackend::Redis => {
+            // An operator's command: fail within seconds instead of waiting for Redis.
+            let connect = fraiseql::queue::redis::RedisQueue::connect(&config.queue);
+            let q = tokio::time::timeout(std::time::Duration::from_secs(10), connect)
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "cannot reach Redis at {} (queue.url) within 10 s",
+                        fraiseql::queue::config::redact_url(&config.queue.url)
+                    )
+                })??;
+            Some(q)
+        }
+    };
+    let pg = || -> anyhow::Result<PgDeadLetters> {
+        Ok(PgDeadLetters::new(fraiseql::db::pool(&config.database)?))
+    };
+    let not_found = |id: i64| {
+        eprintln!("error: no dead letter {id}");
+        Ok(ExitCode::FAILURE)
+    };
     match command {
         DlqCommand::List {
             json,
             observer,
             limit,
         } => {
-            let items = store
-                .list(&ListFilter {
-                    observer,
-                    limit: Some(limit),
-                })
-                .await?;
+            let items: Vec<DeadLetter> = match &redis {
+                Some(q) => {
+                    let filter = redis_dlq::ListFilter {
+                        observer,
+                        limit: usize::try_from(limit.max(0)).unwrap_or(usize::MAX),
+                    };
+                    redis_dlq::list(q, &filter)
+                        .await?
+                        .into_iter()
+                        .map(DeadLetter::from)
+                        .collect()
+                }
+                None => {
+                    pg()?
+                        .list(&ListFilter {
+                            observer,
+                            limit: Some(limit),
+                        })
+                        .await?
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&items)?);
             } else {
                 print!("{}", format_table(&items));
             }
         }
-        DlqCommand::Show { id } => match store.show(id).await? {
-            Some(item) => println!("{}", serde_json::to_string_pretty(&item)?),
+        DlqCommand::Show { id } => {
+            let item = match &redis {
+                Some(q) => redis_dlq::show(q, id).await?.map(DeadLetter::from),
+                None => pg()?.show(id).await?,
+            };
+            match item {
+                Some(item) => println!("{}", serde_json::to_string_pretty(&item)?),
+                None => return not_found(id),
+            }
+        }
+        DlqCommand::Retry { id: Some(id), .. } => match &redis {
+            Some(q) => match redis_dlq::retry(q, id).await? {
+                redis_dlq::RetryOutcome::Enqueued => println!("dead letter {id} queued again"),
+                redis_dlq::RetryOutcome::AlreadyLive => {
+                    eprintln!(
+                        "error: dead letter {id} not retried: a job with the same key is queued or running"
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+                redis_dlq::RetryOutcome::NotFound => return not_found(id),
+            },
             None => {
-                eprintln!("error: no dead letter {id}");
-                return Ok(ExitCode::FAILURE);
+                if !pg()?.request_retry(id).await? {
+                    return not_found(id);
+                }
+                println!("dead letter {id} handed back for retry");
             }
         },
-        DlqCommand::Retry { id: Some(id), .. } => {
-            if !store.request_retry(id).await? {
-                eprintln!("error: no dead letter {id}");
-                return Ok(ExitCode::FAILURE);
+        DlqCommand::Retry { id: None, .. } => match &redis {
+            Some(q) => {
+                let s = redis_dlq::retry_all(q, &redis_dlq::ListFilter::default()).await?;
+                println!(
+                    "{} dead letters queued again ({} skipped: same key queued or running)",
+                    s.enqueued, s.already_live
+                );
             }
-            println!("dead letter {id} handed back for retry");
-        }
-        DlqCommand::Retry { id: None, .. } => {
-            let n = store.request_retry_all().await?;
-            println!("{n} dead letters handed back for retry");
-        }
+            None => {
+                let n = pg()?.request_retry_all().await?;
+                println!("{n} dead letters handed back for retry");
+            }
+        },
         DlqCommand::Purge { older_than } => {
             let age = match older_than {
                 Some(a) => Some(parse_age(&a).map_err(|e| anyhow::anyhow!("--older-than: {e}"))?),
                 None => None,
             };
-            let n = store.purge(age).await?;
+            let n = match &redis {
+                Some(q) => match age {
+                    Some(age) => redis_dlq::purge_older_than(q, age).await?,
+                    // Everything, whatever Redis's clock says.
+                    None => redis_dlq::purge_before(q, chrono::DateTime::<chrono::Utc>::MAX_UTC).await?,
+                },
+                None => pg()?.purge(age).await?,
+            };
             println!("{n} dead letters purged");
         }
     }

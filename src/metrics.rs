@@ -36,7 +36,8 @@ pub struct Metrics {
     pub db_up: IntGauge,
     /// The GraphQL engine: operations, durations, errors.
     pub graphql: GraphqlMetrics,
-    /// The observer runtime: events, actions, backlog, dead letters, dedup.
+    /// The observer runtime (events; `observers.jobs`: the job queue and its execution,
+    /// shared with `fraiseql worker`).
     pub observers: ObserverMetrics,
     /// The Arrow Flight role: streams, rows, bytes, durations.
     pub flight: FlightMetrics,
@@ -141,9 +142,13 @@ impl Metrics {
                 "1 when the last database readiness check succeeded, else 0.",
             ),
             graphql: GraphqlMetrics::register(&registry).expect("unique metric"),
-            observers: ObserverMetrics::new(&registry)
-                .expect("unique metric")
-                .with_known_actions(),
+            observers: ObserverMetrics::with_jobs(
+                &registry,
+                JobMetrics::new(&registry)
+                    .expect("unique metric")
+                    .with_known_actions(),
+            )
+            .expect("unique metric"),
             flight: FlightMetrics::register(&registry)
                 .expect("unique metric")
                 .with_known_tickets(),
@@ -219,27 +224,30 @@ impl GraphqlMetrics {
 }
 
 // ---------------------------------------------------------------------------------------
-// Observer metrics (`fraiseql_observer_*`): the reader, dispatch and workers update them.
+// Observer metrics (`fraiseql_observer_*`): the reader and dispatch update them. What happens
+// to the jobs they create is in [`JobMetrics`].
 #[derive(Clone)]
 pub struct ObserverMetrics {
     /// Change-log rows read and matched (whether or not any observer matched).
     pub events_processed: IntCounter,
     /// Changes that could not be dispatched (undecodable row, enqueue failure).
     pub events_failed: IntCounter,
-    pub actions_executed: IntCounterVec,
-    pub action_errors: IntCounterVec,
-    pub action_duration: HistogramVec,
-    /// Jobs live in the queue (ready + delayed + in flight).
-    pub backlog: IntGauge,
-    /// Dead letters waiting for an operator.
-    pub dead_letters: IntGauge,
-    pub dedup_skips: IntCounter,
     /// Commit-to-dispatch lag of the last change read.
     pub read_lag: Histogram,
+    /// Changes published to NATS JetStream, and how many JetStream reported as duplicates.
+    pub events_published: IntCounterVec,
+    /// The jobs these events become.
+    pub jobs: JobMetrics,
 }
 
 impl ObserverMetrics {
+    /// Registers the observer metrics and the job metrics in `registry`.
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        Self::with_jobs(registry, JobMetrics::new(registry)?)
+    }
+
+    /// Registers the observer metrics; `jobs` is already registered.
+    pub fn with_jobs(registry: &Registry, jobs: JobMetrics) -> Result<Self, prometheus::Error> {
         let m = ObserverMetrics {
             events_processed: IntCounter::new(
                 "fraiseql_observer_events_processed_total",
@@ -248,42 +256,6 @@ impl ObserverMetrics {
             events_failed: IntCounter::new(
                 "fraiseql_observer_events_failed_total",
                 "Change-log rows that could not be dispatched",
-            )?,
-            actions_executed: IntCounterVec::new(
-                Opts::new(
-                    "fraiseql_observer_actions_executed_total",
-                    "Actions executed successfully, by action type",
-                ),
-                &["action"],
-            )?,
-            action_errors: IntCounterVec::new(
-                Opts::new(
-                    "fraiseql_observer_action_errors_total",
-                    "Failed action attempts, by action type and kind (retryable or permanent)",
-                ),
-                &["action", "kind"],
-            )?,
-            action_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "fraiseql_observer_action_duration_seconds",
-                    "Duration of one action attempt, by action type",
-                )
-                .buckets(vec![
-                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                ]),
-                &["action"],
-            )?,
-            backlog: IntGauge::new(
-                "fraiseql_observer_backlog",
-                "Observer jobs queued, waiting for a retry or in flight",
-            )?,
-            dead_letters: IntGauge::new(
-                "fraiseql_observer_dead_letters",
-                "Observer jobs in the dead-letter store awaiting an operator",
-            )?,
-            dedup_skips: IntCounter::new(
-                "fraiseql_observer_dedup_skips_total",
-                "Jobs not executed because their idempotency key already succeeded",
             )?,
             read_lag: Histogram::with_opts(
                 HistogramOpts::new(
@@ -294,33 +266,172 @@ impl ObserverMetrics {
                     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
                 ]),
             )?,
+            events_published: IntCounterVec::new(
+                Opts::new(
+                    "fraiseql_observer_events_published_total",
+                    "Changes published to NATS JetStream, by outcome (new, duplicate)",
+                ),
+                &["outcome"],
+            )?,
+            jobs,
         };
         registry.register(Box::new(m.events_processed.clone()))?;
         registry.register(Box::new(m.events_failed.clone()))?;
-        registry.register(Box::new(m.actions_executed.clone()))?;
-        registry.register(Box::new(m.action_errors.clone()))?;
-        registry.register(Box::new(m.action_duration.clone()))?;
-        registry.register(Box::new(m.backlog.clone()))?;
+        registry.register(Box::new(m.read_lag.clone()))?;
+        registry.register(Box::new(m.events_published.clone()))?;
+        for outcome in ["new", "duplicate"] {
+            m.events_published.with_label_values(&[outcome]);
+        }
+        Ok(m)
+    }
+
+    /// Metrics registered into a throwaway registry (tests, `fraiseql check`).
+    pub fn unregistered() -> Self {
+        Self::new(&Registry::new()).expect("metric definitions are valid")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Job metrics (`fraiseql_job_*`): the queue and whoever executes its jobs (the workers inside
+// `serve`, or `fraiseql worker`) update them.
+#[derive(Clone)]
+pub struct JobMetrics {
+    /// Jobs added to the queue (duplicates of a live job are not counted), by action type.
+    pub queued: IntCounterVec,
+    /// Jobs whose action succeeded, by action type.
+    pub executed: IntCounterVec,
+    /// Failed attempts, by action type and kind (`retryable`, `permanent`).
+    pub failed: IntCounterVec,
+    /// Failed attempts scheduled to run again, by action type.
+    pub retried: IntCounterVec,
+    /// Jobs moved to the dead-letter store, by action type.
+    pub dead_lettered: IntCounterVec,
+    /// Duration of one attempt, by action type.
+    pub duration: HistogramVec,
+    /// Jobs live in the queue (ready + delayed + running), as last sampled.
+    pub queue_depth: IntGauge,
+    /// Dead letters waiting for an operator, as last sampled.
+    pub dead_letters: IntGauge,
+    /// Replayed jobs not executed again because their key already succeeded.
+    pub dedup_skips: IntCounter,
+    /// Jobs handed to a worker again because their reservation expired (Redis).
+    pub reclaimed: IntCounter,
+    /// Running jobs handed back to the queue when a worker's grace period ran out.
+    pub released: IntCounter,
+    /// Queue backend calls that failed transiently and were retried, by operation (Redis).
+    pub backend_retries: IntCounterVec,
+}
+
+/// The action types, a closed set: their series exist at zero from the start.
+pub const ACTION_TYPES: [&str; 5] = ["webhook", "slack", "email", "search", "cache"];
+
+/// `action_type` when it is one of [`ACTION_TYPES`], else `unknown`: a job read from Redis
+/// must not be able to invent label values.
+pub fn action_label(action_type: &str) -> &'static str {
+    ACTION_TYPES
+        .into_iter()
+        .find(|t| *t == action_type)
+        .unwrap_or("unknown")
+}
+
+impl JobMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let by_action = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &["action"])
+        };
+        let m = JobMetrics {
+            queued: by_action(
+                "fraiseql_job_queued_total",
+                "Jobs added to the queue, by action type",
+            )?,
+            executed: by_action(
+                "fraiseql_job_executed_total",
+                "Jobs whose action succeeded, by action type",
+            )?,
+            failed: IntCounterVec::new(
+                Opts::new(
+                    "fraiseql_job_failed_total",
+                    "Failed job attempts, by action type and kind (retryable or permanent)",
+                ),
+                &["action", "kind"],
+            )?,
+            retried: by_action(
+                "fraiseql_job_retried_total",
+                "Failed job attempts scheduled to run again, by action type",
+            )?,
+            dead_lettered: by_action(
+                "fraiseql_job_dead_lettered_total",
+                "Jobs moved to the dead-letter store, by action type",
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "fraiseql_job_duration_seconds",
+                    "Duration of one job attempt (the action), by action type",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+                &["action"],
+            )?,
+            queue_depth: IntGauge::new(
+                "fraiseql_job_queue_depth",
+                "Jobs live in the queue: ready, waiting for a retry, or running",
+            )?,
+            dead_letters: IntGauge::new(
+                "fraiseql_job_dead_letters",
+                "Jobs in the dead-letter store awaiting an operator",
+            )?,
+            dedup_skips: IntCounter::new(
+                "fraiseql_job_dedup_skips_total",
+                "Replayed jobs not executed because their idempotency key already succeeded",
+            )?,
+            reclaimed: IntCounter::new(
+                "fraiseql_job_reclaimed_total",
+                "Jobs handed to a worker again because their reservation expired",
+            )?,
+            released: IntCounter::new(
+                "fraiseql_job_released_total",
+                "Running jobs handed back to the queue when a worker's grace period ran out",
+            )?,
+            backend_retries: IntCounterVec::new(
+                Opts::new(
+                    "fraiseql_job_backend_retries_total",
+                    "Queue backend calls that failed transiently (Redis down, loading, OOM) and were retried, by operation",
+                ),
+                &["op"],
+            )?,
+        };
+        registry.register(Box::new(m.queued.clone()))?;
+        registry.register(Box::new(m.executed.clone()))?;
+        registry.register(Box::new(m.failed.clone()))?;
+        registry.register(Box::new(m.retried.clone()))?;
+        registry.register(Box::new(m.dead_lettered.clone()))?;
+        registry.register(Box::new(m.duration.clone()))?;
+        registry.register(Box::new(m.queue_depth.clone()))?;
         registry.register(Box::new(m.dead_letters.clone()))?;
         registry.register(Box::new(m.dedup_skips.clone()))?;
-        registry.register(Box::new(m.read_lag.clone()))?;
+        registry.register(Box::new(m.reclaimed.clone()))?;
+        registry.register(Box::new(m.released.clone()))?;
+        registry.register(Box::new(m.backend_retries.clone()))?;
         Ok(m)
     }
 
     /// Creates the series of every action type at zero, so rates and dashboards work before
-    /// the first execution (the label values are a closed set).
+    /// the first job (the label values are a closed set).
     pub fn with_known_actions(self) -> Self {
-        for action in ["webhook", "slack", "email", "search", "cache"] {
-            self.actions_executed.with_label_values(&[action]);
-            self.action_duration.with_label_values(&[action]);
+        for action in ACTION_TYPES {
+            for c in [&self.queued, &self.executed, &self.retried, &self.dead_lettered] {
+                c.with_label_values(&[action]);
+            }
+            self.duration.with_label_values(&[action]);
             for kind in ["retryable", "permanent"] {
-                self.action_errors.with_label_values(&[action, kind]);
+                self.failed.with_label_values(&[action, kind]);
             }
         }
         self
     }
 
-    /// Metrics registered into a throwaway registry (tests, `fraiseql check`).
+    /// Metrics registered into a throwaway registry (tests, benchmarks).
     pub fn unregistered() -> Self {
         Self::new(&Registry::new()).expect("metric definitions are valid")
     }

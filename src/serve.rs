@@ -26,14 +26,14 @@ pub async fn run(
     let listener = bind_http(&config).await?;
     if !with_flight {
         let pool = crate::db::pool(&config.database)?;
-        return serve_http(listener, config, pool, shutdown).await;
+        return serve_http(listener, config, pool, None, shutdown).await;
     }
     let flight_listener = bind_flight(&config).await?;
     // One pool for both servers: the connection budget is `database.pool_size` per process.
     let pool = crate::db::pool(&config.database)?;
     let flight = flight_server(&config, pool.clone())?;
     let (a, b) = tokio::join!(
-        serve_http(listener, config, pool, shutdown.clone()),
+        serve_http(listener, config, pool, None, shutdown.clone()),
         serve_flight(flight, flight_listener, shutdown.clone())
     );
     a.and(b)
@@ -49,7 +49,7 @@ pub async fn run_flight(mut config: Config, shutdown: CancellationToken) -> anyh
     config.graphql.schema.clear();
     config.observers.clear();
     let (a, b) = tokio::join!(
-        serve_http(http_listener, config, pool, shutdown.clone()),
+        serve_http(http_listener, config, pool, None, shutdown.clone()),
         serve_flight(flight, flight_listener, shutdown.clone())
     );
     a.and(b)
@@ -112,7 +112,9 @@ async fn serve_flight(
     result
 }
 
-/// Starts the observer runtime (in-process queue) when `[[observers]]` are configured.
+/// Starts the observer runtime when `[[observers]]` are configured. With the Redis backend
+/// the connection is made in the background (waiting while Redis is down) so that GraphQL
+/// does not depend on Redis; configuration errors still surface here, at start.
 fn start_observers(
     state: &Arc<AppState>,
     shutdown: &CancellationToken,
@@ -121,35 +123,83 @@ fn start_observers(
     if config.observers.is_empty() {
         return Ok(None);
     }
-    let entities = state
+    let entities: Option<Vec<String>> = state
         .engine()
         .map(|e| e.schema().types.iter().map(|t| t.name.clone()).collect());
-    let runtime = build_observers(config, state.pool.clone(), entities)?;
+    let runtime = build_observers(config, state.pool.clone(), entities.clone(), None)?;
     tracing::info!(
         observers = config.observers.len(),
+        queue = ?config.queue.backend,
         "observer runtime started"
     );
-    Ok(Some(tokio::spawn(runtime.run(shutdown.clone()))))
+    if config.queue.backend == crate::queue::config::QueueBackend::Memory {
+        return Ok(Some(tokio::spawn(runtime.run(shutdown.clone()))));
+    }
+    drop(runtime);
+    let (config, pool, shutdown) = (config.clone(), state.pool.clone(), shutdown.clone());
+    Ok(Some(tokio::spawn(async move {
+        let Some(queue) = connect_queue(&config.queue, &shutdown).await else {
+            return;
+        };
+        match build_observers(&config, pool, entities, Some(queue)) {
+            Ok(runtime) => runtime.run(shutdown).await,
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "observer runtime failed to start"),
+        }
+    })))
+}
+
+/// Connects to the Redis queue, waiting (and logging) while Redis is unreachable; `None` when
+/// shutdown came first or the URL is unusable (logged).
+pub async fn connect_queue(
+    config: &crate::queue::config::QueueConfig,
+    shutdown: &CancellationToken,
+) -> Option<Arc<crate::queue::redis::RedisQueue>> {
+    let jobs = crate::metrics::metrics().observers.jobs.clone();
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        q = crate::queue::redis::RedisQueue::connect(config) => match q {
+            Ok(q) => {
+                tracing::info!(url = %crate::queue::config::redact_url(&config.url), prefix = %config.key_prefix, "redis queue connected");
+                Some(Arc::new(q.with_metrics(jobs)))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot use the redis queue (queue.url)");
+                None
+            }
+        },
+    }
 }
 
 /// Validates and compiles the observers (conditions, templates, URLs, secrets); starts
 /// nothing, so `check` uses it too. `known_entities` (the schema's type names) turns an
 /// observer on an unknown entity into an error, so typos are found at start.
+///
+/// `redis`: the connected Redis queue when `[queue] backend = "redis"`; jobs then go there and
+/// this process executes them only with `[queue] run_workers = true`.
 pub fn build_observers(
     config: &Config,
     pool: deadpool_postgres::Pool,
     known_entities: Option<Vec<String>>,
+    redis: Option<Arc<crate::queue::redis::RedisQueue>>,
 ) -> anyhow::Result<crate::observers::ObserverRuntime> {
     let pg = crate::db::pg_config(&config.database)?;
+    let mut settings = config.observer_runtime.clone();
+    if config.queue.backend == crate::queue::config::QueueBackend::Redis {
+        settings.run_workers = config.queue.run_workers;
+    }
     let mut builder = crate::observers::ObserverRuntime::builder(
-        config.observer_runtime.clone(),
+        settings,
         config.observers.clone(),
         pool,
         pg,
     )
-    .metrics(crate::metrics::metrics().observers.clone());
+    .metrics(crate::metrics::metrics().observers.clone())
+    .nats(config.nats.clone());
     if let Some(entities) = known_entities {
         builder = builder.known_entities(entities);
+    }
+    if let Some(queue) = redis {
+        builder = builder.redis(queue);
     }
     let runtime = builder.build().map_err(|e| {
         let file = config
@@ -217,15 +267,16 @@ pub async fn run_on(
         tracing::warn!("no GraphQL schema configured; /graphql answers 404");
     }
     let pool = crate::db::pool(&config.database)?;
-    serve_http(listener, config, pool, shutdown).await
+    serve_http(listener, config, pool, None, shutdown).await
 }
 
 /// The HTTP side over `pool`: GraphQL (when a schema is configured), observers (when
-/// configured), health and metrics.
-async fn serve_http(
+/// configured), health and metrics. `redis`: see [`AppState::redis`].
+pub(crate) async fn serve_http(
     listener: TcpListener,
     config: Config,
     pool: deadpool_postgres::Pool,
+    redis: Option<Arc<std::sync::OnceLock<Arc<crate::queue::redis::RedisQueue>>>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -240,6 +291,7 @@ async fn serve_http(
         config: Arc::new(config),
         pool: pool.clone(),
         engine,
+        redis,
     });
     if state.engine.is_some() {
         spawn_reload_on_sighup(state.clone(), shutdown.clone());

@@ -474,7 +474,7 @@ flush_interval_ms = 100
     assert_eq!(
         metric(
             &running.registry,
-            "fraiseql_observer_actions_executed_total",
+            "fraiseql_job_executed_total",
             Some(("action", "search"))
         ),
         31.0
@@ -544,7 +544,7 @@ index = "posts"
     assert_eq!(
         metric(
             &running.registry,
-            "fraiseql_observer_actions_executed_total",
+            "fraiseql_job_executed_total",
             Some(("action", "search"))
         ),
         2.0

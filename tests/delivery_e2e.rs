@@ -68,13 +68,13 @@ async fn receiver_down_then_up_everything_delivered_and_no_dead_letters() {
     assert!(
         metric(
             &running.registry,
-            "fraiseql_observer_action_errors_total",
+            "fraiseql_job_failed_total",
             Some(("kind", "retryable"))
         ) >= 20.0,
         "every job failed at least once while the receiver was down: {}",
         metric(
             &running.registry,
-            "fraiseql_observer_action_errors_total",
+            "fraiseql_job_failed_total",
             Some(("kind", "retryable"))
         )
     );
@@ -244,7 +244,7 @@ async fn http_400_is_dead_lettered_at_once_and_dlq_retry_delivers_after_the_fix(
     let shown = dlq.show(dl.id).await.unwrap().unwrap();
     assert_eq!(shown.idempotency_key, dl.idempotency_key);
     eventually(Duration::from_secs(5), "dead-letter gauge", || async {
-        metric(&running.registry, "fraiseql_observer_dead_letters", None) == 1.0
+        metric(&running.registry, "fraiseql_job_dead_letters", None) == 1.0
     })
     .await;
     // The checkpoint moved past the change: dead-lettered counts as finished.
@@ -368,7 +368,7 @@ async fn replay_after_crash_is_deduplicated() {
     eventually(Duration::from_secs(10), "5 dedup skips", || async {
         metric(
             &running.registry,
-            "fraiseql_observer_dedup_skips_total",
+            "fraiseql_job_dedup_skips_total",
             None,
         ) == 5.0
     })
@@ -559,7 +559,7 @@ async fn bounded_queue_applies_back_pressure_and_everything_arrives() {
     let mut max_backlog = 0.0f64;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while rx.requests().len() < 200 && std::time::Instant::now() < deadline {
-        max_backlog = max_backlog.max(metric(&running.registry, "fraiseql_observer_backlog", None));
+        max_backlog = max_backlog.max(metric(&running.registry, "fraiseql_job_queue_depth", None));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let k = keys(&rx.requests());

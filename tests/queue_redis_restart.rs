@@ -198,7 +198,7 @@ async fn no_acknowledged_enqueue_is_lost_when_redis_restarts() {
         .map(|op| {
             queue
                 .metrics()
-                .redis_retries
+                .backend_retries
                 .with_label_values(&[*op])
                 .get()
         })

@@ -176,7 +176,7 @@ async fn webhook_receives_signed_event_for_matching_changes_only() {
     assert_eq!(
         metric(
             &running.registry,
-            "fraiseql_observer_actions_executed_total",
+            "fraiseql_job_executed_total",
             Some(("action", "webhook"))
         ),
         3.0
@@ -184,7 +184,7 @@ async fn webhook_receives_signed_event_for_matching_changes_only() {
     assert_eq!(
         metric(
             &running.registry,
-            "fraiseql_observer_action_duration_seconds",
+            "fraiseql_job_duration_seconds",
             Some(("action", "webhook"))
         ),
         3.0

@@ -37,32 +37,40 @@ panel("Top operations by name", [("topk(10, sum by (name) (rate(fraiseql_graphql
 row("Observers", 42)
 panel("Events processed / failed", [("sum(rate(fraiseql_observer_events_processed_total%s[$__rate_interval]))" % S, "processed"),
                                    ("sum(rate(fraiseql_observer_events_failed_total%s[$__rate_interval]))" % S, "failed")], "ops", 0, 43)
-panel("Actions executed by type", [("sum by (action) (rate(fraiseql_observer_actions_executed_total%s[$__rate_interval]))" % S, "{{action}}")], "ops", 12, 43)
-panel("Action errors by type and kind", [("sum by (action, kind) (rate(fraiseql_observer_action_errors_total%s[$__rate_interval]))" % S, "{{action}} {{kind}}")], "ops", 0, 51)
-panel("Action duration p50 / p99", [
-    ("histogram_quantile(%s, sum by (le, action) (rate(fraiseql_observer_action_duration_seconds_bucket%s[$__rate_interval])))" % (q, S), "{{action}} p%d" % round(q*100)) for q in (0.5, 0.99)], "s", 12, 51)
-panel("Backlog (queued, delayed, in flight)", [("sum(fraiseql_observer_backlog%s)" % S, "backlog")], "short", 0, 59)
-panel("Dead letters awaiting an operator", [("max(fraiseql_observer_dead_letters%s)" % S, "dead letters")], "short", 12, 59)
-panel("Dedup skips (replays not re-executed)", [("sum(rate(fraiseql_observer_dedup_skips_total%s[$__rate_interval]))" % S, "skips")], "ops", 0, 67)
 panel("Commit to dispatch lag p50 / p99", [
-    ("histogram_quantile(%s, sum by (le) (rate(fraiseql_observer_read_lag_seconds_bucket%s[$__rate_interval])))" % (q, S), "p%d" % round(q*100)) for q in (0.5, 0.99)], "s", 12, 67)
-row("Arrow Flight", 75)
+    ("histogram_quantile(%s, sum by (le) (rate(fraiseql_observer_read_lag_seconds_bucket%s[$__rate_interval])))" % (q, S), "p%d" % round(q*100)) for q in (0.5, 0.99)], "s", 12, 43)
+panel("Events published to NATS JetStream", [("sum by (outcome) (rate(fraiseql_observer_events_published_total%s[$__rate_interval]))" % S, "{{outcome}}")], "ops", 0, 51, w=24)
+row("Jobs", 59)
+panel("Jobs queued / executed by action", [("sum by (action) (rate(fraiseql_job_queued_total%s[$__rate_interval]))" % S, "queued {{action}}"),
+                                          ("sum by (action) (rate(fraiseql_job_executed_total%s[$__rate_interval]))" % S, "executed {{action}}")], "ops", 0, 60)
+panel("Failed attempts by action and kind", [("sum by (action, kind) (rate(fraiseql_job_failed_total%s[$__rate_interval]))" % S, "{{action}} {{kind}}")], "ops", 12, 60)
+panel("Job duration p50 / p99 by action", [
+    ("histogram_quantile(%s, sum by (le, action) (rate(fraiseql_job_duration_seconds_bucket%s[$__rate_interval])))" % (q, S), "{{action}} p%d" % round(q*100)) for q in (0.5, 0.99)], "s", 0, 68)
+panel("Retried / dead-lettered by action", [("sum by (action) (rate(fraiseql_job_retried_total%s[$__rate_interval]))" % S, "retried {{action}}"),
+                                            ("sum by (action) (rate(fraiseql_job_dead_lettered_total%s[$__rate_interval]))" % S, "dead-lettered {{action}}")], "ops", 12, 68)
+panel("Queue depth (ready, waiting for a retry, running)", [("max(fraiseql_job_queue_depth%s)" % S, "depth")], "short", 0, 76)
+panel("Dead letters awaiting an operator", [("max(fraiseql_job_dead_letters%s)" % S, "dead letters")], "short", 12, 76)
+panel("Reclaimed, released, backend retries", [("sum(rate(fraiseql_job_reclaimed_total%s[$__rate_interval]))" % S, "reclaimed (worker died)"),
+                                               ("sum(rate(fraiseql_job_released_total%s[$__rate_interval]))" % S, "released at shutdown"),
+                                               ("sum by (op) (rate(fraiseql_job_backend_retries_total%s[$__rate_interval]))" % S, "backend retry {{op}}")], "ops", 0, 84)
+panel("Dedup skips (replays not re-executed)", [("sum(rate(fraiseql_job_dedup_skips_total%s[$__rate_interval]))" % S, "skips")], "ops", 12, 84)
+row("Arrow Flight", 92)
 panel("Streams by ticket type", [("sum by (ticket) (rate(fraiseql_flight_streams_started_total%s[$__rate_interval]))" % S, "started {{ticket}}"),
                                  ("sum by (ticket) (rate(fraiseql_flight_streams_finished_total%s[$__rate_interval]))" % S, "finished {{ticket}}"),
-                                 ("sum by (ticket) (rate(fraiseql_flight_streams_failed_total%s[$__rate_interval]))" % S, "failed {{ticket}}")], "ops", 0, 76)
+                                 ("sum by (ticket) (rate(fraiseql_flight_streams_failed_total%s[$__rate_interval]))" % S, "failed {{ticket}}")], "ops", 0, 93)
 panel("Rows and bytes sent", [("sum(rate(fraiseql_flight_rows_sent_total%s[$__rate_interval]))" % S, "rows/s"),
-                              ("sum(rate(fraiseql_flight_bytes_sent_total%s[$__rate_interval]))" % S, "bytes/s")], "short", 12, 76)
+                              ("sum(rate(fraiseql_flight_bytes_sent_total%s[$__rate_interval]))" % S, "bytes/s")], "short", 12, 93)
 panel("Stream duration p50 / p99", [
-    ("histogram_quantile(%s, sum by (le) (rate(fraiseql_flight_stream_duration_seconds_bucket%s[$__rate_interval])))" % (q, S), "p%d" % round(q*100)) for q in (0.5, 0.99)], "s", 0, 84, w=24)
-row("Database", 92)
+    ("histogram_quantile(%s, sum by (le) (rate(fraiseql_flight_stream_duration_seconds_bucket%s[$__rate_interval])))" % (q, S), "p%d" % round(q*100)) for q in (0.5, 0.99)], "s", 0, 101, w=24)
+row("Database", 109)
 panel("Connection pool", [("sum(fraiseql_db_pool_connections%s)" % S, "open"), ("sum(fraiseql_db_pool_connections_in_use%s)" % S, "in use"),
-                          ("sum(fraiseql_db_pool_waiting%s)" % S, "waiting"), ("sum(fraiseql_db_pool_max_connections%s)" % S, "max")], "short", 0, 93)
-panel("Database up", [("min(fraiseql_db_up%s)" % S, "up")], "short", 12, 93, kind="stat")
-row("Process", 101)
-panel("Resident memory", [("fraiseql_process_resident_memory_bytes%s" % S, "{{instance}}")], "bytes", 0, 102)
-panel("CPU", [("rate(fraiseql_process_cpu_seconds_total%s[$__rate_interval])" % S, "{{instance}}")], "percentunit", 12, 102)
-panel("Open file descriptors", [("fraiseql_process_open_fds%s" % S, "{{instance}}")], "short", 0, 110)
-panel("Version", [("count by (version) (fraiseql_build_info%s)" % S, "{{version}}")], "short", 12, 110, kind="stat")
+                          ("sum(fraiseql_db_pool_waiting%s)" % S, "waiting"), ("sum(fraiseql_db_pool_max_connections%s)" % S, "max")], "short", 0, 110)
+panel("Database up", [("min(fraiseql_db_up%s)" % S, "up")], "short", 12, 110, kind="stat")
+row("Process", 118)
+panel("Resident memory", [("fraiseql_process_resident_memory_bytes%s" % S, "{{instance}}")], "bytes", 0, 119)
+panel("CPU", [("rate(fraiseql_process_cpu_seconds_total%s[$__rate_interval])" % S, "{{instance}}")], "percentunit", 12, 119)
+panel("Open file descriptors", [("fraiseql_process_open_fds%s" % S, "{{instance}}")], "short", 0, 127)
+panel("Version", [("count by (version) (fraiseql_build_info%s)" % S, "{{version}}")], "short", 12, 127, kind="stat")
 dash={
  "title":"FraiseQL","uid":"fraiseql","tags":["fraiseql"],"timezone":"browser","schemaVersion":39,"version":1,
  "refresh":"30s","time":{"from":"now-1h","to":"now"},

@@ -34,6 +34,9 @@ pub struct AppState {
     /// The GraphQL engine, swapped whole on SIGHUP; `None` when no schema is configured.
     /// Requests clone the `Arc`, so those in flight finish on the engine they started with.
     pub engine: Option<std::sync::RwLock<Arc<crate::graphql::Engine>>>,
+    /// Set when this process consumes the Redis job queue (`fraiseql worker`): `/readyz` then
+    /// also needs Redis, and reports "not connected yet" until the first connection.
+    pub redis: Option<Arc<std::sync::OnceLock<Arc<crate::queue::redis::RedisQueue>>>>,
 }
 
 impl AppState {
@@ -284,13 +287,26 @@ fn healthz() -> Response<Body> {
 }
 
 async fn readyz(state: &AppState) -> Response<Body> {
-    match crate::db::ping(&state.pool, Duration::from_secs(2)).await {
-        Ok(_) => json(StatusCode::OK, serde_json::json!({"status": "ready"})),
-        Err(e) => json(
+    let unavailable = |reason: String| {
+        json(
             StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"status": "unavailable", "reason": e.to_string()}),
-        ),
+            serde_json::json!({"status": "unavailable", "reason": reason}),
+        )
+    };
+    if let Err(e) = crate::db::ping(&state.pool, Duration::from_secs(2)).await {
+        return unavailable(e.to_string());
     }
+    if let Some(slot) = &state.redis {
+        let Some(redis) = slot.get() else {
+            return unavailable("redis: not connected yet".into());
+        };
+        match tokio::time::timeout(Duration::from_secs(2), redis.ping()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return unavailable(format!("redis: {e}")),
+            Err(_) => return unavailable("redis: no answer within 2 s".into()),
+        }
+    }
+    json(StatusCode::OK, serde_json::json!({"status": "ready"}))
 }
 
 fn metrics_endpoint(state: &AppState) -> Response<Body> {

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::matcher::{ChangeEvent, CompiledObservers};
 use crate::metrics::ObserverMetrics;
-use crate::queue::{Queue, QueueError};
+use crate::queue::{Enqueued, Queue, QueueError};
 
 /// A position in the change log: `(transaction id, pk)`. The reader orders by it (see the
 /// reader's module docs for why the transaction id comes first).
@@ -158,8 +158,13 @@ impl Dispatcher {
                 .register(cursor, jobs.iter().map(|j| j.key.clone()));
         }
         for job in jobs {
+            let action = crate::metrics::action_label(&job.action_type);
             tokio::select! {
-                r = self.queue.enqueue(job) => { r?; }
+                r = self.queue.enqueue(job) => {
+                    if r? == Enqueued::Added {
+                        self.metrics.jobs.queued.with_label_values(&[action]).inc();
+                    }
+                }
                 _ = shutdown.cancelled() => return Err(DispatchError::Shutdown),
             }
         }

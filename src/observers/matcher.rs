@@ -21,7 +21,7 @@ use crate::queue::Job;
 use crate::queue::backoff::RetryPolicy;
 
 /// One row of `fraiseql.tb_entity_change_log`, decoded.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ChangeEvent {
     pub pk: i64,
     pub id: Uuid,

@@ -24,7 +24,9 @@
 pub mod condition;
 pub mod config;
 pub mod dispatch;
+pub mod executor;
 pub mod matcher;
+pub mod nats_source;
 pub mod reader;
 pub mod worker;
 
@@ -41,6 +43,8 @@ use crate::queue::Queue;
 use crate::queue::dedup::{DedupStore, PgDedup};
 use crate::queue::dlq::PgDeadLetters;
 use crate::queue::memory::MemoryQueue;
+use crate::queue::pump::{self, PumpConfig};
+use crate::queue::redis::RedisQueue;
 
 pub use config::{ConfigError, ObserverConfig, ObserverSettings};
 use dispatch::{Dispatcher, Tracker};
@@ -62,6 +66,8 @@ pub struct ObserverRuntimeBuilder {
     pg_config: tokio_postgres::Config,
     metrics: Option<ObserverMetrics>,
     queue: Option<Arc<dyn Queue>>,
+    redis: Option<Arc<RedisQueue>>,
+    nats: Option<crate::nats::NatsConfig>,
     known_entities: Option<Vec<String>>,
     env: Option<EnvLookup>,
 }
@@ -77,6 +83,21 @@ impl ObserverRuntimeBuilder {
     /// that dead-letters into PostgreSQL.
     pub fn queue(mut self, queue: Arc<dyn Queue>) -> Self {
         self.queue = Some(queue);
+        self
+    }
+
+    /// The Redis backend: jobs are enqueued into it and, when `run_workers` is set, executed
+    /// by the batching [`pump`] (as `fraiseql worker` does) instead of one-by-one workers.
+    pub fn redis(mut self, queue: Arc<RedisQueue>) -> Self {
+        self.queue = Some(queue.clone());
+        self.redis = Some(queue);
+        self
+    }
+
+    /// `[nats]`: the reader publishes every change to JetStream, and with `consume` the
+    /// observers take their events from the durable consumer ([`nats_source`]).
+    pub fn nats(mut self, config: crate::nats::NatsConfig) -> Self {
+        self.nats = config.enabled().then_some(config);
         self
     }
 
@@ -121,6 +142,8 @@ impl ObserverRuntimeBuilder {
             pg_config: self.pg_config,
             metrics: self.metrics.unwrap_or_else(ObserverMetrics::unregistered),
             queue,
+            redis: self.redis,
+            nats: self.nats,
             dead_letters,
         })
     }
@@ -133,6 +156,8 @@ pub struct ObserverRuntime {
     pg_config: tokio_postgres::Config,
     metrics: ObserverMetrics,
     queue: Arc<dyn Queue>,
+    redis: Option<Arc<RedisQueue>>,
+    nats: Option<crate::nats::NatsConfig>,
     dead_letters: PgDeadLetters,
     dedup: Arc<dyn DedupStore>,
 }
@@ -153,6 +178,8 @@ impl ObserverRuntime {
             pg_config,
             metrics: None,
             queue: None,
+            redis: None,
+            nats: None,
             known_entities: None,
             env: None,
         }
@@ -160,6 +187,16 @@ impl ObserverRuntime {
 
     pub fn queue(&self) -> Arc<dyn Queue> {
         self.queue.clone()
+    }
+
+    /// The job executor over this runtime's compiled observers and dedup store: what
+    /// `fraiseql worker` runs without the reader.
+    pub fn executor(&self) -> Arc<executor::JobExecutor> {
+        Arc::new(executor::JobExecutor {
+            observers: self.observers.clone(),
+            dedup: self.dedup.clone(),
+            metrics: self.metrics.jobs.clone(),
+        })
     }
 
     pub fn dead_letters(&self) -> PgDeadLetters {
@@ -185,28 +222,57 @@ impl ObserverRuntime {
         let workers_stop = CancellationToken::new();
         let drained = CancellationToken::new();
         if self.settings.run_workers {
-            let workers = Arc::new(worker::Workers {
+            let executor = Arc::new(executor::JobExecutor {
                 observers: self.observers.clone(),
-                queue: self.queue.clone(),
                 dedup: self.dedup.clone(),
-                dead_letters: Some(self.dead_letters.clone()),
-                tracker: tracker.clone(),
-                metrics: self.metrics.clone(),
-                concurrency: self.settings.concurrency,
-                grace: Duration::from_millis(self.settings.shutdown_grace_ms),
+                metrics: self.metrics.jobs.clone(),
             });
-            tasks.spawn(workers.run(workers_stop.clone()));
+            let grace = Duration::from_millis(self.settings.shutdown_grace_ms);
+            match &self.redis {
+                Some(redis) => {
+                    let config = PumpConfig {
+                        concurrency: self.settings.concurrency,
+                        batch: self.settings.concurrency.clamp(1, 1000),
+                        grace,
+                    };
+                    tasks.spawn(run_pump(
+                        redis.clone(),
+                        executor,
+                        config,
+                        workers_stop.clone(),
+                    ));
+                }
+                None => {
+                    let workers = Arc::new(worker::Workers {
+                        executor,
+                        queue: self.queue.clone(),
+                        tracker: tracker.clone(),
+                        concurrency: self.settings.concurrency,
+                        grace,
+                    });
+                    tasks.spawn(workers.run(workers_stop.clone()));
+                }
+            }
+        }
+        let dispatcher = Dispatcher {
+            observers: self.observers.clone(),
+            queue: self.queue.clone(),
+            tracker: tracker.clone(),
+            metrics: self.metrics.clone(),
+        };
+        if let Some(nats) = self.nats.as_ref().filter(|n| n.consume) {
+            tasks.spawn(nats_source::run(
+                nats.clone(),
+                nats_source::dispatcher(&dispatcher),
+                shutdown.clone(),
+            ));
         }
         let reader = if self.settings.run_reader {
             let reader = reader::Reader {
                 settings: self.settings.clone(),
                 pg_config: self.pg_config.clone(),
-                dispatcher: Dispatcher {
-                    observers: self.observers.clone(),
-                    queue: self.queue.clone(),
-                    tracker: tracker.clone(),
-                    metrics: self.metrics.clone(),
-                },
+                dispatcher,
+                nats: self.nats.clone(),
             };
             Some(tokio::spawn(reader.run(shutdown.clone(), drained.clone())))
         } else {
@@ -214,6 +280,7 @@ impl ObserverRuntime {
         };
         tasks.spawn(housekeeping(
             self.queue.clone(),
+            self.redis.clone(),
             self.dead_letters.clone(),
             self.dedup.clone(),
             self.metrics.clone(),
@@ -240,6 +307,7 @@ impl ObserverRuntime {
 /// Dead-letter retries requested by `fraiseql dlq retry`, gauges, dedup purge.
 async fn housekeeping(
     queue: Arc<dyn Queue>,
+    redis: Option<Arc<RedisQueue>>,
     dead_letters: PgDeadLetters,
     dedup: Arc<dyn DedupStore>,
     metrics: ObserverMetrics,
@@ -259,27 +327,80 @@ async fn housekeeping(
             Ok(jobs) => {
                 for job in jobs {
                     info!(key = %job.key, "re-enqueueing a dead letter on request");
+                    let action = crate::metrics::action_label(&job.action_type);
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        r = queue.enqueue(job) => if let Err(e) = r {
-                            warn!(error = %e, "re-enqueueing a dead letter failed (reclaimed after the lease)");
+                        r = queue.enqueue(job) => match r {
+                            Ok(crate::queue::Enqueued::Added) => {
+                                metrics.jobs.queued.with_label_values(&[action]).inc();
+                            }
+                            Ok(crate::queue::Enqueued::Duplicate) => {}
+                            Err(e) => warn!(error = %e, "re-enqueueing a dead letter failed (reclaimed after the lease)"),
                         },
                     }
                 }
             }
             Err(e) => warn!(error = %e, "claiming dead-letter retries failed"),
         }
-        if let Ok(n) = dead_letters.count_dead().await {
-            metrics.dead_letters.set(n);
+        // The Redis backend keeps its own dead letters; PostgreSQL's hold the memory
+        // backend's (and are drained into Redis by the claim above after a switch).
+        let dead = match &redis {
+            Some(r) => crate::queue::redis_dlq::count(r)
+                .await
+                .ok()
+                .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+            None => dead_letters.count_dead().await.ok(),
+        };
+        if let Some(n) = dead {
+            metrics.jobs.dead_letters.set(n);
         }
         if let Ok(depth) = queue.depth().await {
-            metrics.backlog.set(depth as i64);
+            metrics.jobs.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
         }
         // Every ~10 minutes.
         if ticks % 1200 == 1
             && let Err(e) = dedup.purge_expired().await
         {
             warn!(error = %e, "purging the dedup window failed");
+        }
+    }
+}
+
+/// Executes jobs from Redis with the batching [`pump`] until `shutdown`, then drains: what
+/// `fraiseql worker` runs, and `serve` with `[queue] run_workers = true`.
+pub async fn run_pump(
+    queue: Arc<RedisQueue>,
+    executor: Arc<executor::JobExecutor>,
+    config: PumpConfig,
+    shutdown: CancellationToken,
+) {
+    let metrics = executor.metrics.clone();
+    let handler = move |job| {
+        let executor = executor.clone();
+        async move { executor.run(job).await }
+    };
+    // A Redis failure the queue could not ride out (it retries transient ones itself) ends
+    // this run; start again unless shutting down, so a worker never silently stops.
+    loop {
+        match pump::run(queue.clone(), config.clone(), handler.clone(), shutdown.clone()).await {
+            Ok(stats) => {
+                metrics.released.inc_by(stats.released);
+                info!(
+                    acked = stats.acked,
+                    retried = stats.retried,
+                    dead_lettered = stats.dead_lettered,
+                    released = stats.released,
+                    "job pump stopped"
+                );
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "job pump failed; restarting in 1 s");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
         }
     }
 }

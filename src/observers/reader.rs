@@ -59,12 +59,17 @@ pub enum ReaderError {
     Dispatch(#[from] DispatchError),
     #[error("bad checkpoint value: {0}")]
     Checkpoint(String),
+    #[error("nats: {0}")]
+    Nats(#[from] crate::nats::NatsError),
 }
 
 pub struct Reader {
     pub settings: ObserverSettings,
     pub pg_config: tokio_postgres::Config,
     pub dispatcher: Dispatcher,
+    /// `[nats]` when configured: every change is published to JetStream before the
+    /// checkpoint may pass it.
+    pub nats: Option<crate::nats::NatsConfig>,
 }
 
 const READ_SQL: &str = "SELECT pk, txid::text AS txid, id, occurred_at, entity, entity_id, op, \
@@ -93,8 +98,22 @@ impl Reader {
     /// the jobs finished during the drain are not replayed by the next start.
     pub async fn run(self, shutdown: CancellationToken, drained: CancellationToken) {
         let retry = Duration::from_millis(self.settings.takeover_interval_ms.max(10));
+        // Without NATS nothing may pass the checkpoint when publishing is configured: wait
+        // for it (connect retries with backoff and logs).
+        let bus = match &self.nats {
+            Some(config) => match crate::nats::EventBus::connect(config, &shutdown).await {
+                Ok(bus) => Some(bus),
+                Err(e) => {
+                    if !shutdown.is_cancelled() {
+                        tracing::error!(error = %e, "observer reader cannot use NATS; not reading");
+                    }
+                    return;
+                }
+            },
+            None => None,
+        };
         while !shutdown.is_cancelled() {
-            match self.session(&shutdown, &drained).await {
+            match self.session(bus.as_ref(), &shutdown, &drained).await {
                 Ok(()) => break,
                 Err(ReaderError::Dispatch(DispatchError::Shutdown)) => break,
                 Err(e) => warn!(error = %e, "observer reader session ended; retrying"),
@@ -109,6 +128,7 @@ impl Reader {
 
     async fn session(
         &self,
+        bus: Option<&crate::nats::EventBus>,
         shutdown: &CancellationToken,
         drained: &CancellationToken,
     ) -> Result<(), ReaderError> {
@@ -196,7 +216,7 @@ impl Reader {
         ));
 
         let result = match self
-            .read_loop(&client, &mut cursor, &start, &wake, &lost, shutdown)
+            .read_loop(&client, bus, &mut cursor, &start, &wake, &lost, shutdown)
             .await
         {
             Err(ReaderError::Dispatch(DispatchError::Shutdown)) => Ok(()),
@@ -217,9 +237,11 @@ impl Reader {
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn read_loop(
         &self,
         client: &Client,
+        bus: Option<&crate::nats::EventBus>,
         cursor: &mut Cursor,
         start: &Start,
         wake: &Notify,
@@ -263,8 +285,18 @@ impl Reader {
                 write_high_water_mark(client, &self.settings.consumer, last).await?;
                 hwm_written = last;
             }
-            for (row, &next) in rows.iter().zip(&cursors) {
-                match decode(row) {
+            let events: Vec<Option<ChangeEvent>> = rows.iter().map(decode).collect();
+            if let Some(bus) = bus
+                && !self.publish(bus, &events, shutdown).await?
+            {
+                return Ok(());
+            }
+            // With `[nats] consume`, the observers read the events back from JetStream
+            // (on every instance); this reader only publishes.
+            let publish_only = self.nats.as_ref().is_some_and(|n| n.consume);
+            for (ev, &next) in events.into_iter().zip(&cursors) {
+                match ev {
+                    Some(_) if publish_only => self.dispatcher.tracker.register(next, None),
                     Some(ev) => {
                         let replay = next <= start.high_water_mark;
                         self.dispatcher
@@ -280,7 +312,11 @@ impl Reader {
                 *cursor = next;
             }
             if let Ok(depth) = self.dispatcher.queue.depth().await {
-                self.dispatcher.metrics.backlog.set(depth as i64);
+                self.dispatcher
+                    .metrics
+                    .jobs
+                    .queue_depth
+                    .set(i64::try_from(depth).unwrap_or(i64::MAX));
             }
             if full {
                 continue;
@@ -419,6 +455,62 @@ pub async fn read_checkpoint(
             pk: r.get(1),
         })
     }))
+}
+
+impl Reader {
+    /// Publishes the batch's changes to JetStream (message id = the change's id), returning
+    /// once JetStream stored every one of them; `false` when shutdown came first. A change
+    /// whose entity cannot be a subject token is counted as failed and not published.
+    async fn publish(
+        &self,
+        bus: &crate::nats::EventBus,
+        events: &[Option<ChangeEvent>],
+        shutdown: &CancellationToken,
+    ) -> Result<bool, ReaderError> {
+        let prefix = &bus.config().subject_prefix;
+        let mut items = Vec::with_capacity(events.len());
+        for ev in events.iter().flatten() {
+            let op = match ev.op {
+                ChangeOp::Insert => crate::nats::ChangeOp::Insert,
+                ChangeOp::Update => crate::nats::ChangeOp::Update,
+                ChangeOp::Delete => crate::nats::ChangeOp::Delete,
+            };
+            if let Err(e) = crate::nats::subject(prefix, &ev.entity, op) {
+                warn!(pk = ev.pk, error = %e, "change not published to NATS");
+                self.dispatcher.metrics.events_failed.inc();
+                continue;
+            }
+            let payload = match serde_json::to_vec(ev) {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(pk = ev.pk, error = %e, "change not published to NATS");
+                    self.dispatcher.metrics.events_failed.inc();
+                    continue;
+                }
+            };
+            items.push(crate::nats::OutgoingEvent {
+                entity: ev.entity.clone(),
+                op,
+                msg_id: ev.id.to_string(),
+                payload: payload.into(),
+            });
+        }
+        if items.is_empty() {
+            return Ok(true);
+        }
+        match bus.publish_batch(items, shutdown).await {
+            Ok(outcomes) => {
+                let dup = outcomes.iter().filter(|o| o.duplicate).count() as u64;
+                let m = &self.dispatcher.metrics.events_published;
+                m.with_label_values(&["new"])
+                    .inc_by(outcomes.len() as u64 - dup);
+                m.with_label_values(&["duplicate"]).inc_by(dup);
+                Ok(true)
+            }
+            Err(crate::nats::NatsError::Cancelled) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 fn decode(row: &tokio_postgres::Row) -> Option<ChangeEvent> {

@@ -36,6 +36,9 @@ pub enum DlqError {
 #[async_trait]
 pub trait DeadLetterSink: Send + Sync + 'static {
     async fn store(&self, job: &Job) -> Result<(), DlqError>;
+
+    /// A job re-enqueued from dead letter `id` succeeded: the dead letter is resolved.
+    async fn resolve(&self, id: i64) -> Result<(), DlqError>;
 }
 
 /// Status of a dead-letter row.
@@ -318,6 +321,10 @@ impl DeadLetterSink for PgDeadLetters {
             .await?;
         Ok(())
     }
+
+    async fn resolve(&self, id: i64) -> Result<(), DlqError> {
+        PgDeadLetters::resolve(self, id).await
+    }
 }
 
 /// Parses `--older-than` values: a number with a unit, `s`, `m`, `h`, `d` or `w`
@@ -396,6 +403,10 @@ impl DeadLetterSink for MemoryDeadLetters {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(job.clone());
+        Ok(())
+    }
+
+    async fn resolve(&self, _id: i64) -> Result<(), DlqError> {
         Ok(())
     }
 }

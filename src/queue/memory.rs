@@ -167,6 +167,17 @@ impl Queue for MemoryQueue {
     }
 
     async fn ack(&self, reservation: Reservation) -> Result<(), QueueError> {
+        if !self.lock().inflight.contains_key(&reservation.receipt) {
+            return Err(QueueError::UnknownReservation(reservation.receipt));
+        }
+        // A retried dead letter that succeeded is resolved in the store. When that fails the
+        // job is still acknowledged: the row stays claimed and its lease brings it back once
+        // more (at-least-once), which beats holding the queue slot on a store outage.
+        if let Some(id) = reservation.job.dead_letter_id
+            && let Err(e) = self.sink.resolve(id).await
+        {
+            tracing::warn!(error = %e, dead_letter = id, "resolving a retried dead letter failed");
+        }
         self.finish(&reservation.receipt)
     }
 

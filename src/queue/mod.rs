@@ -22,7 +22,6 @@ pub mod memory;
 pub mod pump;
 pub mod redis;
 pub mod redis_dlq;
-pub mod redis_metrics;
 
 use std::time::Duration;
 
@@ -100,6 +99,17 @@ impl Job {
             retryable,
         });
     }
+}
+
+/// What a handler decided about its job.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Done: acknowledge.
+    Ack,
+    /// Run again no earlier than `at`; `job` carries the recorded failure.
+    Retry { job: Job, at: DateTime<Utc> },
+    /// Give up; `job` carries every attempt's error.
+    DeadLetter { job: Job },
 }
 
 /// The idempotency key format shared by the queue, the dedup table and the actions.

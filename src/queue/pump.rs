@@ -20,7 +20,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::futures::Notified;
@@ -30,18 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::redis::{Batch, RedisQueue};
-use super::{Job, Queue, QueueError, Reservation};
-
-/// What a handler decided about its job.
-#[derive(Debug)]
-pub enum Outcome {
-    /// Done: acknowledge.
-    Ack,
-    /// Run again no earlier than `at`; `job` carries the recorded failure.
-    Retry { job: Job, at: DateTime<Utc> },
-    /// Give up; `job` carries every attempt's error.
-    DeadLetter { job: Job },
-}
+use super::{Job, Outcome, Queue, QueueError, Reservation};
 
 #[derive(Debug, Clone)]
 pub struct PumpConfig {

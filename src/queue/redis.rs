@@ -87,7 +87,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, error, info, warn};
 
 use super::config::{QueueConfig, redact_url};
-use super::redis_metrics::RedisQueueMetrics;
+use crate::metrics::JobMetrics;
 use super::{Enqueued, Job, Queue, QueueError, Reservation};
 
 /// Jobs per enqueue script call: large enough that the round trip is noise (~1 ms of Redis
@@ -384,7 +384,7 @@ pub struct RedisQueue {
     op_timeout: Duration,
     wake: Arc<Notify>,
     subscribed: Arc<AtomicBool>,
-    metrics: RedisQueueMetrics,
+    metrics: JobMetrics,
     _subscriber: DropGuard,
 }
 
@@ -480,7 +480,7 @@ impl RedisQueue {
             ),
             wake: wake.clone(),
             subscribed: subscribed.clone(),
-            metrics: RedisQueueMetrics::new(),
+            metrics: JobMetrics::unregistered(),
             _subscriber: cancel.clone().drop_guard(),
         };
         queue.ping_until_up().await?;
@@ -518,8 +518,14 @@ impl RedisQueue {
         }
     }
 
-    /// This queue's metrics, to register with the process registry.
-    pub fn metrics(&self) -> &RedisQueueMetrics {
+    /// Records reclaims, backend retries and forced dead letters into `metrics` (the
+    /// process's registered [`JobMetrics`]) instead of a private, unregistered set.
+    pub fn with_metrics(mut self, metrics: JobMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &JobMetrics {
         &self.metrics
     }
 
@@ -568,7 +574,7 @@ impl RedisQueue {
                 }
                 Err(e) if is_transient(&e) => {
                     ambiguous = true;
-                    self.metrics.redis_retries.with_label_values(&[op]).inc();
+                    self.metrics.backend_retries.with_label_values(&[op]).inc();
                     if deadline.is_some_and(|d| Instant::now() + delay >= d) {
                         debug!(op, error = %e, "redis queue: Redis unavailable until the deadline");
                         return Ok(None);
@@ -790,6 +796,10 @@ impl RedisQueue {
             ),
             false,
         );
+        self.metrics
+            .dead_lettered
+            .with_label_values(&[crate::metrics::action_label(&r.job.action_type)])
+            .inc();
         match self.dead_letter(r).await {
             Ok(()) | Err(QueueError::UnknownReservation(_)) => Ok(()),
             Err(e) => Err(e),
@@ -913,9 +923,6 @@ impl RedisQueue {
             .arg(json)
             .arg(id.map(|i| i.to_string()).unwrap_or_default());
         let ran: Ran<i64> = self.eval_forever("dead_letter", &inv).await?;
-        if ran.value >= 0 {
-            self.metrics.dead_lettered.inc();
-        }
         Ok((ran.value >= 0 || ran.ambiguous).then_some(ran))
     }
 

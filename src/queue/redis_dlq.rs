@@ -68,6 +68,29 @@ impl DeadLetter {
     }
 }
 
+/// The PostgreSQL store's row shape, so `fraiseql dlq` prints the same table and JSON
+/// whichever backend holds the dead letters (a Redis dead letter is always `dead`: its retry
+/// is immediate).
+impl From<DeadLetter> for super::dlq::DeadLetter {
+    fn from(d: DeadLetter) -> Self {
+        super::dlq::DeadLetter {
+            id: d.id,
+            idempotency_key: d.idempotency_key,
+            change_pk: d.change_pk,
+            observer: d.observer,
+            action_index: i32::try_from(d.action_index).unwrap_or(i32::MAX),
+            action_type: d.action_type,
+            attempts: i32::try_from(d.attempts).unwrap_or(i32::MAX),
+            last_error: d.last_error,
+            status: super::dlq::DeadLetterStatus::Dead,
+            created_at: d.dead_at,
+            updated_at: d.dead_at,
+            errors: d.errors,
+            job: d.job,
+        }
+    }
+}
+
 /// Filters for [`list`] and [`retry_all`].
 #[derive(Debug, Clone)]
 pub struct ListFilter {

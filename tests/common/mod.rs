@@ -210,27 +210,57 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts `fraiseql serve` against `db_url` with extra `env`, and waits until it answers.
     pub async fn start(db_url: &str, env: &[(&str, &str)]) -> ServeProcess {
+        Self::start_role(&["serve"], db_url, env).await
+    }
+
+    /// Starts the binary with `args` (global flags, a role and its flags) followed by
+    /// `--listen 127.0.0.1:<free port>`, and waits until its `/readyz` answers 200.
+    pub async fn start_role(args: &[&str], db_url: &str, env: &[(&str, &str)]) -> ServeProcess {
         let port = free_port();
         let mut cmd = bin();
-        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        cmd.args(args)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("FRAISEQL_DATABASE_URL", db_url)
             .env("FRAISEQL_LOG", "warn");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("start fraiseql serve");
+        let child = cmd.spawn().expect("start fraiseql");
         let base = format!("http://127.0.0.1:{port}");
         let url = format!("{base}/readyz");
         let ready =
-            eventually(Duration::from_secs(10), || {
+            eventually(Duration::from_secs(15), || {
                 let url = url.clone();
                 async move {
                     matches!(http().get(&url).send().await, Ok(r) if r.status().as_u16() == 200)
                 }
             })
             .await;
-        assert!(ready, "fraiseql serve became ready on {base}");
+        assert!(ready, "fraiseql {args:?} became ready on {base}");
         ServeProcess { child, base }
+    }
+
+    /// Sends SIGTERM and waits (up to `limit`) for the exit status.
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The value of one Prometheus sample from `/metrics` (`name{labels}` as printed), or 0.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = get(&format!("{}/metrics", self.base)).await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
     }
 }
 

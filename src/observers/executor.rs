@@ -1,0 +1,110 @@
+//! Executes one job and decides what becomes of it: the part shared by the in-process
+//! workers ([`super::worker`], over any [`crate::queue::Queue`]) and `fraiseql worker`
+//! ([`crate::queue::pump`] over Redis).
+//!
+//! For each job:
+//! 1. a job marked `replay` (its change may have been dispatched before) is skipped when its
+//!    idempotency key already succeeded within the dedup window; fresh jobs skip the lookup;
+//! 2. the action runs; on success the key is recorded as succeeded → [`Outcome::Ack`];
+//! 3. a retryable error with attempts left → [`Outcome::Retry`] after the observer's backoff
+//!    (or the receiver's `Retry-After` when longer);
+//! 4. a permanent error or the last attempt → [`Outcome::DeadLetter`] with every attempt's
+//!    error. Permanent errors are not retried (a 400 stays a 400): `fraiseql dlq retry`
+//!    re-runs them once fixed.
+//!
+//! The caller applies the outcome to its queue; a job whose observer or action disappeared
+//! from the configuration since it was queued is dead-lettered with that reason.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use tracing::{debug, warn};
+
+use super::matcher::CompiledObservers;
+use crate::metrics::JobMetrics;
+use crate::queue::dedup::DedupStore;
+use crate::queue::{Job, Outcome};
+
+pub struct JobExecutor {
+    pub observers: Arc<CompiledObservers>,
+    pub dedup: Arc<dyn DedupStore>,
+    pub metrics: JobMetrics,
+}
+
+impl JobExecutor {
+    /// Runs `job` once. Never panics on a job's content: anything unexpected becomes a
+    /// dead letter with the reason.
+    pub async fn run(&self, mut job: Job) -> Outcome {
+        let Some((observer, action)) = self.observers.action(&job.observer, job.action_index)
+        else {
+            job.record_failure(
+                "observer or action is no longer configured (config changed since the job was queued)",
+                false,
+            );
+            self.metrics
+                .dead_lettered
+                .with_label_values(&[crate::metrics::action_label(&job.action_type)])
+                .inc();
+            return Outcome::DeadLetter { job };
+        };
+        let action_type = action.type_name();
+
+        let seen = if job.replay {
+            self.dedup.already_succeeded(&job.key).await
+        } else {
+            // Never dispatched before: it cannot have succeeded.
+            Ok(false)
+        };
+        match seen {
+            Ok(true) => {
+                debug!(key = %job.key, "already delivered; skipped");
+                self.metrics.dedup_skips.inc();
+                return Outcome::Ack;
+            }
+            Ok(false) => {}
+            // At-least-once: when in doubt, deliver.
+            Err(e) => warn!(error = %e, "dedup lookup failed; executing anyway"),
+        }
+
+        let started = Instant::now();
+        let result = action.execute(&job).await;
+        self.metrics
+            .duration
+            .with_label_values(&[action_type])
+            .observe(started.elapsed().as_secs_f64());
+
+        match result {
+            Ok(()) => {
+                self.metrics.executed.with_label_values(&[action_type]).inc();
+                if let Err(e) = self.dedup.record_success(&job.key).await {
+                    warn!(error = %e, "recording a delivered key failed (a replay may deliver it again)");
+                }
+                Outcome::Ack
+            }
+            Err(e) => {
+                let retryable = e.is_retryable();
+                let kind = if retryable { "retryable" } else { "permanent" };
+                self.metrics
+                    .failed
+                    .with_label_values(&[action_type, kind])
+                    .inc();
+                job.record_failure(&e.to_string(), retryable);
+                if retryable && observer.retry.may_retry(job.attempts) {
+                    let delay = observer.retry.delay(job.attempts, e.retry_after());
+                    debug!(key = %job.key, attempt = job.attempts, ?delay, error = %e, "action failed; retrying");
+                    self.metrics.retried.with_label_values(&[action_type]).inc();
+                    let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                    Outcome::Retry { job, at }
+                } else {
+                    warn!(key = %job.key, attempts = job.attempts, error = %e, "action failed for good; dead-lettering");
+                    self.metrics
+                        .dead_lettered
+                        .with_label_values(&[action_type])
+                        .inc();
+                    Outcome::DeadLetter { job }
+                }
+            }
+        }
+    }
+}
