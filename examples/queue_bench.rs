@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use fraiseql::queue::Job;
 use fraiseql::queue::config::{QueueBackend, QueueConfig};
-use fraiseql::queue::pump::{self, Outcome, PumpConfig};
+use fraiseql::queue::Outcome;
+use fraiseql::queue::pump::{self, PumpConfig};
 use fraiseql::queue::redis::RedisQueue;
 use tokio_util::sync::CancellationToken;
 

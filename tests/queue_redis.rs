@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use fraiseql::queue::pump::{self, Outcome, PumpConfig};
+use fraiseql::queue::Outcome;
+use fraiseql::queue::pump::{self, PumpConfig};
 use fraiseql::queue::redis_dlq::{self, ListFilter, RetryOutcome};
 use fraiseql::queue::{Enqueued, Queue};
 use tokio_util::sync::CancellationToken;

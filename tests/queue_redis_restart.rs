@@ -10,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fraiseql::queue::pump::{self, Outcome, PumpConfig};
+use fraiseql::queue::Outcome;
+use fraiseql::queue::pump::{self, PumpConfig};
 use fraiseql::queue::redis::RedisQueue;
 use fraiseql::queue::{Enqueued, Queue};
 use tokio_util::sync::CancellationToken;
