@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fraiseql::queue::Job;
-use fraiseql::queue::config::{QueueBackend, QueueConfig};
 use fraiseql::queue::Outcome;
+use fraiseql::queue::config::{QueueBackend, QueueConfig};
 use fraiseql::queue::pump::{self, PumpConfig};
 use fraiseql::queue::redis::RedisQueue;
 use tokio_util::sync::CancellationToken;

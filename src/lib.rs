@@ -19,5 +19,5 @@ pub mod queue;
 pub mod schema;
 pub mod serve;
 pub mod shutdown;
-pub mod worker;
 pub mod sql;
+pub mod worker;

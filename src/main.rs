@@ -282,7 +282,9 @@ async fn dlq(command: DlqCommand, config: &Config) -> anyhow::Result<ExitCode> {
                 Some(q) => match age {
                     Some(age) => redis_dlq::purge_older_than(q, age).await?,
                     // Everything, whatever Redis's clock says.
-                    None => redis_dlq::purge_before(q, chrono::DateTime::<chrono::Utc>::MAX_UTC).await?,
+                    None => {
+                        redis_dlq::purge_before(q, chrono::DateTime::<chrono::Utc>::MAX_UTC).await?
+                    }
                 },
                 None => pg()?.purge(age).await?,
             };

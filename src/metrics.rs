@@ -336,9 +336,8 @@ pub fn action_label(action_type: &str) -> &'static str {
 
 impl JobMetrics {
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let by_action = |name: &str, help: &str| {
-            IntCounterVec::new(Opts::new(name, help), &["action"])
-        };
+        let by_action =
+            |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &["action"]);
         let m = JobMetrics {
             queued: by_action(
                 "fraiseql_job_queued_total",
@@ -420,13 +419,21 @@ impl JobMetrics {
     /// the first job (the label values are a closed set).
     pub fn with_known_actions(self) -> Self {
         for action in ACTION_TYPES {
-            for c in [&self.queued, &self.executed, &self.retried, &self.dead_lettered] {
+            for c in [
+                &self.queued,
+                &self.executed,
+                &self.retried,
+                &self.dead_lettered,
+            ] {
                 c.with_label_values(&[action]);
             }
             self.duration.with_label_values(&[action]);
             for kind in ["retryable", "permanent"] {
                 self.failed.with_label_values(&[action, kind]);
             }
+        }
+        for op in ["enqueue", "reserve", "ack", "retry", "dead_letter"] {
+            self.backend_retries.with_label_values(&[op]);
         }
         self
     }

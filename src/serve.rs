@@ -143,7 +143,9 @@ fn start_observers(
         };
         match build_observers(&config, pool, entities, Some(queue)) {
             Ok(runtime) => runtime.run(shutdown).await,
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "observer runtime failed to start"),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "observer runtime failed to start")
+            }
         }
     })))
 }
@@ -187,14 +189,10 @@ pub fn build_observers(
     if config.queue.backend == crate::queue::config::QueueBackend::Redis {
         settings.run_workers = config.queue.run_workers;
     }
-    let mut builder = crate::observers::ObserverRuntime::builder(
-        settings,
-        config.observers.clone(),
-        pool,
-        pg,
-    )
-    .metrics(crate::metrics::metrics().observers.clone())
-    .nats(config.nats.clone());
+    let mut builder =
+        crate::observers::ObserverRuntime::builder(settings, config.observers.clone(), pool, pg)
+            .metrics(crate::metrics::metrics().observers.clone())
+            .nats(config.nats.clone());
     if let Some(entities) = known_entities {
         builder = builder.known_entities(entities);
     }

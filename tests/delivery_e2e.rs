@@ -366,11 +366,7 @@ async fn replay_after_crash_is_deduplicated() {
         .unwrap();
     let running = start(&db, &cfg, &[]);
     eventually(Duration::from_secs(10), "5 dedup skips", || async {
-        metric(
-            &running.registry,
-            "fraiseql_job_dedup_skips_total",
-            None,
-        ) == 5.0
+        metric(&running.registry, "fraiseql_job_dedup_skips_total", None) == 5.0
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -56,23 +56,7 @@ async fn kill_dash_nine_twice_mid_stream_loses_nothing() {
     let mut child = spawn_runner(&db.url(), &path);
     let started = Instant::now();
     // Commit 2,000 changes over ~3 s, one per transaction.
-    let writer = {
-        let pool = db.pool().clone();
-        tokio::spawn(async move {
-            let c = pool.get().await.unwrap();
-            for i in 0..CHANGES {
-                c.execute(
-                    "INSERT INTO tb_post (title, published) VALUES ($1, true)",
-                    &[&format!("p{i}")],
-                )
-                .await
-                .unwrap();
-                if i % 20 == 0 {
-                    tokio::time::sleep(Duration::from_millis(25)).await;
-                }
-            }
-        })
-    };
+    let writer = write_posts(db.pool().clone(), CHANGES, 20, Duration::from_millis(25));
     let mut kills = Vec::new();
     for at in [Duration::from_millis(900), Duration::from_millis(2000)] {
         tokio::time::sleep(at.saturating_sub(started.elapsed())).await;

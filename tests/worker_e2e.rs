@@ -177,11 +177,17 @@ async fn sigterm_drains_running_jobs_then_exits_zero() {
     }
     let mut w = worker(&config, &db, 10).await;
     assert!(eventually(Duration::from_secs(10), || async { rx.len() >= 10 }).await);
-    let status = w.terminate(Duration::from_secs(10)).expect("exits after SIGTERM");
+    let status = w
+        .terminate(Duration::from_secs(10))
+        .expect("exits after SIGTERM");
     assert!(status.success(), "exit status {status:?}");
     // The 10 running jobs finished (800 ms < 5 s grace) and were acknowledged; nothing new
     // was reserved after the signal: exactly 20 remain, none in flight.
-    assert_eq!(q.depth().await.unwrap(), 20, "running jobs finished, the rest stay queued");
+    assert_eq!(
+        q.depth().await.unwrap(),
+        20,
+        "running jobs finished, the rest stay queued"
+    );
     assert_eq!(inflight(&q, &prefix).await, 0, "nothing left reserved");
     assert_eq!(rx.len(), 10);
 }
@@ -221,7 +227,11 @@ async fn serve_enqueues_worker_executes_and_dlq_works_on_redis() {
         q.depth().await.unwrap()
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(rx.len(), 0, "serve does not execute jobs with the Redis backend");
+    assert_eq!(
+        rx.len(),
+        0,
+        "serve does not execute jobs with the Redis backend"
+    );
 
     let w = worker(&config, &db, 8).await;
     assert!(
@@ -249,7 +259,11 @@ async fn serve_enqueues_worker_executes_and_dlq_works_on_redis() {
         .env("FRAISEQL_DATABASE_URL", db.url())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 1, "{list:?}");
@@ -263,7 +277,11 @@ async fn serve_enqueues_worker_executes_and_dlq_works_on_redis() {
         .env("FRAISEQL_DATABASE_URL", db.url())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         eventually(Duration::from_secs(10), || async { rx.len() == 22 }).await,
         "the retried dead letter was delivered"
@@ -294,17 +312,26 @@ async fn serve_enqueues_worker_executes_and_dlq_works_on_redis() {
 async fn worker_refuses_the_memory_backend_and_a_config_without_observers() {
     let out = bin()
         .args(["worker"])
-        .env("FRAISEQL_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+        .env(
+            "FRAISEQL_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        )
         .env("FRAISEQL_WORKER_LISTEN", "127.0.0.1:0")
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("queue.backend") && err.contains("redis"), "{err}");
+    assert!(
+        err.contains("queue.backend") && err.contains("redis"),
+        "{err}"
+    );
 
     let out = bin()
         .args(["worker"])
-        .env("FRAISEQL_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+        .env(
+            "FRAISEQL_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        )
         .env("FRAISEQL_WORKER_LISTEN", "127.0.0.1:0")
         .env("FRAISEQL_QUEUE_BACKEND", "redis")
         .output()

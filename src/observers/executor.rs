@@ -76,7 +76,10 @@ impl JobExecutor {
 
         match result {
             Ok(()) => {
-                self.metrics.executed.with_label_values(&[action_type]).inc();
+                self.metrics
+                    .executed
+                    .with_label_values(&[action_type])
+                    .inc();
                 if let Err(e) = self.dedup.record_success(&job.key).await {
                     warn!(error = %e, "recording a delivered key failed (a replay may deliver it again)");
                 }

@@ -355,7 +355,10 @@ async fn housekeeping(
             metrics.jobs.dead_letters.set(n);
         }
         if let Ok(depth) = queue.depth().await {
-            metrics.jobs.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+            metrics
+                .jobs
+                .queue_depth
+                .set(i64::try_from(depth).unwrap_or(i64::MAX));
         }
         // Every ~10 minutes.
         if ticks % 1200 == 1
@@ -382,7 +385,14 @@ pub async fn run_pump(
     // A Redis failure the queue could not ride out (it retries transient ones itself) ends
     // this run; start again unless shutting down, so a worker never silently stops.
     loop {
-        match pump::run(queue.clone(), config.clone(), handler.clone(), shutdown.clone()).await {
+        match pump::run(
+            queue.clone(),
+            config.clone(),
+            handler.clone(),
+            shutdown.clone(),
+        )
+        .await
+        {
             Ok(stats) => {
                 metrics.released.inc_by(stats.released);
                 info!(

@@ -81,7 +81,11 @@ impl Workers {
             None => {
                 info!(key = %key, "shutdown grace period over; handing the job back");
                 self.executor.metrics.released.inc();
-                if let Err(e) = self.queue.retry(Reservation { job, receipt }, Utc::now()).await {
+                if let Err(e) = self
+                    .queue
+                    .retry(Reservation { job, receipt }, Utc::now())
+                    .await
+                {
                     warn!(error = %e, "handing a job back failed");
                 }
             }

@@ -87,8 +87,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, error, info, warn};
 
 use super::config::{QueueConfig, redact_url};
-use crate::metrics::JobMetrics;
 use super::{Enqueued, Job, Queue, QueueError, Reservation};
+use crate::metrics::JobMetrics;
 
 /// Jobs per enqueue script call: large enough that the round trip is noise (~1 ms of Redis
 /// time per call), small enough that Redis never blocks other clients for long.

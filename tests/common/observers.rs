@@ -543,3 +543,27 @@ pub fn make_certs() -> (std::path::PathBuf, String, String, String) {
     ]);
     (dir, ca, cert, key)
 }
+
+/// Commits `n` posts (`p0`, `p1`, …), one per transaction, pausing `pause` after every
+/// `every`-th: a steady stream of changes while a test kills something.
+pub fn write_posts(
+    pool: deadpool_postgres::Pool,
+    n: usize,
+    every: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let c = pool.get().await.unwrap();
+        for i in 0..n {
+            c.execute(
+                "INSERT INTO tb_post (title, published) VALUES ($1, true)",
+                &[&format!("p{i}")],
+            )
+            .await
+            .unwrap();
+            if i % every == 0 {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    })
+}

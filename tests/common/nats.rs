@@ -1,0 +1,163 @@
+//! Shared harness for the NATS tests: per-test stream, subject prefix and durable names on the
+//! machine's NATS (127.0.0.1:4222), deleted afterwards even when the test panics; and private
+//! `nats-server -js` processes (own port, own storage directory) that a test may kill and
+//! restart.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fraiseql::nats::{EventBus, NatsConfig};
+use tokio_util::sync::CancellationToken;
+
+pub const SHARED_URL: &str = "nats://127.0.0.1:4222";
+/// Debian installs it in /usr/sbin, which is not on every user's PATH.
+fn nats_server() -> &'static str {
+    if std::path::Path::new("/usr/sbin/nats-server").exists() {
+        "/usr/sbin/nats-server"
+    } else {
+        "nats-server"
+    }
+}
+
+pub fn suffix() -> String {
+    use rand::RngExt;
+    let n: u64 = rand::rng().random();
+    format!("{n:016x}")
+}
+
+/// A config with a stream name and subject prefix unique to this test.
+pub fn test_config(url: &str) -> NatsConfig {
+    let s = suffix();
+    NatsConfig {
+        url: url.to_string(),
+        stream: format!("FQLTEST_{s}"),
+        subject_prefix: format!("fqltest.{s}"),
+        durable: format!("fqltest-{s}"),
+        retry_min_delay_ms: 20,
+        retry_max_delay_ms: 500,
+        connect_timeout_ms: 1000,
+        request_timeout_ms: 2000,
+        ..NatsConfig::default()
+    }
+}
+
+pub async fn delete_stream(url: &str, stream: &str) {
+    let deleted = async {
+        let client = async_nats::connect(url.trim_start_matches("nats://")).await?;
+        let js = async_nats::jetstream::new(client);
+        js.delete_stream(stream).await?;
+        Ok::<(), async_nats::Error>(())
+    };
+    if let Ok(Err(err)) = tokio::time::timeout(Duration::from_secs(10), deleted).await {
+        eprintln!("cleanup of stream {stream} failed: {err}");
+    }
+}
+
+/// Runs `body`, then deletes the test's stream even if `body` panicked.
+pub async fn with_stream<F, Fut>(config: NatsConfig, body: F)
+where
+    F: FnOnce(NatsConfig) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let result = tokio::spawn(body(config.clone())).await;
+    delete_stream(&config.url, &config.stream).await;
+    if let Err(err) = result {
+        if err.is_panic() {
+            std::panic::resume_unwind(err.into_panic());
+        }
+        panic!("test task failed: {err}");
+    }
+}
+
+pub async fn connect(config: &NatsConfig) -> EventBus {
+    let token = CancellationToken::new();
+    match tokio::time::timeout(Duration::from_secs(20), EventBus::connect(config, &token)).await {
+        Ok(Ok(bus)) => bus,
+        Ok(Err(err)) => panic!("connect failed: {err}"),
+        Err(_) => panic!("connect timed out"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Private nats-server harness
+// ---------------------------------------------------------------------------------------------
+
+/// A nats-server child process with JetStream, on a free port and a temporary storage dir.
+/// `restart` kills it (SIGKILL) and starts it again on the same port and storage dir.
+/// Killed on drop.
+pub struct PrivateServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+impl PrivateServer {
+    /// A server on a free port, not started yet.
+    pub fn new() -> Self {
+        Self {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        }
+    }
+
+    pub fn started() -> Self {
+        let mut server = Self::new();
+        server.start();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new(nats_server())
+            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .arg("-sd")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "nats-server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL, then start again on the same port and storage dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.start();
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
