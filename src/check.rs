@@ -95,6 +95,9 @@ pub async fn run(config: &Config) -> Vec<Item> {
     if config.queue.backend == crate::queue::config::QueueBackend::Redis {
         items.push(check_redis(&config.queue).await);
     }
+    if config.nats.enabled() {
+        items.push(check_nats(&config.nats).await);
+    }
 
     if let (Some(engine), true) = (&engine, db_ok) {
         items.extend(check_objects(&pool, engine).await);
@@ -122,6 +125,28 @@ async fn check_redis(config: &crate::queue::config::QueueConfig) -> Item {
             .await
             .map_err(|e| e.to_string())?;
         Ok(format!("{depth} jobs live, {dead} dead letters"))
+    };
+    let result = match tokio::time::timeout(limit, probe).await {
+        Err(_) => Err(format!("unreachable within {} ms", limit.as_millis())),
+        Ok(r) => r,
+    };
+    Item { name, result }
+}
+
+/// NATS answers, JetStream has (or accepted) the stream, and how many events it holds.
+async fn check_nats(config: &crate::nats::NatsConfig) -> Item {
+    let name = format!("nats {} (stream {})", config.redacted_url(), config.stream);
+    let limit = Duration::from_millis(config.connect_timeout_ms + config.request_timeout_ms);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let probe = async {
+        let bus = crate::nats::EventBus::connect(config, &cancel)
+            .await
+            .map_err(|e| e.to_string())?;
+        let state = bus.stream_state().await.map_err(|e| e.to_string())?;
+        Ok(format!(
+            "JetStream stream holds {} events (subjects {}.>)",
+            state.messages, config.subject_prefix
+        ))
     };
     let result = match tokio::time::timeout(limit, probe).await {
         Err(_) => Err(format!("unreachable within {} ms", limit.as_millis())),

@@ -155,6 +155,11 @@ impl NatsConfig {
         !self.url.trim().is_empty()
     }
 
+    /// The URL(s) with any password or token replaced, safe to print.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+
     /// Checks every value. An empty `url` is valid (NATS disabled); the other values are
     /// checked regardless so that a typo is reported before NATS is switched on.
     ///

@@ -340,3 +340,50 @@ async fn worker_refuses_the_memory_backend_and_a_config_without_observers() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("[[observers]]"), "{err}");
 }
+
+#[tokio::test]
+async fn check_reaches_redis_and_nats_and_names_the_one_that_is_down() {
+    let db = TestDb::new().await;
+    let cleanup = Cleanup::new(REDIS_URL);
+    let prefix = cleanup.prefix();
+    let nats = common::nats::test_config(common::nats::SHARED_URL);
+    let run = |redis_url: &str| {
+        bin()
+            .arg("check")
+            .env("FRAISEQL_DATABASE_URL", db.url())
+            .env("FRAISEQL_QUEUE_BACKEND", "redis")
+            .env("FRAISEQL_QUEUE_URL", redis_url)
+            .env("FRAISEQL_QUEUE_KEY_PREFIX", &prefix)
+            .env("FRAISEQL_QUEUE_CONNECT_TIMEOUT_MS", "500")
+            .env("FRAISEQL_NATS_URL", &nats.url)
+            .env("FRAISEQL_NATS_STREAM", &nats.stream)
+            .env("FRAISEQL_NATS_SUBJECT_PREFIX", &nats.subject_prefix)
+            .output()
+            .unwrap()
+    };
+    let out = run(REDIS_URL);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    common::nats::delete_stream(&nats.url, &nats.stream).await;
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "ok    redis queue {REDIS_URL} (prefix {prefix}): 0 jobs live, 0 dead letters"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("ok    nats {} (stream {})", nats.url, nats.stream)),
+        "{text}"
+    );
+
+    // Nothing listens on this port: check fails, naming Redis, within its time limit.
+    let port = common::free_port();
+    let out = run(&format!("redis://127.0.0.1:{port}"));
+    common::nats::delete_stream(&nats.url, &nats.stream).await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("FAIL  redis queue redis://127.0.0.1:{port}")),
+        "{text}"
+    );
+}
