@@ -323,7 +323,7 @@ pub struct JobMetrics {
 }
 
 /// The action types, a closed set: their series exist at zero from the start.
-pub const ACTION_TYPES: [&str; 5] = ["webhook", "slack", "email", "search", "cache"];
+pub const ACTION_TYPES: [&str; 6] = ["webhook", "slack", "email", "search", "cache", "nats"];
 
 /// `action_type` when it is one of [`ACTION_TYPES`], else `unknown`: a job read from Redis
 /// must not be able to invent label values.

@@ -1,6 +1,6 @@
 //! The other action kinds against real local receivers: Slack-format webhook, SMTP
-//! (Python aiosmtpd), an Elasticsearch-style `_bulk` endpoint, and cache invalidation over
-//! PostgreSQL NOTIFY.
+//! (Python aiosmtpd), an Elasticsearch-style `_bulk` endpoint, cache invalidation over
+//! PostgreSQL NOTIFY, and NATS JetStream (the machine's NATS, a stream of the test's own).
 
 mod common;
 
@@ -646,4 +646,55 @@ text = "x"
     assert!(stored.contains("connection failed"), "{stored}");
     assert!(!stored.contains("TOPSECRET"), "secret leaked: {stored}");
     running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_action_publishes_to_jetstream_with_the_idempotency_key_as_message_id() {
+    let db = TestDb::new().await;
+    db.create_posts().await;
+    // A stream of this test's own on `<prefix>.>`, deleted at the end.
+    let nats = common::nats::test_config(common::nats::SHARED_URL);
+    let bus = common::nats::connect(&nats).await;
+    let running = start(
+        &db,
+        &format!(
+            r#"{RUNTIME}
+[[observers]]
+name = "to-nats"
+entity = "Post"
+[[observers.actions]]
+type = "nats"
+url = "{url}"
+subject = "{prefix}.{{{{ event.entity | lower }}}}.{{{{ event.op | lower }}}}"
+"#,
+            url = nats.url,
+            prefix = nats.subject_prefix
+        ),
+        &[],
+    );
+    db.insert_post("Hello", true).await;
+    let consumer = bus.consumer().await.unwrap();
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while got.is_empty() && std::time::Instant::now() < deadline {
+        got = consumer
+            .fetch(10, Duration::from_millis(500))
+            .await
+            .unwrap();
+    }
+    running.stop().await;
+    common::nats::delete_stream(&nats.url, &nats.stream).await;
+    assert_eq!(got.len(), 1);
+    let pk = db.change_pks().await[0];
+    assert_eq!(
+        got[0].subject,
+        format!("{}.post.insert", nats.subject_prefix)
+    );
+    assert_eq!(
+        got[0].msg_id.as_deref(),
+        Some(format!("{pk}:to-nats:0").as_str())
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&got[0].payload).unwrap();
+    assert_eq!(doc["after"]["title"], "Hello");
+    assert_eq!(doc["event"]["op"], "INSERT");
 }

@@ -14,6 +14,7 @@
 
 pub mod cache;
 pub mod email;
+pub mod nats;
 pub mod search;
 pub mod slack;
 pub mod template;
@@ -79,6 +80,7 @@ pub enum ActionConfig {
     Email(EmailConfig),
     Search(SearchConfig),
     Cache(CacheConfig),
+    Nats(nats::NatsActionConfig),
 }
 
 impl ActionConfig {
@@ -88,6 +90,7 @@ impl ActionConfig {
             ActionConfig::Slack(_) => "slack",
             ActionConfig::Email(_) => "email",
             ActionConfig::Search(_) => "search",
+            ActionConfig::Nats(_) => "nats",
             ActionConfig::Cache(_) => "cache",
         }
     }
@@ -188,6 +191,7 @@ pub enum Action {
     Email(email::EmailAction),
     Search(search::SearchAction),
     Cache(cache::CacheAction),
+    Nats(nats::NatsAction),
 }
 
 impl Action {
@@ -208,6 +212,7 @@ impl Action {
                 Action::Search(search::SearchAction::build(prefix, c, deps)?)
             }
             ActionConfig::Cache(c) => Action::Cache(cache::CacheAction::build(c, deps)?),
+            ActionConfig::Nats(c) => Action::Nats(nats::NatsAction::build(prefix, c, deps)?),
         })
     }
 
@@ -218,6 +223,7 @@ impl Action {
             Action::Email(_) => "email",
             Action::Search(_) => "search",
             Action::Cache(_) => "cache",
+            Action::Nats(_) => "nats",
         }
     }
 
@@ -228,6 +234,7 @@ impl Action {
             Action::Email(a) => a.execute(job).await,
             Action::Search(a) => a.execute(job).await,
             Action::Cache(a) => a.execute(job).await,
+            Action::Nats(a) => a.execute(job).await,
         }
     }
 }
