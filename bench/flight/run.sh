@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One side-by-side run: `fraiseql flight` (BINARY, default target/release/fraiseql) against
 # ADBC on the same 5M-row ta_bench table (created if missing); then one GraphQL list query
-# (GRAPHQL_ROWS rows, default 250k, of the 1M-row tv_bench_row) as JSON over /graphql vs as
+# reading all of tv_bench_row (GRAPHQL_ROWS rows, default 250k) as JSON over /graphql vs as
 # a Flight GraphQL ticket, from one `fraiseql serve --with-flight`; then the peak RSS of
 # `fraiseql flight` while streaming 10M rows. Needs: pip install pyarrow adbc-driver-postgresql.
 set -euo pipefail
@@ -26,8 +26,9 @@ python3 bench/flight/flight_bench.py --db "$DB" --flight "127.0.0.1:$PORT" --tok
 kill $PID; wait $PID 2>/dev/null || true
 trap - EXIT
 
-if ! psql -qtA "$DB" -c "SELECT to_regclass('tv_bench_row') IS NOT NULL" | grep -q t; then
-  psql -q "$DB" -f bench/flight/make_graphql_table.sql
+GRAPHQL_ROWS=${GRAPHQL_ROWS:-250000}
+if ! psql -qtA "$DB" -c "SELECT count(*) = $GRAPHQL_ROWS FROM tv_bench_row" 2>/dev/null | grep -q t; then
+  psql -q "$DB" -v rows="$GRAPHQL_ROWS" -f bench/flight/make_graphql_table.sql
 fi
 GQL_HTTP=127.0.0.1:${BENCH_GRAPHQL_HTTP_PORT:-18552}
 GQL_FLIGHT=127.0.0.1:${BENCH_GRAPHQL_FLIGHT_PORT:-50552}
@@ -40,7 +41,7 @@ PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/${GQL_FLIGHT/://}") 2>/dev/null && break; sleep 0.1; done
 python3 bench/flight/graphql_bench.py --http "$GQL_HTTP" --flight "$GQL_FLIGHT" --token bench \
-  --rows "${GRAPHQL_ROWS:-250000}" --runs "${RUNS:-3}"
+  --rows "$GRAPHQL_ROWS" --runs "${RUNS:-3}"
 kill $PID; wait $PID 2>/dev/null || true
 trap - EXIT
 python3 bench/flight/flight_rss.py --server "$SERVER" --db "$DB" --view va_stream10m
