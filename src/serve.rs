@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, redact_url};
+use crate::graphql::{EngineSource, SharedEngine};
 use crate::http::{self, AppState};
 
 /// Binds `server.listen` (and `flight.listen` with `with_flight`) and serves until
@@ -24,32 +25,46 @@ pub async fn run(
         tracing::warn!("no GraphQL schema configured; /graphql answers 404");
     }
     let listener = bind_http(&config).await?;
+    let engine = shared_engine(&config)?;
     if !with_flight {
         let pool = crate::db::pool(&config.database)?;
-        return serve_http(listener, config, pool, None, shutdown).await;
+        return serve_http(listener, config, pool, engine, None, shutdown).await;
     }
     let flight_listener = bind_flight(&config).await?;
     // One pool for both servers: the connection budget is `database.pool_size` per process.
+    // One engine too: a SIGHUP reload (handled by the HTTP side) is seen by Flight tickets.
     let pool = crate::db::pool(&config.database)?;
-    let flight = flight_server(&config, pool.clone())?;
+    let flight = flight_server(&config, pool.clone(), engine.clone())?;
     let (a, b) = tokio::join!(
-        serve_http(listener, config, pool, None, shutdown.clone()),
+        serve_http(listener, config, pool, engine, None, shutdown.clone()),
         serve_flight(flight, flight_listener, shutdown.clone())
     );
     a.and(b)
 }
 
-/// The `flight` role: Arrow Flight on `flight.listen`, and /healthz, /readyz, /metrics on
-/// `server.listen` (no GraphQL, no observers).
+/// The `flight` role: Arrow Flight on `flight.listen` (GraphQL tickets too when
+/// `graphql.schema` is set), and /healthz, /readyz, /metrics on `server.listen` (no
+/// /graphql, no observers).
 pub async fn run_flight(mut config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let flight_listener = bind_flight(&config).await?;
     let http_listener = bind_http(&config).await?;
     let pool = crate::db::pool(&config.database)?;
-    let flight = flight_server(&config, pool.clone())?;
+    // GraphQL tickets use the engine; the HTTP side of this role serves no /graphql, so the
+    // schema reload on SIGHUP is started here.
+    let engine = shared_engine(&config)?;
+    let flight = flight_server(&config, pool.clone(), engine.clone())?;
+    if let Some(engine) = engine {
+        spawn_reload_on_sighup(
+            Arc::new(config.clone()),
+            engine,
+            pool.clone(),
+            shutdown.clone(),
+        );
+    }
     config.graphql.schema.clear();
     config.observers.clear();
     let (a, b) = tokio::join!(
-        serve_http(http_listener, config, pool, None, shutdown.clone()),
+        serve_http(http_listener, config, pool, None, None, shutdown.clone()),
         serve_flight(flight, flight_listener, shutdown.clone())
     );
     a.and(b)
@@ -67,13 +82,18 @@ async fn bind_flight(config: &Config) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {} (flight.listen)", config.flight.listen))
 }
 
+/// The Flight server; with an engine, GraphQL tickets run through it.
 fn flight_server(
     config: &Config,
     pool: deadpool_postgres::Pool,
+    engine: Option<SharedEngine>,
 ) -> anyhow::Result<crate::flight::FlightServer> {
-    let server = crate::flight::FlightServer::new(config.flight.clone(), pool)
+    let mut server = crate::flight::FlightServer::new(config.flight.clone(), pool.clone())
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .with_metrics(crate::metrics::metrics().flight.clone());
+    if let Some(engine) = engine {
+        server = server.with_graphql(Arc::new(EngineSource::new(engine, pool)));
+    }
     Ok(server)
 }
 
@@ -218,9 +238,22 @@ pub fn load_engine(config: &Config, path: &str) -> anyhow::Result<crate::graphql
     Ok(engine)
 }
 
+/// The engine of `graphql.schema`, or `None` when no schema is configured.
+fn shared_engine(config: &Config) -> anyhow::Result<Option<SharedEngine>> {
+    match config.graphql.schema.as_str() {
+        "" => Ok(None),
+        path => Ok(Some(SharedEngine::new(load_engine(config, path)?))),
+    }
+}
+
 /// On SIGHUP, reloads the schema and swaps the engine atomically. Requests in flight keep
 /// the engine they started with; a schema that fails to load leaves the old one serving.
-fn spawn_reload_on_sighup(state: Arc<AppState>, shutdown: CancellationToken) {
+fn spawn_reload_on_sighup(
+    config: Arc<Config>,
+    engine: SharedEngine,
+    pool: deadpool_postgres::Pool,
+    shutdown: CancellationToken,
+) {
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -236,13 +269,13 @@ fn spawn_reload_on_sighup(state: Arc<AppState>, shutdown: CancellationToken) {
                 _ = shutdown.cancelled() => return,
                 received = hup.recv() => if received.is_none() { return },
             }
-            let path = state.config.graphql.schema.clone();
-            match load_engine(&state.config, &path) {
-                Ok(engine) => {
-                    state.swap_engine(engine);
+            let path = config.graphql.schema.clone();
+            match load_engine(&config, &path) {
+                Ok(loaded) => {
+                    engine.swap(loaded);
                     // Prepared statements of the old schema's shapes may no longer fit the
                     // views; new ones are prepared on demand.
-                    state.pool.manager().statement_caches.clear();
+                    pool.manager().statement_caches.clear();
                     tracing::info!(schema = %path, "schema reloaded");
                 }
                 Err(e) => {
@@ -252,7 +285,7 @@ fn spawn_reload_on_sighup(state: Arc<AppState>, shutdown: CancellationToken) {
         }
     });
     #[cfg(not(unix))]
-    let _ = (state, shutdown);
+    let _ = (config, engine, pool, shutdown);
 }
 
 /// Serves on `listener` until `shutdown` is cancelled.
@@ -265,34 +298,35 @@ pub async fn run_on(
         tracing::warn!("no GraphQL schema configured; /graphql answers 404");
     }
     let pool = crate::db::pool(&config.database)?;
-    serve_http(listener, config, pool, None, shutdown).await
+    let engine = shared_engine(&config)?;
+    serve_http(listener, config, pool, engine, None, shutdown).await
 }
 
-/// The HTTP side over `pool`: GraphQL (when a schema is configured), observers (when
+/// The HTTP side over `pool`: GraphQL (with `engine`, reloaded on SIGHUP), observers (when
 /// configured), health and metrics. `redis`: see [`AppState::redis`].
 pub(crate) async fn serve_http(
     listener: TcpListener,
     config: Config,
     pool: deadpool_postgres::Pool,
+    engine: Option<SharedEngine>,
     redis: Option<Arc<std::sync::OnceLock<Arc<crate::queue::redis::RedisQueue>>>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let addr = listener.local_addr()?;
-    let engine = match config.graphql.schema.as_str() {
-        "" => None,
-        path => Some(std::sync::RwLock::new(Arc::new(load_engine(
-            &config, path,
-        )?))),
-    };
     let state = Arc::new(AppState {
         config: Arc::new(config),
         pool: pool.clone(),
         engine,
         redis,
     });
-    if state.engine.is_some() {
-        spawn_reload_on_sighup(state.clone(), shutdown.clone());
+    if let Some(engine) = &state.engine {
+        spawn_reload_on_sighup(
+            state.config.clone(),
+            engine.clone(),
+            pool.clone(),
+            shutdown.clone(),
+        );
     }
     let observers = start_observers(&state, &shutdown)?;
 

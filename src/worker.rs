@@ -88,7 +88,7 @@ pub async fn run_on(
 
     config.graphql.schema.clear();
     config.observers.clear();
-    let http = crate::serve::serve_http(listener, config, pool, Some(slot), shutdown.clone());
+    let http = crate::serve::serve_http(listener, config, pool, None, Some(slot), shutdown.clone());
     let (served, jobs) = tokio::join!(http, jobs_task);
     // The HTTP side may fail to start; the job side must still stop.
     shutdown.cancel();

@@ -1,5 +1,6 @@
 //! The `flight` role and `serve --with-flight` as users run them: the real binary, the token
-//! from the environment, a va_ view read with pyarrow, /metrics on the HTTP side.
+//! from the environment, a va_ view and a GraphQL ticket read with pyarrow, /metrics on the
+//! HTTP side.
 
 mod common;
 
@@ -20,7 +21,18 @@ impl Drop for Killed {
 
 /// Starts the binary; the Flight address comes from the environment ([flight] listen).
 fn start(db: &TestDb, args: &[&str], http_port: u16, flight_port: u16) -> Killed {
+    start_with(db, args, http_port, flight_port, &[])
+}
+
+fn start_with(
+    db: &TestDb,
+    args: &[&str],
+    http_port: u16,
+    flight_port: u16,
+    env: &[(&str, &str)],
+) -> Killed {
     let mut cmd: Command = bin();
+    cmd.envs(env.iter().copied());
     cmd.args(args)
         .env("FRAISEQL_DATABASE_URL", db.url())
         .env("FRAISEQL_SERVER_LISTEN", format!("127.0.0.1:{http_port}"))
@@ -80,6 +92,56 @@ async fn flight_role_and_serve_with_flight_stream_a_view() {
             metrics.contains("fraiseql_flight_streams_finished_total{ticket=\"view\"}"),
             "{args:?}: {metrics}"
         );
+        drop(child);
+    }
+}
+
+/// With `graphql.schema` set, both roles answer GraphQL tickets through the engine; the
+/// `flight` role still serves no /graphql.
+#[tokio::test]
+async fn both_roles_answer_graphql_tickets_when_a_schema_is_configured() {
+    let db = TestDb::new().await;
+    db.load_blog().await;
+    db.batch(
+        "CREATE VIEW va_item AS SELECT n, 'item ' || n AS label FROM generate_series(1, 5) n;",
+    )
+    .await;
+    let schema = common::crate_path("examples/blog/schema.json");
+    let schema = schema.to_str().unwrap();
+    let ticket = json!({"type": "graphql",
+                        "query": "{ users(limit: 3, orderBy: [{identifier: ASC}]) { who: identifier } }"})
+    .to_string();
+    for (args, graphql_status) in [(vec!["flight"], 404), (vec!["serve", "--with-flight"], 200)] {
+        let (flight_port, http_port) = (free_port(), free_port());
+        let child = start_with(
+            &db,
+            &args,
+            http_port,
+            flight_port,
+            &[("FRAISEQL_GRAPHQL_SCHEMA", schema)],
+        );
+        let port = flight_port.to_string();
+        wait_view(&port).await;
+        let out = py(&[
+            "--port",
+            &port,
+            "--token",
+            "role-token",
+            "get",
+            "--ticket",
+            &ticket,
+        ])
+        .await;
+        assert_eq!(
+            out["rows"],
+            json!([{"who": "user-01"}, {"who": "user-02"}, {"who": "user-03"}]),
+            "{args:?}: {out}"
+        );
+        let (status, _) = get(&format!(
+            "http://127.0.0.1:{http_port}/graphql?query=%7B__typename%7D"
+        ))
+        .await;
+        assert_eq!(status, graphql_status, "{args:?}: /graphql");
         drop(child);
     }
 }

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One side-by-side run: `fraiseql flight` (BINARY, default target/release/fraiseql) against
-# ADBC on the same 5M-row ta_bench table (created if missing), then the peak RSS of
+# ADBC on the same 5M-row ta_bench table (created if missing); then one GraphQL list query
+# reading all of tv_bench_row (GRAPHQL_ROWS rows, default 250k) as JSON over /graphql vs as
+# a Flight GraphQL ticket, from one `fraiseql serve --with-flight`; then the peak RSS of
 # `fraiseql flight` while streaming 10M rows. Needs: pip install pyarrow adbc-driver-postgresql.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,6 +23,25 @@ PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
 python3 bench/flight/flight_bench.py --db "$DB" --flight "127.0.0.1:$PORT" --token bench --table ta_bench --runs "${RUNS:-3}"
+kill $PID; wait $PID 2>/dev/null || true
+trap - EXIT
+
+GRAPHQL_ROWS=${GRAPHQL_ROWS:-250000}
+if ! psql -qtA "$DB" -c "SELECT count(*) = $GRAPHQL_ROWS FROM tv_bench_row" 2>/dev/null | grep -q t; then
+  psql -q "$DB" -v rows="$GRAPHQL_ROWS" -f bench/flight/make_graphql_table.sql
+fi
+GQL_HTTP=127.0.0.1:${BENCH_GRAPHQL_HTTP_PORT:-18552}
+GQL_FLIGHT=127.0.0.1:${BENCH_GRAPHQL_FLIGHT_PORT:-50552}
+FRAISEQL_DATABASE_URL="$DB" FRAISEQL_FLIGHT_TOKENS='["bench"]' FRAISEQL_SERVER_LISTEN=$GQL_HTTP \
+  FRAISEQL_FLIGHT_LISTEN=$GQL_FLIGHT FRAISEQL_GRAPHQL_SCHEMA=bench/flight/graphql_schema.json \
+  FRAISEQL_GRAPHQL_MAX_LIMIT=1000000 FRAISEQL_SERVER_REQUEST_TIMEOUT_MS=600000 \
+  FRAISEQL_DATABASE_STATEMENT_TIMEOUT_MS=0 FRAISEQL_LOG=warn \
+  "$SERVER" serve --with-flight > /tmp/fraiseql_graphql_bench.log 2>&1 &
+PID=$!
+trap 'kill $PID 2>/dev/null || true' EXIT
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/${GQL_FLIGHT/://}") 2>/dev/null && break; sleep 0.1; done
+python3 bench/flight/graphql_bench.py --http "$GQL_HTTP" --flight "$GQL_FLIGHT" --token bench \
+  --rows "$GRAPHQL_ROWS" --runs "${RUNS:-3}"
 kill $PID; wait $PID 2>/dev/null || true
 trap - EXIT
 python3 bench/flight/flight_rss.py --server "$SERVER" --db "$DB" --view va_stream10m

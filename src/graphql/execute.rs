@@ -59,11 +59,14 @@ enum RootResult {
     Null,
 }
 
-struct Planned {
-    op_type: OperationType,
-    data: Value<DefaultScalarValue>,
-    errors: Vec<GqlError>,
-    plans: Vec<RootPlan>,
+/// A validated operation with its root fields planned (nothing has run).
+pub(crate) struct Planned {
+    pub(crate) op_type: OperationType,
+    /// juniper's value: one key per root field, in response order.
+    pub(crate) data: Value<DefaultScalarValue>,
+    /// Field errors raised while planning.
+    pub(crate) errors: Vec<GqlError>,
+    pub(crate) plans: Vec<RootPlan>,
 }
 
 fn parse_error_message(e: &GraphQLError) -> Vec<GqlError> {
@@ -295,7 +298,11 @@ impl Engine {
     }
 
     /// [`Engine::plan`], with a panic inside juniper turned into an error response.
-    fn plan_guarded(&self, req: &Request, allow_mutation: bool) -> Result<Planned, Executed> {
+    pub(crate) fn plan_guarded(
+        &self,
+        req: &Request,
+        allow_mutation: bool,
+    ) -> Result<Planned, Executed> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.plan(req, allow_mutation)
         }))

@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod execute;
+pub mod flight_source;
 pub mod http;
 pub mod plan;
 pub mod response;
@@ -11,7 +12,7 @@ pub mod types;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use juniper::{EmptySubscription, RootNode};
 
@@ -23,6 +24,7 @@ use crate::sql::select::ReadLimits;
 
 pub use check::CheckItem;
 pub use execute::{Executed, Outcome, Request};
+pub use flight_source::EngineSource;
 use plan::PlanCtx;
 use types::{Info, Kind, Node};
 
@@ -178,6 +180,28 @@ impl Engine {
                 max_depth: self.limits.max_filter_depth,
             },
         }
+    }
+}
+
+/// The engine being served, shared by the HTTP and Flight roles and swapped whole on a
+/// schema reload (SIGHUP). Callers take the current `Arc<Engine>` per request, so work in
+/// flight finishes on the engine it started with.
+#[derive(Debug, Clone)]
+pub struct SharedEngine(Arc<RwLock<Arc<Engine>>>);
+
+impl SharedEngine {
+    pub fn new(engine: Engine) -> SharedEngine {
+        SharedEngine(Arc::new(RwLock::new(Arc::new(engine))))
+    }
+
+    /// The engine serving now.
+    pub fn current(&self) -> Arc<Engine> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the engine for every holder of this handle.
+    pub fn swap(&self, engine: Engine) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(engine);
     }
 }
 

@@ -33,7 +33,8 @@ pub struct AppState {
     pub pool: deadpool_postgres::Pool,
     /// The GraphQL engine, swapped whole on SIGHUP; `None` when no schema is configured.
     /// Requests clone the `Arc`, so those in flight finish on the engine they started with.
-    pub engine: Option<std::sync::RwLock<Arc<crate::graphql::Engine>>>,
+    /// The handle is shared with the Flight role's GraphQL source when both run.
+    pub engine: Option<crate::graphql::SharedEngine>,
     /// Set when this process consumes the Redis job queue (`fraiseql worker`): `/readyz` then
     /// also needs Redis, and reports "not connected yet" until the first connection.
     pub redis: Option<Arc<std::sync::OnceLock<Arc<crate::queue::redis::RedisQueue>>>>,
@@ -42,15 +43,13 @@ pub struct AppState {
 impl AppState {
     /// The current engine, if a schema is configured.
     pub fn engine(&self) -> Option<Arc<crate::graphql::Engine>> {
-        self.engine
-            .as_ref()
-            .map(|e| e.read().unwrap_or_else(|p| p.into_inner()).clone())
+        self.engine.as_ref().map(|e| e.current())
     }
 
     /// Replaces the engine (schema reload).
     pub fn swap_engine(&self, engine: crate::graphql::Engine) {
         if let Some(slot) = &self.engine {
-            *slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(engine);
+            slot.swap(engine);
         }
     }
 }

@@ -219,6 +219,37 @@ pub fn build_query(
     sel: &Selection,
     limits: &ReadLimits,
 ) -> Result<Statement, SqlError> {
+    build(schema, q, args, sel, limits, false)
+}
+
+/// Builds the statement of one root *list* query field returning one row per item (the
+/// item's JSON text), instead of one `json_agg` text: the same view, filters, order,
+/// limit/offset and per-item object as [`build_query`], so a consumer can stream the items
+/// (the Arrow Flight GraphQL ticket).
+pub fn build_list_rows(
+    schema: &CompiledSchema,
+    q: &QueryField,
+    args: &[(String, ArgValue)],
+    sel: &Selection,
+    limits: &ReadLimits,
+) -> Result<Statement, SqlError> {
+    if !q.returns_list {
+        return Err(SqlError::BadInput(format!(
+            "`{}` is not a list query",
+            q.name
+        )));
+    }
+    build(schema, q, args, sel, limits, true)
+}
+
+fn build(
+    schema: &CompiledSchema,
+    q: &QueryField,
+    args: &[(String, ArgValue)],
+    sel: &Selection,
+    limits: &ReadLimits,
+    item_rows: bool,
+) -> Result<Statement, SqlError> {
     let mut b = Builder::default();
     let object = schema
         .object(&q.return_type)
@@ -337,7 +368,11 @@ pub fn build_query(
             let op = b.param(Param::BigInt(off));
             let _ = write!(inner, " OFFSET {op}");
         }
-        format!("SELECT coalesce(json_agg({obj}), '[]'::json)::text FROM ({inner}) t")
+        if item_rows {
+            format!("SELECT ({obj})::text FROM ({inner}) t")
+        } else {
+            format!("SELECT coalesce(json_agg({obj}), '[]'::json)::text FROM ({inner}) t")
+        }
     } else {
         // The row is picked in a subquery so the view's `data` expression is computed once:
         // referenced directly, PostgreSQL would re-evaluate an inlined view's `data` for every
