@@ -22,7 +22,8 @@ FRAISEQL_DATABASE_URL="$DB" FRAISEQL_FLIGHT_TOKENS='["bench"]' FRAISEQL_SERVER_L
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
-python3 bench/flight/flight_bench.py --db "$DB" --flight "127.0.0.1:$PORT" --token bench --table ta_bench --runs "${RUNS:-3}"
+python3 bench/flight/flight_bench.py --db "$DB" --flight "127.0.0.1:$PORT" --token bench --table ta_bench \
+  --runs "${RUNS:-3}" --json | tee /tmp/fraiseql_flight_bench.out
 kill $PID; wait $PID 2>/dev/null || true
 trap - EXIT
 
@@ -41,7 +42,24 @@ PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/${GQL_FLIGHT/://}") 2>/dev/null && break; sleep 0.1; done
 python3 bench/flight/graphql_bench.py --http "$GQL_HTTP" --flight "$GQL_FLIGHT" --token bench \
-  --rows "$GRAPHQL_ROWS" --runs "${RUNS:-3}"
+  --rows "$GRAPHQL_ROWS" --runs "${RUNS:-3}" --json | tee /tmp/fraiseql_graphql_bench.out
 kill $PID; wait $PID 2>/dev/null || true
 trap - EXIT
 python3 bench/flight/flight_rss.py --server "$SERVER" --db "$DB" --view va_stream10m
+
+# The issue's three-way comparison, rows/s from the runs above: Flight on the ta_ table vs
+# ADBC on the same table, and vs the same kind of rows as GraphQL JSON over /graphql.
+python3 - /tmp/fraiseql_flight_bench.out /tmp/fraiseql_graphql_bench.out <<'PY'
+import json, sys
+last = lambda p: json.loads([l for l in open(p) if l.startswith("{")][-1])
+f, g = last(sys.argv[1]), last(sys.argv[2])
+flight, adbc, gql, gqlf = f["flight"], f["adbc"], g["graphql-json"], g["flight-arrow"]
+print()
+print("| path | rows | rows/s | Flight ÷ path |")
+print("|---|---|---|---|")
+for name, s in [("Flight view ticket (ta_bench, 10 columns)", flight),
+                ("ADBC PostgreSQL driver (same table)", adbc),
+                ("GraphQL JSON over /graphql (tv_bench_row, 7 fields)", gql),
+                ("Flight GraphQL ticket (same query)", gqlf)]:
+    print(f"| {name} | {s['rows']:,} | {s['rows_per_s']:,} | {flight['rows_per_s'] / s['rows_per_s']:.2f}x |")
+PY
