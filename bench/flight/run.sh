@@ -47,12 +47,18 @@ kill $PID; wait $PID 2>/dev/null || true
 trap - EXIT
 python3 bench/flight/flight_rss.py --server "$SERVER" --db "$DB" --view va_stream10m
 
+# The ceiling: PostgreSQL's own binary COPY of the same table, written by psql to /dev/null.
+T0=$(date +%s.%N)
+psql -qAt "$DB" -c "COPY ta_bench TO STDOUT (FORMAT binary)" > /dev/null
+COPY_S=$(python3 -c "print($(date +%s.%N) - $T0)")
+
 # The issue's three-way comparison, rows/s from the runs above: Flight on the ta_ table vs
 # ADBC on the same table, and vs the same kind of rows as GraphQL JSON over /graphql.
-python3 - /tmp/fraiseql_flight_bench.out /tmp/fraiseql_graphql_bench.out <<'PY'
+python3 - /tmp/fraiseql_flight_bench.out /tmp/fraiseql_graphql_bench.out "$COPY_S" <<'PY'
 import json, sys
 last = lambda p: json.loads([l for l in open(p) if l.startswith("{")][-1])
 f, g = last(sys.argv[1]), last(sys.argv[2])
+copy = {"rows": f["flight"]["rows"], "rows_per_s": round(f["flight"]["rows"] / float(sys.argv[3]))}
 flight, adbc, gql, gqlf = f["flight"], f["adbc"], g["graphql-json"], g["flight-arrow"]
 print()
 print("| path | rows | rows/s | Flight ÷ path |")
@@ -60,6 +66,7 @@ print("|---|---|---|---|")
 for name, s in [("Flight view ticket (ta_bench, 10 columns)", flight),
                 ("ADBC PostgreSQL driver (same table)", adbc),
                 ("GraphQL JSON over /graphql (tv_bench_row, 7 fields)", gql),
-                ("Flight GraphQL ticket (same query)", gqlf)]:
+                ("Flight GraphQL ticket (same query)", gqlf),
+                ("ceiling: PostgreSQL COPY BINARY of ta_bench via psql to /dev/null", copy)]:
     print(f"| {name} | {s['rows']:,} | {s['rows_per_s']:,} | {flight['rows_per_s'] / s['rows_per_s']:.2f}x |")
 PY
