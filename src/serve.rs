@@ -212,7 +212,8 @@ pub fn build_observers(
     let mut builder =
         crate::observers::ObserverRuntime::builder(settings, config.observers.clone(), pool, pg)
             .metrics(crate::metrics::metrics().observers.clone())
-            .nats(config.nats.clone());
+            .nats(config.nats.clone())
+            .tls_ca_file(&config.database.tls_ca_file);
     if let Some(entities) = known_entities {
         builder = builder.known_entities(entities);
     }

@@ -343,3 +343,64 @@ secret_env = "HOOK_SECRET"
     running.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A database that is reached over TLS: the observer reader's own session (LISTEN and the
+/// advisory lock, outside the pool) is encrypted and verified like the pool's connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reader_session_uses_tls_when_the_database_url_asks_for_it() {
+    let snakeoil = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    let db = TestDb::new().await;
+    db.create_posts().await;
+    let rx = HttpReceiver::start_ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fraiseql.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[database]
+url = "postgres://postgres@localhost:5432/{db}?sslmode=verify-full"
+tls_ca_file = "{snakeoil}"
+[observer_runtime]
+start_from = "beginning"
+poll_interval_ms = 200
+[[observers]]
+name = "hook"
+entity = "Post"
+[[observers.actions]]
+type = "webhook"
+url = "{url}"
+"#,
+            db = db.name(),
+            url = rx.url("/hook")
+        ),
+    )
+    .unwrap();
+    let serve = common::ServeProcess::start_role(
+        &["--config", path.to_str().unwrap(), "serve"],
+        // The file's URL is the one used: the harness's variable would override it.
+        &format!(
+            "postgres://postgres@localhost:5432/{}?sslmode=verify-full",
+            db.name()
+        ),
+        &[],
+    )
+    .await;
+    db.insert_post("over tls", true).await;
+    rx.wait_for(1, Duration::from_secs(10)).await;
+    let ssl: Vec<bool> = db
+        .client()
+        .await
+        .query(
+            "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+              WHERE a.application_name = 'fraiseql-observer-reader' AND a.datname = $1",
+            &[&db.name()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    drop(serve);
+    assert_eq!(ssl, vec![true], "one reader session, encrypted");
+}

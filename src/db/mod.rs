@@ -204,6 +204,8 @@ impl deadpool_postgres::Connect for ResolvingConnect {
 pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
     let pg = pg_config(cfg)?;
     let connector = tls_connector(&pg, &cfg.tls_ca_file)?;
+    // One pool per process: its connector also serves query cancellation.
+    let _ = CANCEL_CONNECTOR.set(connector.clone());
     let manager = Manager::from_connect(
         pg,
         ResolvingConnect(connector),
@@ -220,6 +222,92 @@ pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
         .recycle_timeout(Some(acquire))
         .build()
         .map_err(|e| DbError::Build(e.to_string()))
+}
+
+/// The pool's connector, for [`cancel_query`] (cancel requests open their own connection).
+static CANCEL_CONNECTOR: std::sync::OnceLock<Connector> = std::sync::OnceLock::new();
+
+/// Cancels the statement running on `token`'s connection, encrypted like the pool's
+/// connections (a database that requires TLS refuses a plaintext cancel request).
+pub async fn cancel_query(token: tokio_postgres::CancelToken) -> Result<(), tokio_postgres::Error> {
+    match CANCEL_CONNECTOR.get().and_then(|c| c.tls.clone()) {
+        Some(tls) => token.cancel_query(tls).await,
+        None => token.cancel_query(NoTls).await,
+    }
+}
+
+/// A dedicated session outside the pool, for what a pooled connection cannot do: receive
+/// notifications (LISTEN) and hold session-level advisory locks. Same TLS and host-name
+/// resolution as the pool. `on_notification` runs for every NOTIFY; cancelling `end` closes
+/// the connection; the returned token is cancelled once the connection has ended (lost or
+/// closed), so the caller notices a dead session without a query.
+pub async fn session<F>(
+    pg: &tokio_postgres::Config,
+    tls_ca_file: &str,
+    on_notification: F,
+    end: tokio_util::sync::CancellationToken,
+) -> Result<(tokio_postgres::Client, tokio_util::sync::CancellationToken), DbError>
+where
+    F: Fn() + Send + 'static,
+{
+    let connector = tls_connector(pg, tls_ca_file)?;
+    let resolved = with_resolved_hosts(pg).await;
+    let pg = resolved.as_ref().unwrap_or(pg);
+    let lost = tokio_util::sync::CancellationToken::new();
+    let unavailable = |e: tokio_postgres::Error| DbError::Unavailable(describe(&e));
+    let client = match &connector.tls {
+        Some(tls) => {
+            let (client, connection) = pg.connect(tls.clone()).await.map_err(unavailable)?;
+            tokio::spawn(drive_session(
+                connection,
+                on_notification,
+                end,
+                lost.clone(),
+            ));
+            client
+        }
+        None => {
+            let (client, connection) = pg.connect(NoTls).await.map_err(unavailable)?;
+            tokio::spawn(drive_session(
+                connection,
+                on_notification,
+                end,
+                lost.clone(),
+            ));
+            client
+        }
+    };
+    Ok((client, lost))
+}
+
+async fn drive_session<S, T, F>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    on_notification: F,
+    end: tokio_util::sync::CancellationToken,
+    lost: tokio_util::sync::CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    F: Fn(),
+{
+    use futures_util::StreamExt;
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    loop {
+        tokio::select! {
+            m = messages.next() => match m {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => on_notification(),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "session connection error");
+                    break;
+                }
+                None => break,
+            },
+            // Dropping the connection closes it (and releases session locks).
+            _ = end.cancelled() => break,
+        }
+    }
+    lost.cancel();
 }
 
 /// A pooled connection, with the pool's failure described (no SQL, no password).

@@ -240,7 +240,7 @@ async fn run_plan(
             // let PostgreSQL run the query to completion.
             let token = client.cancel_token();
             tokio::spawn(async move {
-                if let Err(e) = token.cancel_query(tokio_postgres::NoTls).await {
+                if let Err(e) = crate::db::cancel_query(token).await {
                     tracing::debug!(error = %e, "cancelling the PostgreSQL query failed");
                 }
             });

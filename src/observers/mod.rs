@@ -68,6 +68,7 @@ pub struct ObserverRuntimeBuilder {
     queue: Option<Arc<dyn Queue>>,
     redis: Option<Arc<RedisQueue>>,
     nats: Option<crate::nats::NatsConfig>,
+    tls_ca_file: String,
     known_entities: Option<Vec<String>>,
     env: Option<EnvLookup>,
 }
@@ -98,6 +99,12 @@ impl ObserverRuntimeBuilder {
     /// observers take their events from the durable consumer ([`nats_source`]).
     pub fn nats(mut self, config: crate::nats::NatsConfig) -> Self {
         self.nats = config.enabled().then_some(config);
+        self
+    }
+
+    /// `database.tls_ca_file`, for the reader's own session (TLS as for the pool).
+    pub fn tls_ca_file(mut self, path: &str) -> Self {
+        self.tls_ca_file = path.to_string();
         self
     }
 
@@ -144,6 +151,7 @@ impl ObserverRuntimeBuilder {
             queue,
             redis: self.redis,
             nats: self.nats,
+            tls_ca_file: self.tls_ca_file,
             dead_letters,
         })
     }
@@ -158,13 +166,15 @@ pub struct ObserverRuntime {
     queue: Arc<dyn Queue>,
     redis: Option<Arc<RedisQueue>>,
     nats: Option<crate::nats::NatsConfig>,
+    tls_ca_file: String,
     dead_letters: PgDeadLetters,
     dedup: Arc<dyn DedupStore>,
 }
 
 impl ObserverRuntime {
-    /// `pg_config` is used for the reader's own connection (LISTEN + advisory lock; no TLS
-    /// yet); everything else goes through `pool`.
+    /// `pg_config` is used for the reader's own connection (LISTEN + advisory lock; TLS as
+    /// for the pool, see [`ObserverRuntimeBuilder::tls_ca_file`]); everything else goes
+    /// through `pool`.
     pub fn builder(
         settings: ObserverSettings,
         observers: Vec<ObserverConfig>,
@@ -180,6 +190,7 @@ impl ObserverRuntime {
             queue: None,
             redis: None,
             nats: None,
+            tls_ca_file: String::new(),
             known_entities: None,
             env: None,
         }
@@ -273,6 +284,7 @@ impl ObserverRuntime {
                 pg_config: self.pg_config.clone(),
                 dispatcher,
                 nats: self.nats.clone(),
+                tls_ca_file: self.tls_ca_file.clone(),
             };
             Some(tokio::spawn(reader.run(shutdown.clone(), drained.clone())))
         } else {

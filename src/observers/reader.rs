@@ -35,9 +35,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -61,6 +60,8 @@ pub enum ReaderError {
     Checkpoint(String),
     #[error("nats: {0}")]
     Nats(#[from] crate::nats::NatsError),
+    #[error("{0}")]
+    Connect(String),
 }
 
 pub struct Reader {
@@ -70,6 +71,8 @@ pub struct Reader {
     /// `[nats]` when configured: every change is published to JetStream before the
     /// checkpoint may pass it.
     pub nats: Option<crate::nats::NatsConfig>,
+    /// `database.tls_ca_file`: the session is encrypted like the pool's connections.
+    pub tls_ca_file: String,
 }
 
 const READ_SQL: &str = "SELECT pk, txid::text AS txid, id, occurred_at, entity, entity_id, op, \
@@ -135,9 +138,7 @@ impl Reader {
         let mut pg_config = self.pg_config.clone();
         // Lets operators (and tests) find the reader's session in pg_stat_activity.
         pg_config.application_name(APPLICATION_NAME);
-        let (client, mut connection) = pg_config.connect(NoTls).await?;
         let wake = Arc::new(Notify::new());
-        let lost = CancellationToken::new();
         // The session's tasks end with it, whatever way it ends: first the checkpoint task
         // (`session_end`, final write included), then the connection (`conn_end`).
         let session_end = CancellationToken::new();
@@ -146,28 +147,17 @@ impl Reader {
             session_end.clone().drop_guard(),
             conn_end.clone().drop_guard(),
         );
-        {
+        let (client, lost) = {
             let wake = wake.clone();
-            let lost = lost.clone();
-            let end = conn_end.clone();
-            tokio::spawn(async move {
-                let mut messages =
-                    futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-                loop {
-                    tokio::select! {
-                        m = messages.next() => match m {
-                            Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
-                            Some(Ok(_)) => {}
-                            Some(Err(e)) => { debug!(error = %e, "reader connection error"); break; }
-                            None => break,
-                        },
-                        // Dropping the connection closes it, which releases the lock.
-                        _ = end.cancelled() => break,
-                    }
-                }
-                lost.cancel();
-            });
-        }
+            crate::db::session(
+                &pg_config,
+                &self.tls_ca_file,
+                move || wake.notify_one(),
+                conn_end.clone(),
+            )
+            .await
+            .map_err(|e| ReaderError::Connect(e.to_string()))?
+        };
         let client = Arc::new(client);
         // The session only writes progress markers (checkpoint, high-water mark). Losing the
         // last few hundred milliseconds of them to a PostgreSQL crash means replaying (and
