@@ -47,7 +47,7 @@ kill $PID; wait $PID 2>/dev/null || true
 trap - EXIT
 python3 bench/flight/flight_rss.py --server "$SERVER" --db "$DB" --view va_stream10m
 
-# The ceiling: PostgreSQL's own binary COPY of the same table, written by psql to /dev/null.
+# For scale: PostgreSQL's own binary COPY of the same table, written by psql to /dev/null.
 T0=$(date +%s.%N)
 psql -qAt "$DB" -c "COPY ta_bench TO STDOUT (FORMAT binary)" > /dev/null
 COPY_S=$(python3 -c "print($(date +%s.%N) - $T0)")
@@ -67,6 +67,6 @@ for name, s in [("Flight view ticket (ta_bench, 10 columns)", flight),
                 ("ADBC PostgreSQL driver (same table)", adbc),
                 ("GraphQL JSON over /graphql (tv_bench_row, 7 fields)", gql),
                 ("Flight GraphQL ticket (same query)", gqlf),
-                ("ceiling: PostgreSQL COPY BINARY of ta_bench via psql to /dev/null", copy)]:
+                ("for scale: PostgreSQL COPY BINARY of ta_bench, psql to /dev/null", copy)]:
     print(f"| {name} | {s['rows']:,} | {s['rows_per_s']:,} | {flight['rows_per_s'] / s['rows_per_s']:.2f}x |")
 PY
