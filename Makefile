@@ -39,7 +39,8 @@ lint: ## cargo fmt --check and clippy with warnings denied
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-bench: build ## benchmarks: GraphQL vs PostGraphile; Redis queue vs BullMQ; Flight vs ADBC; observers commit→delivery; start-up and memory
+bench: build ## benchmarks: GraphQL vs PostGraphile; Redis queue vs BullMQ; Flight vs ADBC and GraphQL JSON; observers commit→delivery; start-up and memory
+	python3 -m pip install -q -r bench/requirements.txt
 	python3 bench/graphql_bench.py --binary target/release/fraiseql
 	bench/queue_bench.sh
 	BINARY=target/release/fraiseql bench/flight/run.sh
