@@ -35,6 +35,7 @@ fn write_config(
             "durable": nats.durable,
             "consume": redis_prefix.is_some(),
             "ack_wait_ms": 5000,
+            "fetch_batch": nats.fetch_batch,
             "retry_min_delay_ms": 20,
             "retry_max_delay_ms": 500,
             "connect_timeout_ms": 1000,
@@ -187,4 +188,41 @@ async fn reader_publishes_each_change_to_entity_op_subject_with_its_id() {
         assert_eq!(ev["pk"].as_i64(), Some(*pk));
         assert_eq!(ev["entity"], "Post");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_events_of_the_durable_consumer() {
+    const CHANGES: usize = 200;
+    let nats = NatsConfig {
+        fetch_batch: 5,
+        ..test_config(SHARED_URL)
+    };
+    let db = TestDb::new().await;
+    db.create_posts().await;
+    let cleanup = Cleanup::new(REDIS_URL);
+    let prefix = cleanup.prefix();
+    let rx = HttpReceiver::start_ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, &rx.url("/hook"), &nats, Some(&prefix));
+    let a = ServeProcess::start_role(&["--config", &config, "serve"], &db.url(), &[]).await;
+    let b = ServeProcess::start_role(&["--config", &config, "serve"], &db.url(), &[]).await;
+    write_posts(db.pool().clone(), CHANGES, 5, Duration::from_millis(30))
+        .await
+        .unwrap();
+    let all = eventually(Duration::from_secs(30), || async {
+        distinct_keys(&rx).len() >= CHANGES
+    })
+    .await;
+    let processed = "fraiseql_observer_events_processed_total";
+    let (by_a, by_b) = (a.metric(processed).await, b.metric(processed).await);
+    delete_stream(&nats.url, &nats.stream).await;
+    eprintln!(
+        "two instances on one durable consumer: A dispatched {by_a}, B dispatched {by_b} of \
+         {CHANGES} changes; webhook got {} requests, {} distinct",
+        rx.len(),
+        distinct_keys(&rx).len()
+    );
+    assert!(all, "every change delivered");
+    assert!(by_a > 0.0 && by_b > 0.0, "both instances took events");
+    assert!(by_a + by_b >= CHANGES as f64);
 }
