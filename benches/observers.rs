@@ -1,4 +1,7 @@
-//! Observer throughput and latency, commit → webhook delivered, against a local receiver.
+//! Observer throughput and latency, commit → webhook delivered, against a local receiver,
+//! once with the in-process queue and once with the Redis queue (the machine's Redis, a key
+//! prefix of its own, deleted afterwards; jobs executed by the same batching pump as
+//! `fraiseql worker`).
 //!
 //! `cargo bench --bench observers -- [THROUGHPUT_CHANGES] [RATE_PER_S] [SECONDS]` (`make bench`)
 //! 1. throughput: THROUGHPUT_CHANGES (default 20,000) changes committed as fast as four
@@ -45,13 +48,26 @@ async fn main() {
     let n: usize = args.next().map(|a| a.parse().unwrap()).unwrap_or(20_000);
     let rate: usize = args.next().map(|a| a.parse().unwrap()).unwrap_or(1_000);
     let secs: usize = args.next().map(|a| a.parse().unwrap()).unwrap_or(5);
+    println!("-- in-process queue");
+    run(n, rate, secs, None).await;
+    let cleanup = common::redis::Cleanup::new(common::redis::REDIS_URL);
+    let queue = std::sync::Arc::new(common::redis::queue(&cleanup).await);
+    println!("-- Redis queue");
+    run(n, rate, secs, Some(queue)).await;
+}
 
+async fn run(
+    n: usize,
+    rate: usize,
+    secs: usize,
+    redis: Option<std::sync::Arc<fraiseql::queue::redis::RedisQueue>>,
+) {
     let db = TestDb::new().await;
     db.create_posts().await;
     // Receiver timestamps are Instants; anchor them to wall-clock time.
     let anchor = (Instant::now(), Utc::now());
     let rx = HttpReceiver::start_ok().await;
-    let running = start(&db, &CONFIG.replace("URL", &rx.url("/hook")), &[]);
+    let running = start_with(&db, &CONFIG.replace("URL", &rx.url("/hook")), &[], redis);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // 1. Throughput.

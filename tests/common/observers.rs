@@ -248,9 +248,9 @@ impl HttpReceiver {
             if self.len() >= n {
                 return self.requests();
             }
-            let got = self.requests();
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                let got = self.requests();
                 panic!(
                     "expected {n} requests, got {}: {:#?}",
                     got.len(),
@@ -394,10 +394,20 @@ pub fn build(
     toml_src: &str,
     vars: &[(&str, &str)],
 ) -> Result<(ObserverRuntime, prometheus::Registry), String> {
+    build_with(db, toml_src, vars, None)
+}
+
+/// [`build`] with the Redis queue instead of the in-process one when `redis` is given.
+pub fn build_with(
+    db: &TestDb,
+    toml_src: &str,
+    vars: &[(&str, &str)],
+    redis: Option<Arc<fraiseql::queue::redis::RedisQueue>>,
+) -> Result<(ObserverRuntime, prometheus::Registry), String> {
     let cfg = parse_config(toml_src);
     let registry = prometheus::Registry::new();
     let metrics = ObserverMetrics::new(&registry).unwrap();
-    ObserverRuntime::builder(
+    let mut builder = ObserverRuntime::builder(
         cfg.observer_runtime.unwrap_or_else(fast_settings),
         cfg.observers,
         db.pool().clone(),
@@ -405,14 +415,28 @@ pub fn build(
     )
     .metrics(metrics)
     .env(env(vars))
-    .known_entities(vec!["Post".into(), "User".into()])
-    .build()
-    .map(|r| (r, registry))
-    .map_err(|e| e.to_string())
+    .known_entities(vec!["Post".into(), "User".into()]);
+    if let Some(q) = redis {
+        builder = builder.redis(q);
+    }
+    builder
+        .build()
+        .map(|r| (r, registry))
+        .map_err(|e| e.to_string())
 }
 
 pub fn start(db: &TestDb, toml_src: &str, vars: &[(&str, &str)]) -> Running {
-    let (rt, registry) = build(db, toml_src, vars).unwrap();
+    start_with(db, toml_src, vars, None)
+}
+
+/// [`start`] with the Redis queue when `redis` is given.
+pub fn start_with(
+    db: &TestDb,
+    toml_src: &str,
+    vars: &[(&str, &str)],
+    redis: Option<Arc<fraiseql::queue::redis::RedisQueue>>,
+) -> Running {
+    let (rt, registry) = build_with(db, toml_src, vars, redis).unwrap();
     let metrics = rt.metrics().clone();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(rt.run(shutdown.clone()));
