@@ -112,6 +112,7 @@ mod redis_backend {
     redis_case!(unknown_reservations_are_rejected);
     redis_case!(arc concurrent_reservers_never_share_a_job);
     redis_case!(depth_counts_ready_delayed_and_reserved);
+    redis_case!(enqueue_many_keeps_order_and_skips_live_keys);
 
     /// The suite's own entry point, as the memory backend runs it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

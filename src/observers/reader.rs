@@ -284,22 +284,41 @@ impl Reader {
             // With `[nats] consume`, the observers read the events back from JetStream
             // (on every instance); this reader only publishes.
             let publish_only = self.nats.as_ref().is_some_and(|n| n.consume);
-            for (ev, &next) in events.into_iter().zip(&cursors) {
-                match ev {
-                    Some(_) if publish_only => self.dispatcher.tracker.register(next, None),
-                    Some(ev) => {
-                        let replay = next <= start.high_water_mark;
-                        self.dispatcher
-                            .dispatch(next, &ev, replay, shutdown)
-                            .await?;
-                    }
-                    None => {
+            if !publish_only && self.dispatcher.queue.durable() {
+                // A durable queue keeps what it accepted: the whole batch in one call, and
+                // every cursor is done once it returns.
+                let changes: Vec<(&ChangeEvent, bool)> = events
+                    .iter()
+                    .zip(&cursors)
+                    .filter_map(|(ev, c)| ev.as_ref().map(|ev| (ev, *c <= start.high_water_mark)))
+                    .collect();
+                self.dispatcher.dispatch_durable(&changes, shutdown).await?;
+                for (ev, &next) in events.iter().zip(&cursors) {
+                    if ev.is_none() {
                         warn!(pk = next.pk, "change-log row could not be decoded; skipped");
                         self.dispatcher.metrics.events_failed.inc();
-                        self.dispatcher.tracker.register(next, None);
                     }
+                    self.dispatcher.tracker.register(next, None);
+                    *cursor = next;
                 }
-                *cursor = next;
+            } else {
+                for (ev, &next) in events.into_iter().zip(&cursors) {
+                    match ev {
+                        Some(_) if publish_only => self.dispatcher.tracker.register(next, None),
+                        Some(ev) => {
+                            let replay = next <= start.high_water_mark;
+                            self.dispatcher
+                                .dispatch(next, &ev, replay, shutdown)
+                                .await?;
+                        }
+                        None => {
+                            warn!(pk = next.pk, "change-log row could not be decoded; skipped");
+                            self.dispatcher.metrics.events_failed.inc();
+                            self.dispatcher.tracker.register(next, None);
+                        }
+                    }
+                    *cursor = next;
+                }
             }
             if let Ok(depth) = self.dispatcher.queue.depth().await {
                 self.dispatcher

@@ -45,6 +45,7 @@ where
     unknown_reservations_are_rejected(make().await).await;
     concurrent_reservers_never_share_a_job(Arc::new(make().await)).await;
     depth_counts_ready_delayed_and_reserved(make().await).await;
+    enqueue_many_keeps_order_and_skips_live_keys(make().await).await;
 }
 
 pub async fn enqueue_then_reserve_returns_the_same_job<Q: Queue>(q: Q) {
@@ -217,4 +218,28 @@ pub async fn depth_counts_ready_delayed_and_reserved<Q: Queue>(q: Q) {
     assert_eq!(q.depth().await.unwrap(), 3);
     q.ack(r1).await.unwrap();
     assert_eq!(q.depth().await.unwrap(), 2);
+}
+
+/// `enqueue_many` keeps the order of its jobs and the per-key idempotency of `enqueue`.
+pub async fn enqueue_many_keeps_order_and_skips_live_keys<Q: Queue>(q: Q) {
+    q.enqueue(job(1, 0)).await.unwrap();
+    let results = q
+        .enqueue_many(vec![job(2, 0), job(1, 0), job(3, 0)])
+        .await
+        .unwrap();
+    assert_eq!(
+        results,
+        vec![Enqueued::Added, Enqueued::Duplicate, Enqueued::Added],
+        "enqueue_many: one result per job, a live key is a duplicate"
+    );
+    for pk in [1, 2, 3] {
+        let r = q
+            .reserve(LONG)
+            .await
+            .unwrap()
+            .expect("enqueue_many: queued jobs are reservable");
+        assert_eq!(r.job.change_pk, pk, "enqueue_many: FIFO order kept");
+        q.ack(r).await.unwrap();
+    }
+    assert_eq!(q.depth().await.unwrap(), 0, "enqueue_many: no extra job");
 }

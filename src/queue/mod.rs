@@ -178,6 +178,17 @@ pub trait Queue: Send + Sync + 'static {
 
     async fn enqueue(&self, job: Job) -> Result<Enqueued, QueueError>;
 
+    /// Enqueues `jobs` in order, with the same per-job contract as [`Queue::enqueue`]; one
+    /// result per job. Backends override it to save round trips (Redis: one script call per
+    /// chunk). When it returns `Ok`, every job is queued or was a duplicate.
+    async fn enqueue_many(&self, jobs: Vec<Job>) -> Result<Vec<Enqueued>, QueueError> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            out.push(self.enqueue(job).await?);
+        }
+        Ok(out)
+    }
+
     async fn reserve(&self, wait: Duration) -> Result<Option<Reservation>, QueueError>;
 
     async fn ack(&self, reservation: Reservation) -> Result<(), QueueError>;

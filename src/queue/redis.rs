@@ -1002,6 +1002,10 @@ impl Queue for RedisQueue {
         true
     }
 
+    async fn enqueue_many(&self, jobs: Vec<Job>) -> Result<Vec<Enqueued>, QueueError> {
+        RedisQueue::enqueue_many(self, &jobs).await
+    }
+
     async fn enqueue(&self, job: Job) -> Result<Enqueued, QueueError> {
         let out = self.enqueue_many(std::slice::from_ref(&job)).await?;
         Ok(out[0])
