@@ -110,7 +110,7 @@ pub async fn run(config: &Config) -> Vec<Item> {
 async fn check_redis(config: &crate::queue::config::QueueConfig) -> Item {
     let name = format!(
         "redis queue {} (prefix {})",
-        crate::queue::config::redact_url(&config.url),
+        redact_url(&config.url),
         config.key_prefix
     );
     // `connect` waits for Redis to come up; `check` must answer promptly instead.

@@ -186,7 +186,7 @@ async fn dlq(command: DlqCommand, config: &Config) -> anyhow::Result<ExitCode> {
                 .map_err(|_| {
                     anyhow::anyhow!(
                         "cannot reach Redis at {} (queue.url) within 10 s",
-                        fraiseql::queue::config::redact_url(&config.queue.url)
+                        fraiseql::config::redact_url(&config.queue.url)
                     )
                 })??;
             Some(q)

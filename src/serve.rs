@@ -181,7 +181,7 @@ pub async fn connect_queue(
         _ = shutdown.cancelled() => None,
         q = crate::queue::redis::RedisQueue::connect(config) => match q {
             Ok(q) => {
-                tracing::info!(url = %crate::queue::config::redact_url(&config.url), prefix = %config.key_prefix, "redis queue connected");
+                tracing::info!(url = %redact_url(&config.url), prefix = %config.key_prefix, "redis queue connected");
                 Some(Arc::new(q.with_metrics(jobs)))
             }
             Err(e) => {

@@ -86,8 +86,9 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, error, info, warn};
 
-use super::config::{QueueConfig, redact_url};
+use super::config::QueueConfig;
 use super::{Enqueued, Job, Queue, QueueError, Reservation};
+use crate::config::redact_url;
 use crate::metrics::JobMetrics;
 
 /// Jobs per enqueue script call: large enough that the round trip is noise (~1 ms of Redis
