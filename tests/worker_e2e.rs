@@ -63,6 +63,45 @@ fn hook_job(pk: i64) -> Job {
     )
 }
 
+/// A database, a Redis prefix holding `jobs` queued webhook jobs, a receiver answering after
+/// `delay`, and the config file pointing at them.
+struct Fixture {
+    db: TestDb,
+    _cleanup: Cleanup,
+    prefix: String,
+    rx: std::sync::Arc<HttpReceiver>,
+    _dir: tempfile::TempDir,
+    config: String,
+    q: RedisQueue,
+}
+
+impl Fixture {
+    async fn new(jobs: i64, delay: Duration, visibility_ms: u64) -> Fixture {
+        let db = TestDb::new().await;
+        let cleanup = Cleanup::new(REDIS_URL);
+        let prefix = cleanup.prefix();
+        let rx = HttpReceiver::start_ok().await;
+        rx.set_delay(delay);
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(&dir, &rx.url("/hook"), &prefix, visibility_ms);
+        let q = RedisQueue::connect(&common::redis::config(REDIS_URL, &prefix))
+            .await
+            .unwrap();
+        for pk in 1..=jobs {
+            q.enqueue(hook_job(pk)).await.unwrap();
+        }
+        Fixture {
+            db,
+            _cleanup: cleanup,
+            prefix,
+            rx,
+            _dir: dir,
+            config,
+            q,
+        }
+    }
+}
+
 async fn worker(config: &str, db: &TestDb, concurrency: usize) -> ServeProcess {
     let n = concurrency.to_string();
     ServeProcess::start_role(
@@ -96,35 +135,30 @@ fn keys_of(requests: &[common::observers::Request]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_of_a_worker_holding_50_jobs_loses_none() {
-    let db = TestDb::new().await;
-    let cleanup = Cleanup::new(REDIS_URL);
-    let prefix = cleanup.prefix();
-    let rx = HttpReceiver::start_ok().await;
     // Worker A's requests hang: it holds every job it reserved when it dies.
-    rx.set_delay(Duration::from_secs(600));
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(&dir, &rx.url("/hook"), &prefix, 3000);
+    let f = Fixture::new(50, Duration::from_secs(600), 3000).await;
+    let Fixture {
+        db,
+        prefix,
+        rx,
+        config,
+        q,
+        ..
+    } = &f;
 
-    let q = RedisQueue::connect(&common::redis::config(REDIS_URL, &prefix))
-        .await
-        .unwrap();
-    for pk in 1..=50 {
-        q.enqueue(hook_job(pk)).await.unwrap();
-    }
-
-    let mut a = worker(&config, &db, 50).await;
+    let mut a = worker(config, db, 50).await;
     assert!(
         eventually(Duration::from_secs(10), || async { rx.len() >= 50 }).await,
         "worker A started all 50 jobs (receiver saw {})",
         rx.len()
     );
-    assert_eq!(inflight(&prefix).await, 50, "A holds 50 reservations");
+    assert_eq!(inflight(prefix).await, 50, "A holds 50 reservations");
     a.child.kill().unwrap(); // SIGKILL: no hand-back, no cleanup
     a.child.wait().unwrap();
     let killed_at = Instant::now();
 
     rx.set_delay(Duration::ZERO);
-    let b = worker(&config, &db, 10).await;
+    let b = worker(config, db, 10).await;
     let done = eventually(Duration::from_secs(20), || async {
         q.depth().await.unwrap() == 0
     })
@@ -152,25 +186,21 @@ async fn kill_dash_nine_of_a_worker_holding_50_jobs_loses_none() {
     );
     assert_eq!(distinct.len(), 50, "every job delivered");
     assert_eq!(requests.len(), 100, "50 hung on A + 50 completed by B");
-    assert_eq!(inflight(&prefix).await, 0);
+    assert_eq!(inflight(prefix).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_running_jobs_then_exits_zero() {
-    let db = TestDb::new().await;
-    let cleanup = Cleanup::new(REDIS_URL);
-    let prefix = cleanup.prefix();
-    let rx = HttpReceiver::start_ok().await;
-    rx.set_delay(Duration::from_millis(800));
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(&dir, &rx.url("/hook"), &prefix, 30_000);
-    let q = RedisQueue::connect(&common::redis::config(REDIS_URL, &prefix))
-        .await
-        .unwrap();
-    for pk in 1..=30 {
-        q.enqueue(hook_job(pk)).await.unwrap();
-    }
-    let mut w = worker(&config, &db, 10).await;
+    let f = Fixture::new(30, Duration::from_millis(800), 30_000).await;
+    let Fixture {
+        db,
+        prefix,
+        rx,
+        config,
+        q,
+        ..
+    } = &f;
+    let mut w = worker(config, db, 10).await;
     assert!(eventually(Duration::from_secs(10), || async { rx.len() >= 10 }).await);
     let status = w
         .terminate(Duration::from_secs(10))
@@ -183,7 +213,7 @@ async fn sigterm_drains_running_jobs_then_exits_zero() {
         20,
         "running jobs finished, the rest stay queued"
     );
-    assert_eq!(inflight(&prefix).await, 0, "nothing left reserved");
+    assert_eq!(inflight(prefix).await, 0, "nothing left reserved");
     assert_eq!(rx.len(), 10);
 }
 
