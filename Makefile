@@ -6,34 +6,57 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 # The static build: musl when that target is installed, else glibc with crt-static.
 STATIC_TARGET := $(shell rustup target list --installed 2>/dev/null | grep -qx $(MUSL_TARGET) && echo $(MUSL_TARGET) || echo $(HOST_TARGET))
 STATIC_ENV := CARGO_TARGET_$(shell echo $(STATIC_TARGET) | tr 'a-z-' 'A-Z_')_RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static"
+# Where cargo puts its output, asked of cargo itself: a CARGO_TARGET_DIR set globally (or in
+# a cargo config) moves it away from ./target.
+TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo target)
+BIN := $(TARGET_DIR)/release/fraiseql
+# The Python packages the tests drive (SMTP receiver, Flight client) live in a project-local
+# venv, so `make test` needs only a python3 on PATH, whatever is installed in it.
+VENV := .venv
+VENV_STAMP := $(VENV)/.installed
+# cargo-nextest runs each test in its own process; without one on PATH, make test installs
+# it once under the target directory.
+NEXTEST := $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "$(CARGO) nextest" || echo "$(TARGET_DIR)/tools/bin/cargo-nextest nextest")
 DEMO_DB ?= fraiseql_demo
 DEMO_URL ?= postgres://postgres@127.0.0.1:5432/$(DEMO_DB)
 
-.PHONY: help build run test static lint bench demo
+.PHONY: help build run test test-deps static lint bench demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
 
-build: ## build the release binary (target/release/fraiseql)
+build: ## build the release binary ($(TARGET_DIR)/release/fraiseql)
 	$(CARGO) build --release
 
 run: build ## create the demo database (blog example) if missing, run db init, serve it on 127.0.0.1:8080
 	@psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$(DEMO_DB)'" postgres | grep -q 1 \
 	  || createdb -h 127.0.0.1 -U postgres $(DEMO_DB)
-	FRAISEQL_DATABASE_URL=$(DEMO_URL) ./target/release/fraiseql db init
+	FRAISEQL_DATABASE_URL=$(DEMO_URL) $(BIN) db init
 	@psql -h 127.0.0.1 -U postgres -tAc "SELECT to_regclass('public.tb_user') IS NOT NULL" $(DEMO_DB) | grep -q t \
 	  || psql -q -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -f examples/blog/schema.sql -f examples/blog/seed.sql $(DEMO_DB) >/dev/null
-	FRAISEQL_DATABASE_URL=$(DEMO_URL) ./target/release/fraiseql serve --schema examples/blog/schema.json
+	FRAISEQL_DATABASE_URL=$(DEMO_URL) $(BIN) serve --schema examples/blog/schema.json
 
 static: ## build dist/fraiseql, statically linked (no dynamic section)
 	$(STATIC_ENV) $(CARGO) build --release --target $(STATIC_TARGET)
 	@mkdir -p dist
-	cp target/$(STATIC_TARGET)/release/fraiseql dist/fraiseql
+	cp $(TARGET_DIR)/$(STATIC_TARGET)/release/fraiseql dist/fraiseql
 	@if readelf -d dist/fraiseql | grep -q 'Dynamic section'; then echo "dist/fraiseql is not static" >&2; exit 1; fi
 	@echo "dist/fraiseql: static, $$(du -m dist/fraiseql | cut -f1) MB"
 
-test: static ## run every test (unit + integration) against the local services
-	$(STATIC_ENV) $(CARGO) nextest run --release --target $(STATIC_TARGET) --no-fail-fast
+test: static test-deps ## run every test (unit + integration) against the local services
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(STATIC_ENV) $(NEXTEST) run --release --target $(STATIC_TARGET) --no-fail-fast
+
+test-deps: $(VENV_STAMP) $(TARGET_DIR)/tools/.nextest ## what the tests need beyond Rust and the services: the Python venv, cargo-nextest
+
+$(VENV_STAMP): requirements-test.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-test.txt
+	touch $@
+
+$(TARGET_DIR)/tools/.nextest:
+	@command -v cargo-nextest >/dev/null 2>&1 \
+	  || $(CARGO) install --locked --root $(TARGET_DIR)/tools cargo-nextest
+	@mkdir -p $(@D) && touch $@
 
 lint: ## cargo fmt --check and clippy with warnings denied
 	$(CARGO) fmt --check
@@ -41,10 +64,10 @@ lint: ## cargo fmt --check and clippy with warnings denied
 
 bench: build ## benchmarks: GraphQL vs PostGraphile; Redis queue vs BullMQ; Flight vs ADBC and GraphQL JSON; observers commit→delivery; start-up and memory
 	python3 -m pip install -q -r bench/requirements.txt
-	python3 bench/graphql_bench.py --binary target/release/fraiseql
+	python3 bench/graphql_bench.py --binary $(BIN)
 	bench/queue_bench.sh
-	BINARY=target/release/fraiseql bench/flight/run.sh
+	BINARY=$(BIN) bench/flight/run.sh
 	$(CARGO) bench --bench observers
-	bench/startup.sh target/release/fraiseql
+	bench/startup.sh $(BIN)
 
 demo: run ## alias of run

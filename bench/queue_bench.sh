@@ -17,6 +17,7 @@ PORT="${REDIS_PORT:-6379}"
 redis-cli -h "$HOST" -p "$PORT" ping >/dev/null || { echo "no Redis at $HOST:$PORT" >&2; exit 1; }
 [ -d bench/node_modules/bullmq ] || (cd bench && npm install --no-audit --no-fund >/dev/null)
 cargo build --release --quiet --example queue_bench
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
 echo "Redis $(redis-cli -h "$HOST" -p "$PORT" info server | awk -F: '/^redis_version/ {print $2}' | tr -d '\r'), $N jobs, concurrency $CONC, $(nproc) cores" >&2
 BULLMQ_VERSION=$(node -p "require('./bench/node_modules/bullmq/package.json').version")
@@ -25,7 +26,7 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
   echo "round $round: BullMQ $BULLMQ_VERSION ..." >&2
   BULL="$BULL$(node bench/queue_bench.js "$HOST" "$PORT" "$N" "$CONC")"$'\n'
   echo "round $round: FraiseQL ..." >&2
-  OURS="$OURS$(target/release/examples/queue_bench "redis://$HOST:$PORT" "$N" "$CONC")"$'\n'
+  OURS="$OURS$("$TARGET_DIR/release/examples/queue_bench" "redis://$HOST:$PORT" "$N" "$CONC")"$'\n'
 done
 echo "BullMQ runs:   $(echo "$BULL" | tr '\n' ' ')" >&2
 echo "FraiseQL runs: $(echo "$OURS" | tr '\n' ' ')" >&2

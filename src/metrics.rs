@@ -141,7 +141,9 @@ impl Metrics {
                 "db_up",
                 "1 when the last database readiness check succeeded, else 0.",
             ),
-            graphql: GraphqlMetrics::register(&registry).expect("unique metric"),
+            graphql: GraphqlMetrics::register(&registry)
+                .expect("unique metric")
+                .with_known_labels(),
             observers: ObserverMetrics::with_jobs(
                 &registry,
                 JobMetrics::new(&registry)
@@ -155,8 +157,32 @@ impl Metrics {
             build_info,
             registry,
         }
+        .with_known_routes()
+    }
+
+    /// Creates the series of every route with the statuses it can answer, at zero: the
+    /// dashboard's error-ratio panels need a `5..`/`4..` series before the first error.
+    fn with_known_routes(self) -> Self {
+        for (route, statuses) in HTTP_ROUTES {
+            self.http_request_duration.with_label_values(&[route]);
+            for status in *statuses {
+                self.http_requests.with_label_values(&[route, status]);
+            }
+        }
+        self
     }
 }
+
+/// The route labels of `fraiseql_http_*` (a closed set: unknown paths are `other`) and the
+/// statuses each can answer (every route can time out: 503).
+pub const HTTP_ROUTES: &[(&str, &[&str])] = &[
+    ("/graphql", &["200", "400", "405", "406", "413", "415", "500", "503"]),
+    ("/graphiql", &["200", "404", "503"]),
+    ("/healthz", &["200", "503"]),
+    ("/readyz", &["200", "503"]),
+    ("/metrics", &["200", "503"]),
+    ("other", &["404", "503"]),
+];
 
 // ---------------------------------------------------------------------------------------
 // GraphQL engine metrics: operations by type, operation name and outcome; request and SQL
@@ -184,6 +210,23 @@ impl GraphqlMetrics {
         registry.register(Box::new(m.sql_duration_seconds.clone()))?;
         registry.register(Box::new(m.errors_total.clone()))?;
         Ok(m)
+    }
+
+    /// Creates the series a dashboard reads before the first request, at zero: every
+    /// operation type and outcome (for the anonymous operation name), every error code.
+    pub fn with_known_labels(self) -> Self {
+        for op_type in ["query", "mutation", "invalid"] {
+            self.request_duration_seconds.with_label_values(&[op_type]);
+            self.sql_duration_seconds.with_label_values(&[op_type]);
+            for outcome in ["ok", "error", "partial"] {
+                self.operations_total
+                    .with_label_values(&[op_type, "anonymous", outcome]);
+            }
+        }
+        for code in GRAPHQL_ERROR_CODES {
+            self.errors_total.with_label_values(&[code]);
+        }
+        self
     }
 
     /// Creates the metrics without registering them (tests).
@@ -222,6 +265,24 @@ impl GraphqlMetrics {
         })
     }
 }
+
+/// The `extensions.code` values the engine itself answers with.
+const GRAPHQL_ERROR_CODES: &[&str] = &[
+    "BAD_REQUEST",
+    "BAD_USER_INPUT",
+    "GRAPHQL_PARSE_FAILED",
+    "GRAPHQL_VALIDATION_FAILED",
+    "INTERNAL_SERVER_ERROR",
+    "LIMIT_EXCEEDED",
+    "METHOD_NOT_ALLOWED",
+    "NOT_ACCEPTABLE",
+    "OPERATION_NAME_REQUIRED",
+    "OPERATION_NOT_FOUND",
+    "OPERATION_NOT_SUPPORTED",
+    "PAYLOAD_TOO_LARGE",
+    "SERVICE_UNAVAILABLE",
+    "UNSUPPORTED_MEDIA_TYPE",
+];
 
 // ---------------------------------------------------------------------------------------
 // Observer metrics (`fraiseql_observer_*`): the reader and dispatch update them. What happens

@@ -8,7 +8,7 @@
 //! - `serve` with the Redis backend only enqueues; the worker executes; a permanent failure
 //!   lands in the Redis dead letters, `fraiseql dlq list/retry` work on them.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The compiler and loader: the SDK export as-is, generated inputs, the compiled file's
 //! round trip, warnings for unknown keys and errors naming file, type, field and query.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

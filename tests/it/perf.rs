@@ -2,7 +2,7 @@
 //! engine's own cost per request (parse, validate, plan, SQL text) and end-to-end latency
 //! compared with running the generated statement directly on the same pool.
 
-mod common;
+use crate::common;
 
 use std::time::Instant;
 

@@ -3,7 +3,7 @@
 //! @include, variables, merged response keys, id and field lookups, ordering, pagination,
 //! defaults and limits, nested objects and lists, scalars, several root fields.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{Value, json};

@@ -2,7 +2,7 @@
 //! transaction; a wrong schema, a table not allow-listed, or a row the database refuses
 //! leaves the table untouched.
 
-mod common;
+use crate::common;
 
 use common::TestDb;
 use common::flight::*;

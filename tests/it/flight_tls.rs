@@ -3,7 +3,7 @@
 //! client without a certificate (or with one from another CA) is refused. Plaintext on a
 //! non-loopback address is refused at startup unless explicitly allowed.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! the shared server at 127.0.0.1:4222 and private servers started per test.
 //! Every test uses its own stream and subject prefix and deletes its stream at the end.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

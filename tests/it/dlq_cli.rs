@@ -2,7 +2,7 @@
 //! the job; `dlq list/show` report it with its error; `dlq retry ID` delivers it once the
 //! receiver is fixed; `dlq purge` empties the store.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

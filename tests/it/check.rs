@@ -1,6 +1,6 @@
 //! `Engine::check_database`: every view and function the schema names, with `data jsonb`.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -1,7 +1,7 @@
 //! Every supported PostgreSQL type, NULLs included, read with the pyarrow Flight client and
 //! compared value by value with the same rows read through tokio-postgres.
 
-mod common;
+use crate::common;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use common::TestDb;

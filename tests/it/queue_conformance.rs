@@ -1,7 +1,7 @@
 //! The queue conformance suite (`queue::conformance`) on both backends: the whole suite on
 //! the in-process backend, and every case on a fresh Redis queue with its own key prefix.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

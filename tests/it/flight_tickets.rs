@@ -3,7 +3,7 @@
 //! handshake, clear errors for bad tickets and tokens, and query cancellation when the client
 //! goes away.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Webhook delivery end to end: change committed → reader → queue → webhook → local receiver
 //! checking the body, the headers and the HMAC signature.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! restarted twice mid-stream. Every (change, action) pair must be delivered at least once;
 //! duplicates may only appear around the kills and carry the same idempotency key.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};

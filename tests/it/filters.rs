@@ -1,7 +1,7 @@
 //! Every `where` operator on every kind of scalar, enums, nested object paths, nested lists
 //! and `_and`/`_or`/`_not`; expected rows computed in Rust from the seed.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{Value, json};

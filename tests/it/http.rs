@@ -1,7 +1,7 @@
 //! GraphQL over HTTP: methods, media types and status codes, GET parameters, operationName,
 //! malformed requests, body limit, gzip, and the metrics the engine records.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 

@@ -2,7 +2,7 @@
 //! (Python aiosmtpd), an Elasticsearch-style `_bulk` endpoint, cache invalidation over
 //! PostgreSQL NOTIFY, and NATS JetStream (the machine's NATS, a stream of the test's own).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! (no SQL, no table or view names, no internals), nothing changes, and the engine keeps
 //! serving afterwards.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::*;

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{TestDb, crate_path};
 
-pub const BLOG_SCHEMA_SQL: &str = include_str!("../../examples/blog/schema.sql");
+pub const BLOG_SCHEMA_SQL: &str = include_str!("../../../examples/blog/schema.sql");
 
 impl TestDb {
     /// Loads `examples/blog/schema.sql` and inserts the [`Seed::blog`] rows.

@@ -5,7 +5,7 @@
 //! query without running it; ListFlights advertises the list queries; pyarrow reads a
 //! ticket into a table.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

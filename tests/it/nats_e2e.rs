@@ -3,7 +3,7 @@
 //! (`[nats] consume`), executed from the Redis queue, delivered to a local webhook receiver.
 //! A private `nats-server` (own port and storage) is killed and restarted mid-stream.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! from the environment, a va_ view and a GraphQL ticket read with pyarrow, /metrics on the
 //! HTTP side.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

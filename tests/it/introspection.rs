@@ -2,7 +2,7 @@
 //! by the engine loads in graphql-js `buildClientSchema` and passes `validateSchema`.
 //! Installs npm `graphql` into tests/js when node_modules is missing.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

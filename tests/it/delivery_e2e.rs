@@ -1,7 +1,7 @@
 //! Delivery guarantees end to end: retries and their spacing, dead letters and `dlq retry`,
 //! dedup on replay, checkpoint resume, late commits, reader takeover, back-pressure.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

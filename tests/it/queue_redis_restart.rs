@@ -3,7 +3,7 @@
 //! `--appendonly yes --appendfsync always` in a temporary directory (the machine's Redis keeps
 //! nothing on disk and is not touched).
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};

@@ -2,7 +2,7 @@
 //! behind by finished jobs, the dead-letter functions behind `fraiseql dlq`, and graceful
 //! drain handing unfinished jobs back.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! `serve` with a GraphQL schema, end to end over HTTP: /graphql, GraphiQL, body limits,
 //! metrics, `compile`, `check` of the schema's objects, and SIGHUP schema reload.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

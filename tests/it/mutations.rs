@@ -2,7 +2,7 @@
 //! flattened arguments, the selection applied to the returned entity, exactly one change-log
 //! row per change written in the same transaction, and failures rolled back completely.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{Value, json};

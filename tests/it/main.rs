@@ -1,0 +1,36 @@
+//! The one integration-test binary: every area of FraiseQL tested against the real
+//! PostgreSQL, Redis and NATS of the machine, through the shared harness in `common`.
+//!
+//! One binary instead of one per file: the crate and its dependencies are linked once,
+//! and `cargo nextest run` still runs each test in its own process.
+
+mod common;
+
+mod actions_e2e;
+mod appliance;
+mod check;
+mod delivery_e2e;
+mod dlq_cli;
+mod filters;
+mod flight_graphql;
+mod flight_put;
+mod flight_role;
+mod flight_tickets;
+mod flight_tls;
+mod flight_types;
+mod hostile;
+mod http;
+mod introspection;
+mod kill9_e2e;
+mod mutations;
+mod nats;
+mod nats_e2e;
+mod perf;
+mod queries;
+mod queue_conformance;
+mod queue_redis;
+mod queue_redis_restart;
+mod schema;
+mod serve_graphql;
+mod webhook_e2e;
+mod worker_e2e;
