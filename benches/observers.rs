@@ -10,7 +10,7 @@
 //! 2. latency: RATE_PER_S (default 1,000) single-row commits per second for SECONDS
 //!    (default 5); p50/p99 of delivery time − the change's `occurred_at`.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};

@@ -176,7 +176,10 @@ impl Metrics {
 /// The route labels of `fraiseql_http_*` (a closed set: unknown paths are `other`) and the
 /// statuses each can answer (every route can time out: 503).
 pub const HTTP_ROUTES: &[(&str, &[&str])] = &[
-    ("/graphql", &["200", "400", "405", "406", "413", "415", "500", "503"]),
+    (
+        "/graphql",
+        &["200", "400", "405", "406", "413", "415", "500", "503"],
+    ),
     ("/graphiql", &["200", "404", "503"]),
     ("/healthz", &["200", "503"]),
     ("/readyz", &["200", "503"]),

@@ -1,7 +1,7 @@
 //! The conformance suite every [`Queue`] backend must pass.
 //!
 //! Public (not `cfg(test)`) so that each backend's integration tests call it: the memory
-//! backend in `tests/queue_conformance.rs`, and the Redis backend of the scale-out issue the
+//! backend in `tests/it/queue_conformance.rs`, and the Redis backend of the scale-out issue the
 //! same way. `make` builds a fresh, empty queue for each case. Each case panics with a
 //! message naming the broken contract.
 

@@ -438,7 +438,9 @@ fn selectors(expr: &str) -> Vec<(String, Vec<(String, String)>)> {
 /// dashboard uses; anything richer must extend this function, not pass unchecked).
 fn matches_simple_regex(pattern: &str, value: &str) -> bool {
     assert!(
-        pattern.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '/'),
+        pattern
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '/'),
         "extend matches_simple_regex for {pattern:?}"
     );
     pattern.len() == value.len()
@@ -490,9 +492,11 @@ fn selectors_read_names_and_matchers() {
             ("fraiseql_db_up".to_string(), vec![])
         ]
     );
-    let exported = "fraiseql_http_requests_total{route=\"/graphql\",status=\"200\"} 3\nfraiseql_db_up 1\n";
+    let exported =
+        "fraiseql_http_requests_total{route=\"/graphql\",status=\"200\"} 3\nfraiseql_db_up 1\n";
     assert_eq!(unanswered(&[expr.to_string()], exported).len(), 1);
-    let exported = format!("{exported}fraiseql_http_requests_total{{route=\"other\",status=\"503\"}} 0\n");
+    let exported =
+        format!("{exported}fraiseql_http_requests_total{{route=\"other\",status=\"503\"}} 0\n");
     assert!(unanswered(&[expr.to_string()], &exported).is_empty());
 }
 
