@@ -359,16 +359,35 @@ pub(crate) fn classify_status(
     }
 }
 
-/// Sends a prepared request and classifies the outcome.
-pub(crate) async fn send_classified(req: reqwest::RequestBuilder) -> Result<String, ActionError> {
-    let resp = req.send().await.map_err(classify_transport)?;
+/// How much of a webhook's or Slack's answer is read: only an error snippet is ever used.
+pub(crate) const SMALL_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Sends a prepared request and classifies the outcome. At most `max_body` bytes of the
+/// answer are read (an endpoint that streams without end must not hold a handler or its
+/// memory); the rest is dropped with the connection. The returned body is cut at the bound
+/// (lossy UTF-8): a caller that must parse the whole answer compares its length with the bound.
+pub(crate) async fn send_classified(
+    req: reqwest::RequestBuilder,
+    max_body: usize,
+) -> Result<String, ActionError> {
+    let mut resp = req.send().await.map_err(classify_transport)?;
     let status = resp.status();
     let retry_after = resp
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let body = resp.text().await.map_err(classify_transport)?;
+    let mut body = Vec::new();
+    while body.len() < max_body {
+        match resp.chunk().await.map_err(classify_transport)? {
+            Some(chunk) => {
+                let room = max_body - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            None => break,
+        }
+    }
+    let body = String::from_utf8_lossy(&body).into_owned();
     classify_status(status, retry_after.as_deref(), &body)?;
     Ok(body)
 }
@@ -408,6 +427,59 @@ mod tests {
         }
         let e = classify_status(StatusCode::TOO_MANY_REQUESTS, Some("7"), "").unwrap_err();
         assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+    }
+
+    /// An HTTP/1.1 server on a free port that answers every request `200` with
+    /// `body_bytes` of body (`None`: a chunked body that never ends).
+    async fn answering(body_bytes: Option<usize>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = sock.read(&mut buf).await;
+                    let chunk = vec![b'x'; 16 * 1024];
+                    match body_bytes {
+                        Some(n) => {
+                            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {n}\r\n\r\n");
+                            let _ = sock.write_all(head.as_bytes()).await;
+                            let _ = sock.write_all(&vec![b'x'; n]).await;
+                        }
+                        None => {
+                            let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                            let _ = sock.write_all(head.as_bytes()).await;
+                            let frame = format!("{:x}\r\n", chunk.len());
+                            loop {
+                                if sock.write_all(frame.as_bytes()).await.is_err()
+                                    || sock.write_all(&chunk).await.is_err()
+                                    || sock.write_all(b"\r\n").await.is_err()
+                                {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        format!("http://{addr}/")
+    }
+
+    #[tokio::test]
+    async fn response_bodies_are_read_up_to_the_bound_only() {
+        let client = http_client().unwrap();
+        // An endpoint that accepts the delivery and then never stops sending: the action
+        // succeeds after reading the bound instead of running into its timeout.
+        let url = answering(None).await;
+        let req = client.post(&url).timeout(Duration::from_secs(3));
+        let body = send_classified(req, 64 * 1024).await.expect("delivered");
+        assert!(body.len() <= 64 * 1024, "{}", body.len());
+        // A body within the bound is read whole.
+        let url = answering(Some(1000)).await;
+        let body = send_classified(client.post(&url), 64 * 1024).await.unwrap();
+        assert_eq!(body.len(), 1000);
     }
 
     #[test]

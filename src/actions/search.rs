@@ -20,6 +20,8 @@ use tokio::sync::{OnceCell, mpsc, oneshot};
 use super::{ActionConfigError, ActionDeps, ActionError};
 use crate::queue::Job;
 
+const MAX_BATCH_SIZE: usize = 10_000;
+
 fn default_batch_size() -> usize {
     100
 }
@@ -99,8 +101,13 @@ impl SearchAction {
                 ),
             ));
         }
-        if c.batch_size == 0 {
-            return Err(ActionConfigError::new("batch_size", "expected at least 1"));
+        // The upper bound keeps a `_bulk` answer (a few hundred bytes an item) well inside
+        // what `flush` reads of it.
+        if !(1..=MAX_BATCH_SIZE).contains(&c.batch_size) {
+            return Err(ActionConfigError::new(
+                "batch_size",
+                format!("expected 1 to {MAX_BATCH_SIZE}"),
+            ));
         }
         let auth = match (&c.api_key_env, &c.username_env, &c.password_env) {
             (Some(k), None, None) => Some(Auth::ApiKey(deps.secret("api_key_env", k)?)),
@@ -202,6 +209,10 @@ async fn run_batcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Item>) {
     }
 }
 
+/// The most of a `_bulk` answer that is read: a few hundred bytes per item, for batches far
+/// larger than any this action sends.
+const MAX_BULK_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Sends one `_bulk` request; returns one result per item, in order.
 async fn flush(inner: &Inner, batch: &[Item]) -> Vec<Result<(), ActionError>> {
     let all = |e: ActionError| batch.iter().map(|_| Err(e.clone())).collect();
@@ -217,7 +228,12 @@ async fn flush(inner: &Inner, batch: &[Item]) -> Vec<Result<(), ActionError>> {
         Some(Auth::ApiKey(k)) => req.header(reqwest::header::AUTHORIZATION, format!("ApiKey {k}")),
         None => req,
     };
-    let text = match super::send_classified(req).await {
+    let text = match super::send_classified(req, MAX_BULK_RESPONSE_BYTES).await {
+        Ok(t) if t.len() >= MAX_BULK_RESPONSE_BYTES => {
+            return all(ActionError::retryable(format!(
+                "_bulk response larger than {MAX_BULK_RESPONSE_BYTES} bytes"
+            )));
+        }
         Ok(t) => t,
         Err(e) => return all(e),
     };

@@ -74,6 +74,8 @@ impl SlackAction {
             .post(self.url.clone())
             .timeout(self.timeout)
             .json(&serde_json::json!({ "text": text }));
-        super::send_classified(req).await.map(|_| ())
+        super::send_classified(req, super::SMALL_RESPONSE_BYTES)
+            .await
+            .map(|_| ())
     }
 }

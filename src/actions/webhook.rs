@@ -204,7 +204,9 @@ impl WebhookAction {
             .headers(headers)
             .timeout(self.timeout)
             .body(body);
-        super::send_classified(req).await.map(|_| ())
+        super::send_classified(req, super::SMALL_RESPONSE_BYTES)
+            .await
+            .map(|_| ())
     }
 }
 
