@@ -92,8 +92,8 @@ pub async fn run(config: &Config) -> Vec<Item> {
         });
     }
 
-    if config.queue.backend == crate::queue::config::QueueBackend::Redis {
-        items.push(check_redis(&config.queue).await);
+    if config.queue.backend.is_external() {
+        items.push(check_queue(config, &pool).await);
     }
     if config.nats.enabled() {
         items.push(check_nats(&config.nats).await);
@@ -106,22 +106,26 @@ pub async fn run(config: &Config) -> Vec<Item> {
     items
 }
 
-/// The Redis queue answers PING, and how many jobs and dead letters it holds.
-async fn check_redis(config: &crate::queue::config::QueueConfig) -> Item {
+/// The external queue answers, and how many jobs and dead letters it holds.
+async fn check_queue(config: &Config, pool: &deadpool_postgres::Pool) -> Item {
+    let queue = &config.queue;
     let name = format!(
-        "redis queue {} (prefix {})",
-        redact_url(&config.url),
-        config.key_prefix
+        "{} queue {} (prefix {})",
+        queue.backend.name(),
+        redact_url(&queue.url),
+        queue.key_prefix
     );
-    // `connect` waits for Redis to come up; `check` must answer promptly instead.
-    let limit = Duration::from_millis(config.connect_timeout_ms + 1000);
+    // Connecting waits for the backend to come up; `check` must answer promptly instead.
+    let limit = Duration::from_millis(queue.connect_timeout_ms + 1000);
     let probe = async {
-        use crate::queue::Queue;
-        let q = crate::queue::redis::RedisQueue::connect(config)
+        let capacity = config.observer_runtime.queue_capacity;
+        let q = crate::queue::build(queue, pool, capacity)
             .await
             .map_err(|e| e.to_string())?;
-        let depth = q.depth().await.map_err(|e| e.to_string())?;
-        let dead = crate::queue::redis_dlq::count(&q)
+        let depth = q.queue.depth().await.map_err(|e| e.to_string())?;
+        let dead = q
+            .dead_letters
+            .count_dead()
             .await
             .map_err(|e| e.to_string())?;
         Ok(format!("{depth} jobs live, {dead} dead letters"))

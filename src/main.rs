@@ -169,32 +169,23 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `fraiseql dlq …` against the dead-letter store of the configured queue backend:
-/// PostgreSQL for the memory queue, Redis for the Redis queue.
+/// `fraiseql dlq …` against the dead letters of the configured queue backend.
 async fn dlq(command: DlqCommand, config: &Config) -> anyhow::Result<ExitCode> {
-    use fraiseql::queue::config::QueueBackend;
-    use fraiseql::queue::dlq::{DeadLetter, ListFilter, PgDeadLetters, format_table, parse_age};
-    use fraiseql::queue::redis_dlq;
+    use fraiseql::queue::dlq::{ListFilter, RetryOutcome, format_table, parse_age};
 
-    let redis = match config.queue.backend {
-        QueueBackend::Memory => None,
-        QueueBackend::Redis => {
-            // An operator's command: fail within seconds instead of waiting for Redis.
-            let connect = fraiseql::queue::redis::RedisQueue::connect(&config.queue);
-            let q = tokio::time::timeout(std::time::Duration::from_secs(10), connect)
-                .await
-                .map_err(|_| {
-                    anyhow::anyhow!(
-                        "cannot reach Redis at {} (queue.url) within 10 s",
-                        fraiseql::config::redact_url(&config.queue.url)
-                    )
-                })??;
-            Some(q)
-        }
-    };
-    let pg = || -> anyhow::Result<PgDeadLetters> {
-        Ok(PgDeadLetters::new(fraiseql::db::pool(&config.database)?))
-    };
+    let pool = fraiseql::db::pool(&config.database)?;
+    // An operator's command: fail within seconds instead of waiting for the backend.
+    let build =
+        fraiseql::queue::build(&config.queue, &pool, config.observer_runtime.queue_capacity);
+    let store = tokio::time::timeout(std::time::Duration::from_secs(10), build)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "cannot reach {} (queue.url) within 10 s",
+                config.queue.location()
+            )
+        })??
+        .dead_letters;
     let not_found = |id: i64| {
         eprintln!("error: no dead letter {id}");
         Ok(ExitCode::FAILURE)
@@ -205,89 +196,51 @@ async fn dlq(command: DlqCommand, config: &Config) -> anyhow::Result<ExitCode> {
             observer,
             limit,
         } => {
-            let items: Vec<DeadLetter> = match &redis {
-                Some(q) => {
-                    let filter = redis_dlq::ListFilter {
-                        observer,
-                        limit: usize::try_from(limit.max(0)).unwrap_or(usize::MAX),
-                    };
-                    redis_dlq::list(q, &filter)
-                        .await?
-                        .into_iter()
-                        .map(DeadLetter::from)
-                        .collect()
-                }
-                None => {
-                    pg()?
-                        .list(&ListFilter {
-                            observer,
-                            limit: Some(limit),
-                        })
-                        .await?
-                }
+            let filter = ListFilter {
+                observer,
+                limit: Some(limit),
             };
+            let items = store.list(&filter).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&items)?);
             } else {
                 print!("{}", format_table(&items));
             }
         }
-        DlqCommand::Show { id } => {
-            let item = match &redis {
-                Some(q) => redis_dlq::show(q, id).await?.map(DeadLetter::from),
-                None => pg()?.show(id).await?,
-            };
-            match item {
-                Some(item) => println!("{}", serde_json::to_string_pretty(&item)?),
-                None => return not_found(id),
-            }
-        }
-        DlqCommand::Retry { id: Some(id), .. } => match &redis {
-            Some(q) => match redis_dlq::retry(q, id).await? {
-                redis_dlq::RetryOutcome::Enqueued => println!("dead letter {id} queued again"),
-                redis_dlq::RetryOutcome::AlreadyLive => {
-                    eprintln!(
-                        "error: dead letter {id} not retried: a job with the same key is queued or running"
-                    );
-                    return Ok(ExitCode::FAILURE);
-                }
-                redis_dlq::RetryOutcome::NotFound => return not_found(id),
-            },
-            None => {
-                if !pg()?.request_retry(id).await? {
-                    return not_found(id);
-                }
-                println!("dead letter {id} handed back for retry");
-            }
+        DlqCommand::Show { id } => match store.show(id).await? {
+            Some(item) => println!("{}", serde_json::to_string_pretty(&item)?),
+            None => return not_found(id),
         },
-        DlqCommand::Retry { id: None, .. } => match &redis {
-            Some(q) => {
-                let s = redis_dlq::retry_all(q, &redis_dlq::ListFilter::default()).await?;
+        DlqCommand::Retry { id: Some(id), .. } => match store.retry(id).await? {
+            RetryOutcome::Retried if store.retries_immediately() => {
+                println!("dead letter {id} queued again")
+            }
+            RetryOutcome::Retried => println!("dead letter {id} handed back for retry"),
+            RetryOutcome::AlreadyLive => {
+                eprintln!(
+                    "error: dead letter {id} not retried: a job with the same key is queued or running"
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            RetryOutcome::NotFound => return not_found(id),
+        },
+        DlqCommand::Retry { id: None, .. } => {
+            let s = store.retry_all().await?;
+            if store.retries_immediately() {
                 println!(
                     "{} dead letters queued again ({} skipped: same key queued or running)",
-                    s.enqueued, s.already_live
+                    s.retried, s.already_live
                 );
+            } else {
+                println!("{} dead letters handed back for retry", s.retried);
             }
-            None => {
-                let n = pg()?.request_retry_all().await?;
-                println!("{n} dead letters handed back for retry");
-            }
-        },
+        }
         DlqCommand::Purge { older_than } => {
             let age = match older_than {
                 Some(a) => Some(parse_age(&a).map_err(|e| anyhow::anyhow!("--older-than: {e}"))?),
                 None => None,
             };
-            let n = match &redis {
-                Some(q) => match age {
-                    Some(age) => redis_dlq::purge_older_than(q, age).await?,
-                    // Everything, whatever Redis's clock says.
-                    None => {
-                        redis_dlq::purge_before(q, chrono::DateTime::<chrono::Utc>::MAX_UTC).await?
-                    }
-                },
-                None => pg()?.purge(age).await?,
-            };
+            let n = store.purge(age).await?;
             println!("{n} dead letters purged");
         }
     }

@@ -132,9 +132,9 @@ async fn serve_flight(
     result
 }
 
-/// Starts the observer runtime when `[[observers]]` are configured. With the Redis backend
-/// the connection is made in the background (waiting while Redis is down) so that GraphQL
-/// does not depend on Redis; configuration errors still surface here, at start.
+/// Starts the observer runtime when `[[observers]]` are configured. With an external queue
+/// backend the connection is made in the background (waiting while it is down) so that
+/// GraphQL does not depend on it; configuration errors still surface here, at start.
 fn start_observers(
     state: &Arc<AppState>,
     shutdown: &CancellationToken,
@@ -152,13 +152,13 @@ fn start_observers(
         queue = ?config.queue.backend,
         "observer runtime started"
     );
-    if config.queue.backend == crate::queue::config::QueueBackend::Memory {
+    if !config.queue.backend.is_external() {
         return Ok(Some(tokio::spawn(runtime.run(shutdown.clone()))));
     }
     drop(runtime);
     let (config, pool, shutdown) = (config.clone(), state.pool.clone(), shutdown.clone());
     Ok(Some(tokio::spawn(async move {
-        let Some(queue) = connect_queue(&config.queue, &shutdown).await else {
+        let Some(queue) = connect_queue(&config, &pool, &shutdown).await else {
             return;
         };
         match build_observers(&config, pool, entities, Some(queue)) {
@@ -170,22 +170,20 @@ fn start_observers(
     })))
 }
 
-/// Connects to the Redis queue, waiting (and logging) while Redis is unreachable; `None` when
-/// shutdown came first or the URL is unusable (logged).
+/// Builds the configured queue backend, waiting (and logging) while an external one is
+/// unreachable; `None` when shutdown came first or the backend is unusable (logged).
 pub async fn connect_queue(
-    config: &crate::queue::config::QueueConfig,
+    config: &Config,
+    pool: &deadpool_postgres::Pool,
     shutdown: &CancellationToken,
-) -> Option<Arc<crate::queue::redis::RedisQueue>> {
-    let jobs = crate::metrics::metrics().observers.jobs.clone();
+) -> Option<crate::queue::QueueHandles> {
+    let capacity = config.observer_runtime.queue_capacity;
     tokio::select! {
         _ = shutdown.cancelled() => None,
-        q = crate::queue::redis::RedisQueue::connect(config) => match q {
-            Ok(q) => {
-                tracing::info!(url = %redact_url(&config.url), prefix = %config.key_prefix, "redis queue connected");
-                Some(Arc::new(q.with_metrics(jobs)))
-            }
+        q = crate::queue::build(&config.queue, pool, capacity) => match q {
+            Ok(q) => Some(q),
             Err(e) => {
-                tracing::error!(error = %e, "cannot use the redis queue (queue.url)");
+                tracing::error!(error = %e, "cannot use the {} queue (queue.url)", config.queue.backend.name());
                 None
             }
         },
@@ -196,17 +194,17 @@ pub async fn connect_queue(
 /// nothing, so `check` uses it too. `known_entities` (the schema's type names) turns an
 /// observer on an unknown entity into an error, so typos are found at start.
 ///
-/// `redis`: the connected Redis queue when `[queue] backend = "redis"`; jobs then go there and
-/// this process executes them only with `[queue] run_workers = true`.
+/// `queue`: the connected backend when it is external (`[queue] backend = "redis"`); jobs
+/// then go there and this process executes them only with `[queue] run_workers = true`.
 pub fn build_observers(
     config: &Config,
     pool: deadpool_postgres::Pool,
     known_entities: Option<Vec<String>>,
-    redis: Option<Arc<crate::queue::redis::RedisQueue>>,
+    queue: Option<crate::queue::QueueHandles>,
 ) -> anyhow::Result<crate::observers::ObserverRuntime> {
     let pg = crate::db::pg_config(&config.database)?;
     let mut settings = config.observer_runtime.clone();
-    if config.queue.backend == crate::queue::config::QueueBackend::Redis {
+    if config.queue.backend.is_external() {
         settings.run_workers = config.queue.run_workers;
     }
     let mut builder =
@@ -217,8 +215,8 @@ pub fn build_observers(
     if let Some(entities) = known_entities {
         builder = builder.known_entities(entities);
     }
-    if let Some(queue) = redis {
-        builder = builder.redis(queue);
+    if let Some(queue) = queue {
+        builder = builder.queue(queue);
     }
     let runtime = builder.build().map_err(|e| {
         let file = config
@@ -304,13 +302,13 @@ pub async fn run_on(
 }
 
 /// The HTTP side over `pool`: GraphQL (with `engine`, reloaded on SIGHUP), observers (when
-/// configured), health and metrics. `redis`: see [`AppState::redis`].
+/// configured), health and metrics. `queue`: see [`AppState::queue`].
 pub(crate) async fn serve_http(
     listener: TcpListener,
     config: Config,
     pool: deadpool_postgres::Pool,
     engine: Option<SharedEngine>,
-    redis: Option<Arc<std::sync::OnceLock<Arc<crate::queue::redis::RedisQueue>>>>,
+    queue: Option<Arc<crate::http::QueueReadiness>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -319,7 +317,7 @@ pub(crate) async fn serve_http(
         config: Arc::new(config),
         pool: pool.clone(),
         engine,
-        redis,
+        queue,
     });
     if let Some(engine) = &state.engine {
         spawn_reload_on_sighup(

@@ -1,4 +1,4 @@
-//! The `worker` role: executes observer jobs from the Redis queue, nothing else.
+//! The `worker` role: executes observer jobs from an external queue (Redis), nothing else.
 //!
 //! It compiles the same `[[observers]]` as `serve` (a job names its observer and action; the
 //! worker looks them up), connects to PostgreSQL (the dedup window and the `cache` action
@@ -12,7 +12,7 @@
 //! outright (`kill -9`) loses nothing either: its reservations expire after
 //! `[queue] visibility_timeout_ms` and are reclaimed by whichever worker reserves next.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,10 +20,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::queue::Queue;
-use crate::queue::config::QueueBackend;
+use crate::http::QueueReadiness;
+use crate::queue::QueueHandles;
 use crate::queue::pump::PumpConfig;
-use crate::queue::redis::RedisQueue;
 
 /// Binds `[worker] listen` and runs until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -39,7 +38,7 @@ pub async fn run_on(
     mut config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    if config.queue.backend != QueueBackend::Redis {
+    if !config.queue.backend.is_external() {
         anyhow::bail!(
             "fraiseql worker consumes the Redis queue, but queue.backend is \"memory\" (from {}): \
              set [queue] backend = \"redis\" (with the memory queue, serve runs the workers itself)",
@@ -63,22 +62,26 @@ pub async fn run_on(
         batch: config.queue.reserve_batch.min(config.worker.concurrency),
         grace: Duration::from_millis(config.worker.grace_period_ms),
     };
-    let queue_config = config.queue.clone();
-    let slot: Arc<OnceLock<Arc<RedisQueue>>> = Arc::new(OnceLock::new());
+    let ready = Arc::new(QueueReadiness::new(config.queue.backend.name()));
     let jobs_task = {
-        let (slot, shutdown) = (slot.clone(), shutdown.clone());
+        let (ready, shutdown) = (ready.clone(), shutdown.clone());
+        let (config, pool) = (config.clone(), pool.clone());
         let executor = executor.clone();
         tokio::spawn(async move {
-            let Some(queue) = crate::serve::connect_queue(&queue_config, &shutdown).await else {
+            let Some(queue) = crate::serve::connect_queue(&config, &pool, &shutdown).await else {
                 return;
             };
-            let _ = slot.set(queue.clone());
+            let (Some(batch), Some(probe)) = (queue.batch.clone(), queue.probe.clone()) else {
+                tracing::error!("the queue backend cannot serve a worker");
+                return;
+            };
+            let _ = ready.probe.set(probe);
             tracing::info!(
                 concurrency = pump.concurrency,
                 "worker started: executing jobs"
             );
-            let sampler = tokio::spawn(sample_gauges(queue.clone(), shutdown.clone()));
-            crate::observers::run_pump(queue, executor.clone(), pump, shutdown).await;
+            let sampler = tokio::spawn(sample_gauges(queue, shutdown.clone()));
+            crate::observers::run_pump(batch, executor.clone(), pump, shutdown).await;
             sampler.abort();
             if let Err(e) = executor.dedup.flush().await {
                 tracing::warn!(error = %e, "flushing dedup records failed");
@@ -88,7 +91,8 @@ pub async fn run_on(
 
     config.graphql.schema.clear();
     config.observers.clear();
-    let http = crate::serve::serve_http(listener, config, pool, None, Some(slot), shutdown.clone());
+    let http =
+        crate::serve::serve_http(listener, config, pool, None, Some(ready), shutdown.clone());
     let (served, jobs) = tokio::join!(http, jobs_task);
     // The HTTP side may fail to start; the job side must still stop.
     shutdown.cancel();
@@ -100,7 +104,7 @@ pub async fn run_on(
 
 /// Keeps `fraiseql_job_queue_depth` and `fraiseql_job_dead_letters` current (they are
 /// properties of the shared queue, so every worker reports the same values).
-async fn sample_gauges(queue: Arc<RedisQueue>, shutdown: CancellationToken) {
+async fn sample_gauges(queue: QueueHandles, shutdown: CancellationToken) {
     let jobs = crate::metrics::metrics().observers.jobs.clone();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -109,12 +113,12 @@ async fn sample_gauges(queue: Arc<RedisQueue>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Ok(depth) = queue.depth().await {
+        if let Ok(depth) = queue.queue.depth().await {
             jobs.queue_depth
                 .set(i64::try_from(depth).unwrap_or(i64::MAX));
         }
-        if let Ok(n) = crate::queue::redis_dlq::count(&queue).await {
-            jobs.dead_letters.set(i64::try_from(n).unwrap_or(i64::MAX));
+        if let Ok(n) = queue.dead_letters.count_dead().await {
+            jobs.dead_letters.set(n);
         }
     }
 }

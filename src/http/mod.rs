@@ -35,9 +35,26 @@ pub struct AppState {
     /// Requests clone the `Arc`, so those in flight finish on the engine they started with.
     /// The handle is shared with the Flight role's GraphQL source when both run.
     pub engine: Option<crate::graphql::SharedEngine>,
-    /// Set when this process consumes the Redis job queue (`fraiseql worker`): `/readyz` then
-    /// also needs Redis, and reports "not connected yet" until the first connection.
-    pub redis: Option<Arc<std::sync::OnceLock<Arc<crate::queue::redis::RedisQueue>>>>,
+    /// Set when this process consumes a queue backend that is a service of its own
+    /// (`fraiseql worker`): `/readyz` then also needs it, and reports "not connected yet"
+    /// until the first connection.
+    pub queue: Option<Arc<QueueReadiness>>,
+}
+
+/// The queue backend `/readyz` waits for, filled once it is connected.
+pub struct QueueReadiness {
+    /// Backend name, for the reason `/readyz` gives.
+    pub backend: &'static str,
+    pub probe: std::sync::OnceLock<Arc<dyn crate::queue::Probe>>,
+}
+
+impl QueueReadiness {
+    pub fn new(backend: &'static str) -> Self {
+        QueueReadiness {
+            backend,
+            probe: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 impl AppState {
@@ -295,14 +312,15 @@ async fn readyz(state: &AppState) -> Response<Body> {
     if let Err(e) = crate::db::ping(&state.pool, Duration::from_secs(2)).await {
         return unavailable(e.to_string());
     }
-    if let Some(slot) = &state.redis {
-        let Some(redis) = slot.get() else {
-            return unavailable("redis: not connected yet".into());
+    if let Some(ready) = &state.queue {
+        let name = ready.backend;
+        let Some(probe) = ready.probe.get() else {
+            return unavailable(format!("{name}: not connected yet"));
         };
-        match tokio::time::timeout(Duration::from_secs(2), redis.ping()).await {
+        match tokio::time::timeout(Duration::from_secs(2), probe.ping()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return unavailable(format!("redis: {e}")),
-            Err(_) => return unavailable("redis: no answer within 2 s".into()),
+            Ok(Err(e)) => return unavailable(format!("{name}: {e}")),
+            Err(_) => return unavailable(format!("{name}: no answer within 2 s")),
         }
     }
     json(StatusCode::OK, serde_json::json!({"status": "ready"}))

@@ -39,12 +39,10 @@ use tracing::{info, warn};
 
 use crate::actions::{ActionDeps, EnvLookup};
 use crate::metrics::ObserverMetrics;
-use crate::queue::Queue;
 use crate::queue::dedup::{DedupStore, PgDedup};
 use crate::queue::dlq::PgDeadLetters;
-use crate::queue::memory::MemoryQueue;
 use crate::queue::pump::{self, PumpConfig};
-use crate::queue::redis::RedisQueue;
+use crate::queue::{BatchQueue, Queue, QueueHandles};
 
 pub use config::{ConfigError, ObserverConfig, ObserverSettings};
 use dispatch::{Dispatcher, Tracker};
@@ -65,8 +63,7 @@ pub struct ObserverRuntimeBuilder {
     pool: Pool,
     pg_config: tokio_postgres::Config,
     metrics: Option<ObserverMetrics>,
-    queue: Option<Arc<dyn Queue>>,
-    redis: Option<Arc<RedisQueue>>,
+    queue: Option<QueueHandles>,
     nats: Option<crate::nats::NatsConfig>,
     tls_ca_file: String,
     known_entities: Option<Vec<String>>,
@@ -80,18 +77,12 @@ impl ObserverRuntimeBuilder {
         self
     }
 
-    /// Another queue backend (Redis). Default: a [`MemoryQueue`] of `queue_capacity` jobs
-    /// that dead-letters into PostgreSQL.
-    pub fn queue(mut self, queue: Arc<dyn Queue>) -> Self {
+    /// The queue backend ([`crate::queue::build`]). Default: the in-process queue of
+    /// `queue_capacity` jobs that dead-letters into PostgreSQL. A backend that reserves in
+    /// batches has its jobs executed (when `run_workers` is set) by the batching [`pump`],
+    /// as `fraiseql worker` does, instead of one-by-one workers.
+    pub fn queue(mut self, queue: QueueHandles) -> Self {
         self.queue = Some(queue);
-        self
-    }
-
-    /// The Redis backend: jobs are enqueued into it and, when `run_workers` is set, executed
-    /// by the batching [`pump`] (as `fraiseql worker` does) instead of one-by-one workers.
-    pub fn redis(mut self, queue: Arc<RedisQueue>) -> Self {
-        self.queue = Some(queue.clone());
-        self.redis = Some(queue);
         self
     }
 
@@ -134,10 +125,7 @@ impl ObserverRuntimeBuilder {
         )?;
         let dead_letters = PgDeadLetters::new(self.pool.clone());
         let queue = self.queue.unwrap_or_else(|| {
-            Arc::new(MemoryQueue::new(
-                self.settings.queue_capacity,
-                Arc::new(dead_letters.clone()),
-            ))
+            QueueHandles::memory(self.settings.queue_capacity, dead_letters.clone())
         });
         Ok(ObserverRuntime {
             dedup: Arc::new(PgDedup::new(
@@ -149,7 +137,6 @@ impl ObserverRuntimeBuilder {
             pg_config: self.pg_config,
             metrics: self.metrics.unwrap_or_else(ObserverMetrics::unregistered),
             queue,
-            redis: self.redis,
             nats: self.nats,
             tls_ca_file: self.tls_ca_file,
             dead_letters,
@@ -163,8 +150,7 @@ pub struct ObserverRuntime {
     observers: Arc<CompiledObservers>,
     pg_config: tokio_postgres::Config,
     metrics: ObserverMetrics,
-    queue: Arc<dyn Queue>,
-    redis: Option<Arc<RedisQueue>>,
+    queue: QueueHandles,
     nats: Option<crate::nats::NatsConfig>,
     tls_ca_file: String,
     dead_letters: PgDeadLetters,
@@ -188,7 +174,6 @@ impl ObserverRuntime {
             pg_config,
             metrics: None,
             queue: None,
-            redis: None,
             nats: None,
             tls_ca_file: String::new(),
             known_entities: None,
@@ -197,7 +182,7 @@ impl ObserverRuntime {
     }
 
     pub fn queue(&self) -> Arc<dyn Queue> {
-        self.queue.clone()
+        self.queue.queue.clone()
     }
 
     /// The job executor over this runtime's compiled observers and dedup store: what
@@ -239,15 +224,15 @@ impl ObserverRuntime {
                 metrics: self.metrics.jobs.clone(),
             });
             let grace = Duration::from_millis(self.settings.shutdown_grace_ms);
-            match &self.redis {
-                Some(redis) => {
+            match &self.queue.batch {
+                Some(batch) => {
                     let config = PumpConfig {
                         concurrency: self.settings.concurrency,
                         batch: self.settings.concurrency.clamp(1, 1000),
                         grace,
                     };
                     tasks.spawn(run_pump(
-                        redis.clone(),
+                        batch.clone(),
                         executor,
                         config,
                         workers_stop.clone(),
@@ -256,7 +241,7 @@ impl ObserverRuntime {
                 None => {
                     let workers = Arc::new(worker::Workers {
                         executor,
-                        queue: self.queue.clone(),
+                        queue: self.queue.queue.clone(),
                         tracker: tracker.clone(),
                         concurrency: self.settings.concurrency,
                         grace,
@@ -267,7 +252,7 @@ impl ObserverRuntime {
         }
         let dispatcher = Dispatcher {
             observers: self.observers.clone(),
-            queue: self.queue.clone(),
+            queue: self.queue.queue.clone(),
             tracker: tracker.clone(),
             metrics: self.metrics.clone(),
         };
@@ -292,7 +277,6 @@ impl ObserverRuntime {
         };
         tasks.spawn(housekeeping(
             self.queue.clone(),
-            self.redis.clone(),
             self.dead_letters.clone(),
             self.dedup.clone(),
             self.metrics.clone(),
@@ -318,8 +302,7 @@ impl ObserverRuntime {
 
 /// Dead-letter retries requested by `fraiseql dlq retry`, gauges, dedup purge.
 async fn housekeeping(
-    queue: Arc<dyn Queue>,
-    redis: Option<Arc<RedisQueue>>,
+    handles: QueueHandles,
     dead_letters: PgDeadLetters,
     dedup: Arc<dyn DedupStore>,
     metrics: ObserverMetrics,
@@ -335,6 +318,7 @@ async fn housekeeping(
             _ = tick.tick() => {}
         }
         ticks += 1;
+        let queue = &handles.queue;
         match dead_letters.claim_retries(100, lease).await {
             Ok(jobs) => {
                 for job in jobs {
@@ -354,16 +338,9 @@ async fn housekeeping(
             }
             Err(e) => warn!(error = %e, "claiming dead-letter retries failed"),
         }
-        // The Redis backend keeps its own dead letters; PostgreSQL's hold the memory
-        // backend's (and are drained into Redis by the claim above after a switch).
-        let dead = match &redis {
-            Some(r) => crate::queue::redis_dlq::count(r)
-                .await
-                .ok()
-                .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
-            None => dead_letters.count_dead().await.ok(),
-        };
-        if let Some(n) = dead {
+        // The gauge counts the backend's own dead letters. PostgreSQL's rows are claimed
+        // above whatever the backend, so after a switch to Redis they drain into it.
+        if let Ok(n) = handles.dead_letters.count_dead().await {
             metrics.jobs.dead_letters.set(n);
         }
         if let Ok(depth) = queue.depth().await {
@@ -381,10 +358,10 @@ async fn housekeeping(
     }
 }
 
-/// Executes jobs from Redis with the batching [`pump`] until `shutdown`, then drains: what
-/// `fraiseql worker` runs, and `serve` with `[queue] run_workers = true`.
+/// Executes jobs from a batching backend with the [`pump`] until `shutdown`, then drains:
+/// what `fraiseql worker` runs, and `serve` with `[queue] run_workers = true`.
 pub async fn run_pump(
-    queue: Arc<RedisQueue>,
+    queue: Arc<dyn BatchQueue>,
     executor: Arc<executor::JobExecutor>,
     config: PumpConfig,
     shutdown: CancellationToken,

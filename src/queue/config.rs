@@ -22,6 +22,22 @@ pub enum QueueBackend {
     Redis,
 }
 
+impl QueueBackend {
+    /// The name in logs and readiness reasons (`memory`, `redis`).
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueBackend::Memory => "memory",
+            QueueBackend::Redis => "redis",
+        }
+    }
+
+    /// True when jobs live in a service of their own: connecting may wait for it, other
+    /// processes (`fraiseql worker`) can consume them, and readiness depends on it.
+    pub fn is_external(self) -> bool {
+        self != QueueBackend::Memory
+    }
+}
+
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
@@ -143,6 +159,14 @@ impl QueueConfig {
             return err("reserve_batch", "expected 1 to 1000");
         }
         Ok(())
+    }
+
+    /// Where the jobs live, for messages: `Redis at redis://…` (password hidden).
+    pub fn location(&self) -> String {
+        match self.backend {
+            QueueBackend::Memory => "the in-process queue".to_string(),
+            QueueBackend::Redis => format!("Redis at {}", redact_url(&self.url)),
+        }
     }
 
     pub fn visibility_timeout(&self) -> Duration {

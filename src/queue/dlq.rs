@@ -1,12 +1,14 @@
-//! The durable dead-letter store in PostgreSQL (`fraiseql.tb_observer_dead_letter`).
+//! Dead letters: the admin capability every backend offers ([`DeadLetterAdmin`], what
+//! `fraiseql dlq` and the dead-letter gauge use), the shared row shape ([`DeadLetter`]), and
+//! the durable store in PostgreSQL (`fraiseql.tb_observer_dead_letter`) behind the memory
+//! backend. The Redis backend keeps its own ([`crate::queue::redis::RedisDeadLetters`]).
 //!
 //! A job lands here when its action failed permanently or ran out of attempts; the row keeps
 //! the whole job (event document included) and every attempt's error. The memory queue
 //! writes through [`DeadLetterSink`] before it forgets a job, so a dead letter survives a
 //! crash.
 //!
-//! `fraiseql dlq` talks to [`PgDeadLetters`] only: `list`, `show`, `retry ID`, `retry --all`
-//! and `purge --older-than`. A retry does not run the action from the CLI process; it marks
+//! A PostgreSQL retry does not run the action from the CLI process; it marks
 //! the row `retry_requested`, and the observer runtime of a running `serve` (which owns the
 //! queue) claims such rows, re-enqueues the job with a fresh attempt budget, and either
 //! deletes the row when the job succeeds or marks it `dead` again (with the new errors
@@ -20,7 +22,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use serde::Serialize;
 
-use super::{AttemptError, Job};
+use super::{AttemptError, Job, QueueError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
@@ -30,6 +32,10 @@ pub enum DlqError {
     Db(#[from] tokio_postgres::Error),
     #[error("stored job is not valid: {0}")]
     Decode(#[from] serde_json::Error),
+    #[error("dead letter {id} is not a valid job: {source}")]
+    InvalidJob { id: i64, source: serde_json::Error },
+    #[error(transparent)]
+    Queue(#[from] QueueError),
 }
 
 /// Where a queue backend writes jobs that it gives up on.
@@ -78,11 +84,32 @@ pub struct DeadLetter {
     pub job: Job,
 }
 
-/// Filters for [`PgDeadLetters::list`].
+/// Filters for [`DeadLetterAdmin::list`].
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
+    /// Only this observer's dead letters.
     pub observer: Option<String>,
+    /// Most rows returned (newest first); `None` = all.
     pub limit: Option<i64>,
+}
+
+/// What [`DeadLetterAdmin::retry`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOutcome {
+    /// Queued again (or, for a store whose retries go through the observer runtime, handed
+    /// to it); the dead letter is gone once the job succeeds.
+    Retried,
+    /// A live job with the same idempotency key exists; the dead letter stays.
+    AlreadyLive,
+    NotFound,
+}
+
+/// Counts from [`DeadLetterAdmin::retry_all`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RetryAllSummary {
+    pub retried: u64,
+    pub already_live: u64,
 }
 
 const COLUMNS: &str = "pk, idempotency_key, change_pk, observer, action_index, action_type, \
@@ -251,31 +278,49 @@ impl PgDeadLetters {
     }
 }
 
-/// What `fraiseql dlq` needs from a dead-letter store, so the subcommands work unchanged
-/// when the Redis backend brings its own store.
+/// Capability: what `fraiseql dlq` and the dead-letter gauge need from a backend's dead
+/// letters. Every backend has one ([`crate::queue::QueueHandles::dead_letters`]).
 #[async_trait]
-pub trait DeadLetterAdmin: Send + Sync {
+pub trait DeadLetterAdmin: Send + Sync + 'static {
+    /// True when [`DeadLetterAdmin::retry`] puts the job back on the queue itself; false
+    /// when it asks a running observer runtime to (which then picks it up within a second).
+    fn retries_immediately(&self) -> bool;
+    /// Newest first.
     async fn list(&self, filter: &ListFilter) -> Result<Vec<DeadLetter>, DlqError>;
     async fn show(&self, id: i64) -> Result<Option<DeadLetter>, DlqError>;
-    async fn request_retry(&self, id: i64) -> Result<bool, DlqError>;
-    async fn request_retry_all(&self) -> Result<u64, DlqError>;
+    /// A new round of attempts for one dead letter, with a fresh attempt budget.
+    async fn retry(&self, id: i64) -> Result<RetryOutcome, DlqError>;
+    /// [`DeadLetterAdmin::retry`] for every dead letter.
+    async fn retry_all(&self) -> Result<RetryAllSummary, DlqError>;
+    /// Deletes dead letters older than `older_than`, or all of them; returns how many.
     async fn purge(&self, older_than: Option<Duration>) -> Result<u64, DlqError>;
+    /// Dead letters waiting for an operator.
     async fn count_dead(&self) -> Result<i64, DlqError>;
 }
 
 #[async_trait]
 impl DeadLetterAdmin for PgDeadLetters {
+    fn retries_immediately(&self) -> bool {
+        false
+    }
     async fn list(&self, filter: &ListFilter) -> Result<Vec<DeadLetter>, DlqError> {
         PgDeadLetters::list(self, filter).await
     }
     async fn show(&self, id: i64) -> Result<Option<DeadLetter>, DlqError> {
         PgDeadLetters::show(self, id).await
     }
-    async fn request_retry(&self, id: i64) -> Result<bool, DlqError> {
-        PgDeadLetters::request_retry(self, id).await
+    async fn retry(&self, id: i64) -> Result<RetryOutcome, DlqError> {
+        Ok(if self.request_retry(id).await? {
+            RetryOutcome::Retried
+        } else {
+            RetryOutcome::NotFound
+        })
     }
-    async fn request_retry_all(&self) -> Result<u64, DlqError> {
-        PgDeadLetters::request_retry_all(self).await
+    async fn retry_all(&self) -> Result<RetryAllSummary, DlqError> {
+        Ok(RetryAllSummary {
+            retried: self.request_retry_all().await?,
+            already_live: 0,
+        })
     }
     async fn purge(&self, older_than: Option<Duration>) -> Result<u64, DlqError> {
         PgDeadLetters::purge(self, older_than).await

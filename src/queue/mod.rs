@@ -14,6 +14,7 @@
 //! - [`dedup`]: the "already succeeded" window that makes replays harmless.
 
 pub mod backoff;
+mod build;
 pub mod config;
 pub mod conformance;
 pub mod dedup;
@@ -21,7 +22,6 @@ pub mod dlq;
 pub mod memory;
 pub mod pump;
 pub mod redis;
-pub mod redis_dlq;
 
 use std::time::Duration;
 
@@ -29,6 +29,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+pub use build::{QueueHandles, build};
 
 /// One unit of work: run action `action_index` of observer `observer` for change `change_pk`.
 ///
@@ -199,4 +201,61 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Jobs currently live in the queue (ready + delayed + reserved).
     async fn depth(&self) -> Result<u64, QueueError>;
+}
+
+/// What [`BatchQueue::ack_and_reserve`] acknowledged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckOutcome {
+    pub acked: usize,
+    /// Receipts that were no longer ours (acknowledged before, or reclaimed after their
+    /// visibility timeout and possibly running elsewhere).
+    pub unknown: Vec<String>,
+}
+
+/// What one [`BatchQueue::ack_and_reserve`] round trip did.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub acked: AckOutcome,
+    pub reserved: Vec<Reservation>,
+    /// The backend's clock when the round trip ran (ms).
+    pub now_ms: i64,
+    /// When nothing was reserved: the earliest delayed due time or visibility deadline
+    /// (backend clock, ms), -1 when there is none.
+    pub next_ms: i64,
+}
+
+/// Capability: many jobs acknowledged and reserved in one round trip, with a wake-up for
+/// idle reservers. The batching [`pump`] runs over it.
+#[async_trait]
+pub trait BatchQueue: Queue {
+    /// Most jobs one [`BatchQueue::ack_and_reserve`] call reserves.
+    fn max_batch(&self) -> usize;
+
+    /// Acknowledges `acks` (receipts), then reserves up to `max` jobs (0 = only
+    /// acknowledge), without waiting for work. Retries transient failures until `deadline`
+    /// (`None` = forever); `Ok(None)` when the deadline passed first.
+    async fn ack_and_reserve(
+        &self,
+        acks: &[String],
+        max: usize,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<Batch>, QueueError>;
+
+    /// Completes when new work may be ready. Create it (and `enable()` it) before the
+    /// [`BatchQueue::ack_and_reserve`] call whose emptiness it waits on.
+    fn notified(&self) -> tokio::sync::futures::Notified<'_>;
+
+    /// How long an idle reserver may sleep after `batch` found nothing.
+    fn idle_sleep(&self, batch: &Batch) -> Duration;
+
+    /// Hands reservations back by receipt, the stored job unchanged (a draining worker's
+    /// unfinished jobs). Unknown receipts are ignored.
+    async fn release_receipts(&self, receipts: &[String]) -> Result<(), QueueError>;
+}
+
+/// Capability: the backend is a service of its own; readiness depends on reaching it.
+#[async_trait]
+pub trait Probe: Send + Sync + 'static {
+    /// One round trip, no retries.
+    async fn ping(&self) -> Result<(), QueueError>;
 }

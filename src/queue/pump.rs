@@ -1,8 +1,8 @@
-//! The batching worker loop over [`RedisQueue`]: keeps up to `concurrency` jobs running and
-//! spends one Redis round trip per batch, not per job.
+//! The batching worker loop over a [`BatchQueue`] (the Redis backend): keeps up to
+//! `concurrency` jobs running and spends one backend round trip per batch, not per job.
 //!
 //! Each round trip acknowledges every job that finished since the last one *and* reserves jobs
-//! for the slots that freed up, in one script call ([`RedisQueue::ack_and_reserve`]); two round
+//! for the slots that freed up, in one call ([`BatchQueue::ack_and_reserve`]); two round
 //! trips may be in flight at once, so finished jobs are acknowledged while the previous
 //! batch is still on the wire. Slots promised to a round trip in flight count as taken: no
 //! more than `concurrency` jobs are ever reserved by this loop. Handlers run
@@ -11,7 +11,7 @@
 //!
 //! On shutdown the loop stops reserving, keeps acknowledging until the running jobs finish,
 //! and when `grace` runs out aborts the rest and hands their reservations back
-//! ([`RedisQueue::release_receipts`]) so another worker takes them at once instead of after
+//! ([`BatchQueue::release_receipts`]) so another worker takes them at once instead of after
 //! the visibility timeout. `fraiseql worker` is this loop plus an action executor as handler.
 
 use std::collections::HashSet;
@@ -28,8 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::redis::{Batch, RedisQueue};
-use super::{Job, Outcome, Queue, QueueError, Reservation};
+use super::{Batch, BatchQueue, Job, Outcome, QueueError, Reservation};
 
 #[derive(Debug, Clone)]
 pub struct PumpConfig {
@@ -62,7 +61,7 @@ pub struct PumpStats {
     pub lost_reservations: u64,
     /// Jobs handed back at shutdown.
     pub released: u64,
-    /// Redis round trips of the ack-and-reserve call.
+    /// Round trips of the ack-and-reserve call.
     pub round_trips: u64,
 }
 
@@ -90,7 +89,7 @@ type Idle<'a> = (Pin<Box<Notified<'a>>>, Pin<Box<tokio::time::Sleep>>);
 /// Runs the loop until `shutdown` is cancelled and the running jobs are finished or handed
 /// back. `handler` runs one job.
 pub async fn run<H, Fut>(
-    queue: Arc<RedisQueue>,
+    queue: Arc<dyn BatchQueue>,
     config: PumpConfig,
     handler: H,
     shutdown: CancellationToken,
@@ -99,10 +98,10 @@ where
     H: Fn(Job) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send + 'static,
 {
-    let q: &RedisQueue = &queue;
+    let q: &dyn BatchQueue = &*queue;
     let handler = Arc::new(handler);
     let concurrency = config.concurrency.max(1);
-    let batch = config.batch.clamp(1, super::redis::MAX_BATCH);
+    let batch = config.batch.clamp(1, q.max_batch());
     let mut stats = PumpStats::default();
     let mut running: JoinSet<(String, Outcome)> = JoinSet::new();
     let mut held: HashSet<String> = HashSet::new();
@@ -229,7 +228,7 @@ where
 }
 
 async fn finish(
-    queue: &RedisQueue,
+    queue: &dyn BatchQueue,
     stats: &mut PumpStats,
     acks: &mut Vec<String>,
     held: &mut HashSet<String>,

@@ -87,9 +87,13 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, error, info, warn};
 
 use super::config::QueueConfig;
-use super::{Enqueued, Job, Queue, QueueError, Reservation};
+use super::{AckOutcome, Batch, BatchQueue, Enqueued, Job, Probe, Queue, QueueError, Reservation};
 use crate::config::redact_url;
 use crate::metrics::JobMetrics;
+
+mod dead_letters;
+
+pub use dead_letters::RedisDeadLetters;
 
 /// Jobs per enqueue script call: large enough that the round trip is noise (~1 ms of Redis
 /// time per call), small enough that Redis never blocks other clients for long.
@@ -341,27 +345,6 @@ impl Scripts {
             extend: Script::new(EXTEND_LUA),
         }
     }
-}
-
-/// What [`RedisQueue::ack_many`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AckOutcome {
-    pub acked: usize,
-    /// Receipts that were no longer ours (acknowledged before, or reclaimed after their
-    /// visibility timeout and possibly running elsewhere).
-    pub unknown: Vec<String>,
-}
-
-/// What one [`RedisQueue::ack_and_reserve`] round trip did.
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub acked: AckOutcome,
-    pub reserved: Vec<Reservation>,
-    /// Redis's clock when the script ran (ms).
-    pub now_ms: i64,
-    /// When nothing was reserved: the earliest delayed due time or visibility deadline
-    /// (Redis clock, ms), -1 when there is none.
-    pub next_ms: i64,
 }
 
 /// A script's value, and whether an earlier attempt failed in a way that may have run it.
@@ -1052,5 +1035,40 @@ impl Queue for RedisQueue {
             .query_async(&mut conn)
             .await
             .map_err(|e| backend_err("hlen", e))
+    }
+}
+
+#[async_trait]
+impl BatchQueue for RedisQueue {
+    fn max_batch(&self) -> usize {
+        MAX_BATCH
+    }
+
+    async fn ack_and_reserve(
+        &self,
+        acks: &[String],
+        max: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Batch>, QueueError> {
+        RedisQueue::ack_and_reserve(self, acks, max, deadline).await
+    }
+
+    fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        RedisQueue::notified(self)
+    }
+
+    fn idle_sleep(&self, batch: &Batch) -> Duration {
+        RedisQueue::idle_sleep(self, batch)
+    }
+
+    async fn release_receipts(&self, receipts: &[String]) -> Result<(), QueueError> {
+        RedisQueue::release_receipts(self, receipts).await
+    }
+}
+
+#[async_trait]
+impl Probe for RedisQueue {
+    async fn ping(&self) -> Result<(), QueueError> {
+        RedisQueue::ping(self).await
     }
 }

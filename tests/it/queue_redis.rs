@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use fraiseql::queue::Outcome;
+use fraiseql::queue::dlq::{ListFilter, RetryOutcome};
 use fraiseql::queue::pump::{self, PumpConfig};
-use fraiseql::queue::redis_dlq::{self, ListFilter, RetryOutcome};
+use fraiseql::queue::redis::RedisDeadLetters;
 use fraiseql::queue::{Enqueued, Queue};
 use tokio_util::sync::CancellationToken;
 
@@ -60,7 +61,8 @@ async fn batches_round_trip_and_finished_jobs_leave_no_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_list_show_retry_and_purge() {
     let cleanup = Cleanup::new(REDIS_URL);
-    let q = queue(&cleanup).await;
+    let q = Arc::new(queue(&cleanup).await);
+    let dl = RedisDeadLetters::new(q.clone());
     for pk in 0..3 {
         let mut j = job(pk);
         if pk == 2 {
@@ -77,39 +79,31 @@ async fn dead_letters_list_show_retry_and_purge() {
         q.dead_letter(r).await.unwrap();
     }
     assert_eq!(q.depth().await.unwrap(), 0);
-    assert_eq!(redis_dlq::count(&q).await.unwrap(), 3);
+    assert_eq!(dl.count().await.unwrap(), 3);
 
-    let all = redis_dlq::list(&q, &ListFilter::default()).await.unwrap();
+    let all = dl.list(&ListFilter::default()).await.unwrap();
     assert_eq!(all.len(), 3);
-    assert!(all[0].dead_at >= all[2].dead_at, "newest first");
+    assert!(all[0].created_at >= all[2].created_at, "newest first");
     let d = &all[2];
     assert_eq!(d.attempts, 2, "every attempt's error is kept");
     assert_eq!(d.errors[0].error, "503 Service Unavailable");
     assert_eq!(d.last_error.as_deref(), Some("400 Bad Request #0"));
-    let only_other = redis_dlq::list(
-        &q,
-        &ListFilter {
+    let only_other = dl
+        .list(&ListFilter {
             observer: Some("other".into()),
-            limit: 10,
-        },
-    )
-    .await
-    .unwrap();
+            limit: Some(10),
+        })
+        .await
+        .unwrap();
     assert_eq!(only_other.len(), 1);
 
-    let shown = redis_dlq::show(&q, d.id).await.unwrap().unwrap();
+    let shown = dl.show(d.id).await.unwrap().unwrap();
     assert_eq!(shown.job.key, d.job.key);
-    assert!(redis_dlq::show(&q, 999_999).await.unwrap().is_none());
+    assert!(dl.show(999_999).await.unwrap().is_none());
 
     // Retry one: it is live again with a fresh budget, its history and its dead-letter id.
-    assert_eq!(
-        redis_dlq::retry(&q, d.id).await.unwrap(),
-        RetryOutcome::Enqueued
-    );
-    assert_eq!(
-        redis_dlq::retry(&q, d.id).await.unwrap(),
-        RetryOutcome::NotFound
-    );
+    assert_eq!(dl.retry(d.id).await.unwrap(), RetryOutcome::Retried);
+    assert_eq!(dl.retry(d.id).await.unwrap(), RetryOutcome::NotFound);
     let mut r = q.reserve(Duration::from_secs(1)).await.unwrap().unwrap();
     assert_eq!(r.job.key, d.job.key);
     assert_eq!(r.job.attempts, 0);
@@ -119,29 +113,27 @@ async fn dead_letters_list_show_retry_and_purge() {
     // It fails again: back under the same id, with the new error appended.
     r.job.record_failure("still broken", false);
     q.dead_letter(r).await.unwrap();
-    let again = redis_dlq::show(&q, d.id).await.unwrap().unwrap();
+    let again = dl.show(d.id).await.unwrap().unwrap();
     assert_eq!(again.attempts, 3);
     assert_eq!(again.last_error.as_deref(), Some("still broken"));
-    assert_eq!(redis_dlq::count(&q).await.unwrap(), 3);
+    assert_eq!(dl.count().await.unwrap(), 3);
 
     // A dead letter whose key is live again is left alone.
     q.enqueue(all[0].job.clone()).await.unwrap();
-    let s = redis_dlq::retry_all(&q, &ListFilter::default())
-        .await
-        .unwrap();
-    assert_eq!((s.enqueued, s.already_live), (2, 1));
+    let s = dl.retry_matching(&ListFilter::default()).await.unwrap();
+    assert_eq!((s.retried, s.already_live), (2, 1));
     assert_eq!(q.depth().await.unwrap(), 3);
 
     // Purge: nothing is older than an hour; everything is older than "now + 1s".
     assert_eq!(
-        redis_dlq::purge_older_than(&q, Duration::from_secs(3600))
+        dl.purge_older_than(Duration::from_secs(3600))
             .await
             .unwrap(),
         0
     );
     let cutoff = Utc::now() + chrono::Duration::seconds(1);
-    assert_eq!(redis_dlq::purge_before(&q, cutoff).await.unwrap(), 1);
-    assert_eq!(redis_dlq::count(&q).await.unwrap(), 0);
+    assert_eq!(dl.purge_before(cutoff).await.unwrap(), 1);
+    assert_eq!(dl.count().await.unwrap(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

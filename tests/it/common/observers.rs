@@ -417,7 +417,7 @@ pub fn build_with(
     .env(env(vars))
     .known_entities(vec!["Post".into(), "User".into()]);
     if let Some(q) = redis {
-        builder = builder.redis(q);
+        builder = builder.queue(fraiseql::queue::QueueHandles::redis(q));
     }
     builder
         .build()
