@@ -8,6 +8,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod error_code;
 pub mod flight;
 pub mod graphql;
 pub mod http;

@@ -226,8 +226,8 @@ impl GraphqlMetrics {
                     .with_label_values(&[op_type, "anonymous", outcome]);
             }
         }
-        for code in GRAPHQL_ERROR_CODES {
-            self.errors_total.with_label_values(&[code]);
+        for code in crate::error_code::ErrorCode::ALL {
+            self.errors_total.with_label_values(&[code.as_str()]);
         }
         self
     }
@@ -268,24 +268,6 @@ impl GraphqlMetrics {
         })
     }
 }
-
-/// The `extensions.code` values the engine itself answers with.
-const GRAPHQL_ERROR_CODES: &[&str] = &[
-    "BAD_REQUEST",
-    "BAD_USER_INPUT",
-    "GRAPHQL_PARSE_FAILED",
-    "GRAPHQL_VALIDATION_FAILED",
-    "INTERNAL_SERVER_ERROR",
-    "LIMIT_EXCEEDED",
-    "METHOD_NOT_ALLOWED",
-    "NOT_ACCEPTABLE",
-    "OPERATION_NAME_REQUIRED",
-    "OPERATION_NOT_FOUND",
-    "OPERATION_NOT_SUPPORTED",
-    "PAYLOAD_TOO_LARGE",
-    "SERVICE_UNAVAILABLE",
-    "UNSUPPORTED_MEDIA_TYPE",
-];
 
 // ---------------------------------------------------------------------------------------
 // Observer metrics (`fraiseql_observer_*`): the reader and dispatch update them. What happens

@@ -20,7 +20,7 @@ use crate::sql::select::build_query;
 use crate::sql::{SqlError, Statement};
 
 use super::plan::{PlanCtx, PlanKind, RootPlan};
-use super::response::{GqlError, PathSeg, errors_only, repair, write_errors};
+use super::response::{Code, ErrorCode, GqlError, PathSeg, errors_only, repair, write_errors};
 use super::{Engine, GraphqlError};
 
 /// A GraphQL request (from JSON or from GET parameters).
@@ -90,16 +90,16 @@ fn parse_error_message(e: &GraphQLError) -> Vec<GqlError> {
                     | juniper::ParseError::TokenLimitExceeded(_)
                     | juniper::ParseError::FieldLimitExceeded(_)
             ) {
-                "LIMIT_EXCEEDED"
+                ErrorCode::LimitExceeded
             } else {
-                "GRAPHQL_PARSE_FAILED"
+                ErrorCode::GraphqlParseFailed
             };
             vec![GqlError::new(msg, code).at(sp.span.start.line() + 1, sp.span.start.column() + 1)]
         }
         GraphQLError::ValidationError(errs) => errs
             .iter()
             .map(|r| {
-                let mut e = GqlError::new(r.message(), "GRAPHQL_VALIDATION_FAILED");
+                let mut e = GqlError::new(r.message(), ErrorCode::GraphqlValidationFailed);
                 for l in r.locations() {
                     e = e.at(l.line() + 1, l.column() + 1);
                 }
@@ -108,19 +108,19 @@ fn parse_error_message(e: &GraphQLError) -> Vec<GqlError> {
             .collect(),
         GraphQLError::NoOperationProvided => vec![GqlError::new(
             "the document contains no operation",
-            "GRAPHQL_VALIDATION_FAILED",
+            ErrorCode::GraphqlValidationFailed,
         )],
         GraphQLError::MultipleOperationsProvided => vec![GqlError::new(
             "the document contains several operations: give operationName",
-            "OPERATION_NAME_REQUIRED",
+            ErrorCode::OperationNameRequired,
         )],
         GraphQLError::UnknownOperationName => vec![GqlError::new(
             "operationName matches no operation of the document",
-            "OPERATION_NOT_FOUND",
+            ErrorCode::OperationNotFound,
         )],
         GraphQLError::IsSubscription | GraphQLError::NotSubscription => vec![GqlError::new(
             "subscriptions are not supported over this endpoint",
-            "OPERATION_NOT_SUPPORTED",
+            ErrorCode::OperationNotSupported,
         )],
         GraphQLError::NotSupported(t) => vec![GqlError::new(
             format!(
@@ -131,7 +131,7 @@ fn parse_error_message(e: &GraphQLError) -> Vec<GqlError> {
                     OperationType::Subscription => "subscriptions",
                 }
             ),
-            "OPERATION_NOT_SUPPORTED",
+            ErrorCode::OperationNotSupported,
         )],
     }
 }
@@ -145,18 +145,19 @@ fn sql_error(e: &SqlError, plan: &RootPlan) -> GqlError {
 fn internal(plan: &RootPlan, what: &str) -> GqlError {
     GqlError::new(
         format!("{what}; the server log has details"),
-        "INTERNAL_SERVER_ERROR",
+        ErrorCode::InternalServerError,
     )
     .at(plan.location.0, plan.location.1)
     .with_path(vec![PathSeg::Key(plan.key.clone())])
 }
 
-fn extension_code(v: &Value<DefaultScalarValue>) -> Option<String> {
+/// The code [`super::plan::field_error`] put on a field error.
+fn extension_code(v: &Value<DefaultScalarValue>) -> Option<ErrorCode> {
     v.as_object_value()?
         .get_field_value("code")?
         .as_scalar()
         .and_then(|s| match s {
-            DefaultScalarValue::String(s) => Some(s.clone()),
+            DefaultScalarValue::String(s) => ErrorCode::parse(s),
             _ => None,
         })
 }
@@ -188,13 +189,13 @@ impl Engine {
                     req.query.len(),
                     self.limits.max_query_bytes
                 ),
-                "LIMIT_EXCEEDED",
+                ErrorCode::LimitExceeded,
             )]));
         }
         if req.query.trim().is_empty() {
             return Err(self.request_error(vec![GqlError::new(
                 "the query is empty",
-                "GRAPHQL_PARSE_FAILED",
+                ErrorCode::GraphqlParseFailed,
             )]));
         }
         let op = ValidatedOperation::new(&req.query, req.operation_name.as_deref(), &self.root)
@@ -203,7 +204,7 @@ impl Engine {
         if op_type == OperationType::Mutation && !allow_mutation {
             let errors = vec![GqlError::new(
                 "mutations are only accepted with POST",
-                "METHOD_NOT_ALLOWED",
+                ErrorCode::MethodNotAllowed,
             )];
             self.count_errors(&errors);
             return Err(Executed {
@@ -222,7 +223,7 @@ impl Engine {
                         .map_err(|_| {
                             self.request_error(vec![GqlError::new(
                                 format!("variable `${k}` is not a valid value"),
-                                "BAD_USER_INPUT",
+                                ErrorCode::BadUserInput,
                             )])
                         })?;
                     vars.insert(k.clone(), iv);
@@ -232,7 +233,7 @@ impl Engine {
             Some(_) => {
                 return Err(self.request_error(vec![GqlError::new(
                     "`variables` must be an object",
-                    "BAD_REQUEST",
+                    ErrorCode::BadRequest,
                 )]));
             }
         };
@@ -240,8 +241,8 @@ impl Engine {
         let (data, errors) = op.execute_sync(&variables, &ctx).map_err(|e| {
             let mut errs = parse_error_message(&e);
             for err in &mut errs {
-                if err.code == "GRAPHQL_VALIDATION_FAILED" {
-                    err.code = "BAD_USER_INPUT".into();
+                if err.code == ErrorCode::GraphqlValidationFailed {
+                    err.code = ErrorCode::BadUserInput.into();
                 }
             }
             self.request_error(errs)
@@ -252,15 +253,15 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .take()
         {
-            return Err(self.request_error(vec![GqlError::new(msg, "LIMIT_EXCEEDED")]));
+            return Err(self.request_error(vec![GqlError::new(msg, ErrorCode::LimitExceeded)]));
         }
         let errors = errors
             .iter()
             .map(|e| {
                 let mut g = GqlError::new(
                     e.error().message(),
-                    &extension_code(e.error().extensions())
-                        .unwrap_or_else(|| "INTERNAL_SERVER_ERROR".into()),
+                    extension_code(e.error().extensions())
+                        .unwrap_or(ErrorCode::InternalServerError),
                 )
                 .at(e.location().line() + 1, e.location().column() + 1);
                 g.path = e.path().iter().map(|p| PathSeg::Key(p.clone())).collect();
@@ -310,7 +311,7 @@ impl Engine {
             tracing::error!(target: "fraiseql::graphql", query = %req.query, "planning panicked");
             Err(self.request_error(vec![GqlError::new(
                 "the request could not be processed; the server log has details",
-                "INTERNAL_SERVER_ERROR",
+                ErrorCode::InternalServerError,
             )]))
         })
     }
@@ -371,9 +372,9 @@ impl Engine {
                                         plan.field
                                     ),
                                     if plan.kind == PlanKind::Mutation {
-                                        "INTERNAL_SERVER_ERROR"
+                                        ErrorCode::InternalServerError
                                     } else {
-                                        "NOT_FOUND"
+                                        ErrorCode::NotFound
                                     },
                                 )
                                 .at(plan.location.0, plan.location.1)
@@ -518,11 +519,12 @@ impl Engine {
                 return plans
                     .iter()
                     .map(|p| {
-                        Err(
-                            GqlError::new("the database is unavailable", "SERVICE_UNAVAILABLE")
-                                .at(p.location.0, p.location.1)
-                                .with_path(vec![PathSeg::Key(p.key.clone())]),
+                        Err(GqlError::new(
+                            "the database is unavailable",
+                            ErrorCode::ServiceUnavailable,
                         )
+                        .at(p.location.0, p.location.1)
+                        .with_path(vec![PathSeg::Key(p.key.clone())]))
                     })
                     .collect();
             }
@@ -592,11 +594,12 @@ impl Engine {
                 return plans
                     .iter()
                     .map(|p| {
-                        Err(
-                            GqlError::new("the database is unavailable", "SERVICE_UNAVAILABLE")
-                                .at(p.location.0, p.location.1)
-                                .with_path(vec![PathSeg::Key(p.key.clone())]),
+                        Err(GqlError::new(
+                            "the database is unavailable",
+                            ErrorCode::ServiceUnavailable,
                         )
+                        .at(p.location.0, p.location.1)
+                        .with_path(vec![PathSeg::Key(p.key.clone())]))
                     })
                     .collect();
             }
@@ -655,7 +658,7 @@ impl Engine {
                 class
                     .as_deref()
                     .filter(|c| !c.is_empty())
-                    .unwrap_or("MUTATION_FAILED"),
+                    .map_or(Code::Engine(ErrorCode::MutationFailed), Code::reported),
             )
             .at(plan.location.0, plan.location.1)
             .with_path(vec![PathSeg::Key(plan.key.clone())]));

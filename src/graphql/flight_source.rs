@@ -43,7 +43,7 @@ use crate::sql::Statement;
 use crate::sql::select::{SelItem, Selection, build_list_rows};
 
 use super::execute::{Executed, Request};
-use super::response::{GqlError, repair};
+use super::response::{ErrorCode, GqlError, repair};
 use super::{Engine, SharedEngine};
 
 /// Items sent from the reading task to the batcher at a time.
@@ -81,9 +81,15 @@ fn joined(errors: &[(String, String)]) -> GraphQLSourceError {
         .map(|(m, _)| m.as_str())
         .collect::<Vec<_>>()
         .join("; ");
-    if errors.iter().any(|(_, c)| c == "INTERNAL_SERVER_ERROR") {
+    if errors
+        .iter()
+        .any(|(_, c)| c == ErrorCode::InternalServerError.as_str())
+    {
         GraphQLSourceError::Internal(message)
-    } else if errors.iter().any(|(_, c)| c == "SERVICE_UNAVAILABLE") {
+    } else if errors
+        .iter()
+        .any(|(_, c)| c == ErrorCode::ServiceUnavailable.as_str())
+    {
         GraphQLSourceError::Unavailable(message)
     } else {
         GraphQLSourceError::Invalid(message)
@@ -118,7 +124,7 @@ fn refused(done: &Executed) -> GraphQLSourceError {
 fn field_errors(errors: &[GqlError]) -> GraphQLSourceError {
     let list: Vec<(String, String)> = errors
         .iter()
-        .map(|e| (e.message.clone(), e.code.clone()))
+        .map(|e| (e.message.clone(), e.code.as_str().to_owned()))
         .collect();
     joined(&list)
 }

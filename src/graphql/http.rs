@@ -12,7 +12,7 @@ use http::{HeaderValue, Method, Request as HttpRequest, Response, StatusCode};
 
 use super::Engine;
 use super::execute::{Outcome, Request};
-use super::response::{GqlError, errors_only};
+use super::response::{ErrorCode, GqlError, errors_only};
 
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
 const JSON: &str = "application/json";
@@ -95,10 +95,10 @@ fn request_failure(
     status: StatusCode,
     media: MediaType,
     message: &str,
-    code: &str,
+    code: ErrorCode,
 ) -> Response<Bytes> {
     if let Some(m) = &engine.metrics {
-        m.errors_total.with_label_values(&[code]).inc();
+        m.errors_total.with_label_values(&[code.as_str()]).inc();
         m.operations_total
             .with_label_values(&["invalid", "anonymous", "error"])
             .inc();
@@ -214,7 +214,7 @@ pub fn body_too_large(engine: &Engine, headers: &http::HeaderMap) -> Response<By
             "the body is larger than the limit of {} bytes",
             engine.limits.max_body_bytes
         ),
-        "PAYLOAD_TOO_LARGE",
+        ErrorCode::PayloadTooLarge,
     )
 }
 
@@ -239,7 +239,7 @@ pub async fn handle(engine: &Engine, pool: &Pool, req: HttpRequest<Bytes>) -> Re
             StatusCode::NOT_ACCEPTABLE,
             MediaType::Json,
             "the Accept header allows neither application/graphql-response+json nor application/json",
-            "NOT_ACCEPTABLE",
+            ErrorCode::NotAcceptable,
         );
     };
     let limits = engine.limits;
@@ -252,7 +252,7 @@ pub async fn handle(engine: &Engine, pool: &Pool, req: HttpRequest<Bytes>) -> Re
                 "the body is larger than the limit of {} bytes",
                 limits.max_body_bytes
             ),
-            "PAYLOAD_TOO_LARGE",
+            ErrorCode::PayloadTooLarge,
         );
     }
     let (parsed, allow_mutation) = match *req.method() {
@@ -276,7 +276,7 @@ pub async fn handle(engine: &Engine, pool: &Pool, req: HttpRequest<Bytes>) -> Re
                         StatusCode::UNSUPPORTED_MEDIA_TYPE,
                         media,
                         "POST requests must have Content-Type: application/json",
-                        "UNSUPPORTED_MEDIA_TYPE",
+                        ErrorCode::UnsupportedMediaType,
                     );
                 }
             }
@@ -289,14 +289,20 @@ pub async fn handle(engine: &Engine, pool: &Pool, req: HttpRequest<Bytes>) -> Re
                 StatusCode::METHOD_NOT_ALLOWED,
                 media,
                 "use GET or POST",
-                "METHOD_NOT_ALLOWED",
+                ErrorCode::MethodNotAllowed,
             );
         }
     };
     let gql = match parsed {
         Ok(r) => r,
         Err(msg) => {
-            return request_failure(engine, StatusCode::BAD_REQUEST, media, &msg, "BAD_REQUEST");
+            return request_failure(
+                engine,
+                StatusCode::BAD_REQUEST,
+                media,
+                &msg,
+                ErrorCode::BadRequest,
+            );
         }
     };
     let done = engine.execute(pool, &gql, allow_mutation).await;

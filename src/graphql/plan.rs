@@ -11,6 +11,7 @@ use juniper::{
     LookAheadChildren, LookAheadSelection, Object, Value,
 };
 
+use crate::error_code::ErrorCode;
 use crate::schema::{CompiledSchema, NamedKind, ObjectType};
 use crate::sql::ArgValue;
 use crate::sql::select::{SelItem, Selection};
@@ -82,9 +83,12 @@ impl PlanCtx {
 }
 
 /// A field error with `extensions.code`.
-pub fn field_error(message: impl std::fmt::Display, code: &str) -> FieldError<DefaultScalarValue> {
+pub fn field_error(
+    message: impl std::fmt::Display,
+    code: ErrorCode,
+) -> FieldError<DefaultScalarValue> {
     let mut ext = Object::with_capacity(1);
-    ext.add_field("code", Value::scalar(code.to_owned()));
+    ext.add_field("code", Value::scalar(code.as_str().to_owned()));
     FieldError::new(message, Value::Object(ext))
 }
 
@@ -222,7 +226,10 @@ fn plan_root(
     let ctx = executor.context();
     let schema = &info.schema;
     let Some(object) = schema.object(return_type) else {
-        return Err(field_error("unknown return type", "INTERNAL_SERVER_ERROR"));
+        return Err(field_error(
+            "unknown return type",
+            ErrorCode::InternalServerError,
+        ));
     };
     let look = executor.look_ahead();
     if look.field_alias().is_some() && !ctx.count_alias() {
@@ -272,7 +279,10 @@ pub fn plan_query(
     executor: &Executor<PlanCtx, DefaultScalarValue>,
 ) -> ExecutionResult<DefaultScalarValue> {
     let Some(q) = info.schema.query(field_name) else {
-        return Err(field_error("unknown query", "GRAPHQL_VALIDATION_FAILED"));
+        return Err(field_error(
+            "unknown query",
+            ErrorCode::GraphqlValidationFailed,
+        ));
     };
     let names = q.arguments.iter().map(|a| a.arg.name.clone()).collect();
     plan_root(
@@ -296,7 +306,10 @@ pub fn plan_mutation(
     executor: &Executor<PlanCtx, DefaultScalarValue>,
 ) -> ExecutionResult<DefaultScalarValue> {
     let Some(m) = info.schema.mutation(field_name) else {
-        return Err(field_error("unknown mutation", "GRAPHQL_VALIDATION_FAILED"));
+        return Err(field_error(
+            "unknown mutation",
+            ErrorCode::GraphqlValidationFailed,
+        ));
     };
     let names = m.arguments.iter().map(|a| a.name.clone()).collect();
     plan_root(

@@ -9,6 +9,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 
+pub use crate::error_code::ErrorCode;
 use crate::schema::TypeRef;
 use crate::sql::select::{
     SENTINEL_ENUM, SENTINEL_INT, SENTINEL_ITEM, SENTINEL_MARK, SENTINEL_NULL, SelItem, Selection,
@@ -30,6 +31,43 @@ impl Serialize for PathSeg {
     }
 }
 
+/// The `extensions.code` of one error: one of the engine's own, or the error class a
+/// mutation function reported when it is none of those (the database names it, so it is
+/// open-ended).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Code {
+    Engine(ErrorCode),
+    Reported(String),
+}
+
+impl Code {
+    /// The code for an error class a mutation function reported; an engine code when the
+    /// class spells one, so callers can match on it.
+    pub fn reported(class: &str) -> Code {
+        ErrorCode::parse(class).map_or_else(|| Code::Reported(class.to_owned()), Code::Engine)
+    }
+
+    /// The string sent as `extensions.code`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Code::Engine(c) => c.as_str(),
+            Code::Reported(s) => s,
+        }
+    }
+}
+
+impl From<ErrorCode> for Code {
+    fn from(c: ErrorCode) -> Code {
+        Code::Engine(c)
+    }
+}
+
+impl PartialEq<ErrorCode> for Code {
+    fn eq(&self, other: &ErrorCode) -> bool {
+        *self == Code::Engine(*other)
+    }
+}
+
 /// A GraphQL error as sent to clients.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GqlError {
@@ -37,16 +75,16 @@ pub struct GqlError {
     /// 1-based `(line, column)` pairs.
     pub locations: Vec<(usize, usize)>,
     pub path: Vec<PathSeg>,
-    pub code: String,
+    pub code: Code,
 }
 
 impl GqlError {
-    pub fn new(message: impl Into<String>, code: &str) -> GqlError {
+    pub fn new(message: impl Into<String>, code: impl Into<Code>) -> GqlError {
         GqlError {
             message: message.into(),
             locations: Vec::new(),
             path: Vec::new(),
-            code: code.to_owned(),
+            code: code.into(),
         }
     }
     pub fn at(mut self, line: usize, column: usize) -> GqlError {
@@ -87,7 +125,7 @@ impl Serialize for GqlError {
         if !self.path.is_empty() {
             m.serialize_entry("path", &self.path)?;
         }
-        m.serialize_entry("extensions", &Ext(&self.code))?;
+        m.serialize_entry("extensions", &Ext(self.code.as_str()))?;
         m.end()
     }
 }
@@ -305,7 +343,7 @@ fn fix_value(
             errors.push(
                 GqlError::new(
                     format!("Cannot return null for non-nullable field {parent}.{field}."),
-                    "INTERNAL_SERVER_ERROR",
+                    ErrorCode::InternalServerError,
                 )
                 .with_path(path.clone()),
             );
@@ -315,7 +353,7 @@ fn fix_value(
     }
     if let Json::Str(s) = v {
         if let Some(msg) = sentinel_error(s, parent, field, ty) {
-            errors.push(GqlError::new(msg, "INTERNAL_SERVER_ERROR").with_path(path.clone()));
+            errors.push(GqlError::new(msg, ErrorCode::InternalServerError).with_path(path.clone()));
             *v = Json::Null;
             return !nullable;
         }

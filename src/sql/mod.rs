@@ -59,10 +59,10 @@ pub enum SqlError {
 
 impl SqlError {
     /// The `extensions.code` of this error.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> crate::error_code::ErrorCode {
         match self {
-            SqlError::BadInput(_) => "BAD_USER_INPUT",
-            SqlError::LimitExceeded(_) => "LIMIT_EXCEEDED",
+            SqlError::BadInput(_) => crate::error_code::ErrorCode::BadUserInput,
+            SqlError::LimitExceeded(_) => crate::error_code::ErrorCode::LimitExceeded,
         }
     }
 }
