@@ -98,12 +98,38 @@ pub async fn run(config: &Config) -> Vec<Item> {
     if config.nats.enabled() {
         items.push(check_nats(&config.nats).await);
     }
+    if let Some(item) = check_flight(&config.flight) {
+        items.push(item);
+    }
 
     if let (Some(engine), true) = (&engine, db_ok) {
         items.extend(check_objects(&pool, engine).await);
     }
     pool.close();
     items
+}
+
+/// The `[flight]` section as `fraiseql flight` (or `serve --with-flight`) would validate it,
+/// when any of its keys is set: a section left at its defaults is not in use (it would fail
+/// for want of a token).
+fn check_flight(flight: &crate::flight::FlightConfig) -> Option<Item> {
+    let configured = serde_json::to_value(flight).ok()
+        != serde_json::to_value(crate::flight::FlightConfig::default()).ok();
+    if !configured {
+        return None;
+    }
+    let result = flight
+        .validate()
+        .and_then(|()| flight.resolved_tokens())
+        .map(|tokens| {
+            let tls = if flight.tls_enabled() { ", TLS" } else { "" };
+            format!("listen {}, {} token(s){tls}", flight.listen, tokens.len())
+        })
+        .map_err(|e| e.to_string());
+    Some(Item {
+        name: "flight".into(),
+        result,
+    })
 }
 
 /// The external queue answers, and how many jobs and dead letters it holds.

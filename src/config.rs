@@ -389,10 +389,15 @@ impl Config {
                 .map(|(_, v)| v.as_str())
                 .collect::<Vec<_>>()
                 .join(", ");
-            ConfigError::Env {
-                var,
-                message: friendly(e.message()),
-            }
+            // serde's message quotes the rejected value: withheld when any of the variables
+            // holds a secret.
+            let secret = origins.env.iter().any(|(_, v)| holds_secret(v));
+            let message = if secret {
+                "a value does not have the expected type (not shown: a secret)".to_string()
+            } else {
+                friendly(e.message())
+            };
+            ConfigError::Env { var, message }
         })?;
 
         if let Some(listen) = overrides.listen {
@@ -549,6 +554,36 @@ fn read_file(path: &Path) -> Result<String, ConfigError> {
 }
 
 /// Environment variables that are not `section.key` overrides.
+/// Whether an environment variable's name says it holds a secret.
+fn holds_secret(var: &str) -> bool {
+    const SECRET: &[&str] = &[
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "KEY",
+        "CREDENTIAL",
+        "AUTH",
+    ];
+    SECRET.iter().any(|m| var.contains(m))
+}
+
+/// How a rejected environment value appears in an error: quoted as given, unless the
+/// variable's name says it holds a secret (a token, password, key or credential, or a URL
+/// that may carry a password), whose value is never printed back.
+fn shown(var: &str, value: &str) -> String {
+    if holds_secret(var) {
+        return format!(
+            "a value of {} characters (not shown: {var} holds a secret)",
+            value.chars().count()
+        );
+    }
+    if var.ends_with("_URL") {
+        return format!("{:?}", redact_url(value));
+    }
+    format!("{value:?}")
+}
+
 const RESERVED_ENV: &[&str] = &["FRAISEQL_CONFIG", "FRAISEQL_LOG"];
 
 /// Folds `FRAISEQL_<SECTION>_<KEY>` (and `DATABASE_URL`) into the table. A value is typed by
@@ -618,7 +653,7 @@ fn apply_env(
                 .map(toml::Value::Integer)
                 .map_err(|_| ConfigError::Env {
                     var: var.clone(),
-                    message: format!("expected an integer, got {value:?}"),
+                    message: format!("expected an integer, got {}", shown(var, value)),
                 })?,
             toml::Value::Float(_) => value
                 .trim()
@@ -626,7 +661,7 @@ fn apply_env(
                 .map(toml::Value::Float)
                 .map_err(|_| ConfigError::Env {
                     var: var.clone(),
-                    message: format!("expected a number, got {value:?}"),
+                    message: format!("expected a number, got {}", shown(var, value)),
                 })?,
             toml::Value::Boolean(_) => match value.trim() {
                 "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
@@ -634,7 +669,7 @@ fn apply_env(
                 _ => {
                     return Err(ConfigError::Env {
                         var: var.clone(),
-                        message: format!("expected true or false, got {value:?}"),
+                        message: format!("expected true or false, got {}", shown(var, value)),
                     });
                 }
             },
@@ -645,7 +680,7 @@ fn apply_env(
                     .and_then(|mut t| t.remove("v"))
                     .ok_or_else(|| ConfigError::Env {
                         var: var.clone(),
-                        message: format!("expected a TOML value, got {value:?}"),
+                        message: format!("expected a TOML value, got {}", shown(var, value)),
                     })?
             }
         };

@@ -42,3 +42,94 @@ async fn check_reports_views_and_functions() {
         "{comment:?}"
     );
 }
+
+/// `fraiseql check` validates every section the configuration uses, not only the ones
+/// `serve` reads: a `[flight]` that `fraiseql flight` would refuse fails the check, by key.
+#[tokio::test]
+async fn check_fails_on_a_flight_certificate_without_its_key() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("server.pem");
+    std::fs::write(&cert, "not read: the key is missing first").unwrap();
+    let config = dir.path().join("fraiseql.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[flight]\ntokens = [\"t0k3n-for-the-check\"]\ntls_cert = {:?}\n",
+            cert.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .arg("check")
+        .env("FRAISEQL_DATABASE_URL", db.url())
+        .env("FRAISEQL_CONFIG", &config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("FAIL  flight") && stdout.contains("flight.tls_key"),
+        "{stdout}{stderr}"
+    );
+    assert!(!stdout.contains("t0k3n-for-the-check") && !stderr.contains("t0k3n-for-the-check"));
+
+    // The same section with its key passes that item (the files are only read at start).
+    let key = dir.path().join("server.key");
+    std::fs::write(&key, "x").unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[flight]\ntokens = [\"t0k3n-for-the-check\"]\ntls_cert = {:?}\ntls_key = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .arg("check")
+        .env("FRAISEQL_DATABASE_URL", db.url())
+        .env("FRAISEQL_CONFIG", &config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ok    flight"), "{stdout}");
+}
+
+/// A malformed value in an environment variable whose key holds a secret is named by its
+/// variable, never printed back (the value may be a real token).
+#[test]
+fn config_errors_never_echo_a_secret_environment_value() {
+    for (var, value) in [
+        ("FRAISEQL_FLIGHT_TOKENS", "hunter2-secret-token"),
+        ("FRAISEQL_FLIGHT_TOKENS", "[\"hunter2-secret-token\""),
+        ("FRAISEQL_FLIGHT_TOKENS", "\"hunter2-secret-token\""),
+        ("FRAISEQL_FLIGHT_TOKENS", "[\"hunter2-secret-token\", 3]"),
+        (
+            "FRAISEQL_DATABASE_URL",
+            "postgres://app:hunter2-secret-token@[::1",
+        ),
+    ] {
+        let out = bin().arg("check").env(var, value).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{var}: {stdout}{stderr}");
+        assert!(
+            !stdout.contains("hunter2") && !stderr.contains("hunter2"),
+            "{var} echoed: {stdout}{stderr}"
+        );
+        assert!(
+            stderr.contains(var) || stdout.contains(var) || stdout.contains("database"),
+            "{var} named: {stdout}{stderr}"
+        );
+    }
+    // A value that holds no secret is still shown, so the mistake is easy to see.
+    let out = bin()
+        .arg("check")
+        .env("FRAISEQL_DATABASE_POOL_SIZE", "lots")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("\"lots\""), "{stderr}");
+}
