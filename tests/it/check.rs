@@ -51,24 +51,31 @@ async fn check_fails_on_a_flight_certificate_without_its_key() {
     let dir = tempfile::tempdir().unwrap();
     let cert = dir.path().join("server.pem");
     std::fs::write(&cert, "not read: the key is missing first").unwrap();
-    let config = dir.path().join("fraiseql.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[flight]\ntokens = [\"t0k3n-for-the-check\"]\ntls_cert = {:?}\n",
-            cert.display().to_string()
-        ),
-    )
-    .unwrap();
-    let out = bin()
-        .arg("check")
-        .env("FRAISEQL_DATABASE_URL", db.url())
-        .env("FRAISEQL_CONFIG", &config)
-        .output()
+    let key = dir.path().join("server.key");
+    std::fs::write(&key, "x").unwrap();
+    // `fraiseql check` with a `[flight]` section of these lines; exit code, stdout, stderr.
+    let check = |lines: String| {
+        let config = dir.path().join("fraiseql.toml");
+        std::fs::write(
+            &config,
+            format!("[flight]\ntokens = [\"t0k3n-for-the-check\"]\n{lines}"),
+        )
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+        let out = bin()
+            .arg("check")
+            .env("FRAISEQL_DATABASE_URL", db.url())
+            .env("FRAISEQL_CONFIG", &config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cert_line = format!("tls_cert = {:?}\n", cert.display().to_string());
+    let (code, stdout, stderr) = check(cert_line.clone());
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert!(
         stdout.contains("FAIL  flight") && stdout.contains("flight.tls_key"),
         "{stdout}{stderr}"
@@ -76,24 +83,8 @@ async fn check_fails_on_a_flight_certificate_without_its_key() {
     assert!(!stdout.contains("t0k3n-for-the-check") && !stderr.contains("t0k3n-for-the-check"));
 
     // The same section with its key passes that item (the files are only read at start).
-    let key = dir.path().join("server.key");
-    std::fs::write(&key, "x").unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "[flight]\ntokens = [\"t0k3n-for-the-check\"]\ntls_cert = {:?}\ntls_key = {:?}\n",
-            cert.display().to_string(),
-            key.display().to_string()
-        ),
-    )
-    .unwrap();
-    let out = bin()
-        .arg("check")
-        .env("FRAISEQL_DATABASE_URL", db.url())
-        .env("FRAISEQL_CONFIG", &config)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let key_line = format!("tls_key = {:?}\n", key.display().to_string());
+    let (_, stdout, _) = check(cert_line + &key_line);
     assert!(stdout.contains("ok    flight"), "{stdout}");
 }
 
