@@ -45,6 +45,9 @@ pub enum Command {
         /// Address to bind (overrides [flight] listen).
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// schema.json or schema.compiled.json for GraphQL tickets (overrides [graphql] schema).
+        #[arg(long, value_name = "PATH")]
+        schema: Option<PathBuf>,
     },
     /// Execute observer jobs from the Redis queue ([queue] backend = "redis"); /healthz,
     /// /readyz and /metrics on [worker] listen. SIGTERM drains: no new jobs, running ones

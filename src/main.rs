@@ -24,7 +24,10 @@ fn main() -> ExitCode {
             overrides.schema = schema.clone();
         }
         Command::Explain { schema, .. } => overrides.schema = schema.clone(),
-        Command::Flight { listen } => overrides.flight_listen = listen.clone(),
+        Command::Flight { listen, schema } => {
+            overrides.flight_listen = listen.clone();
+            overrides.schema = schema.clone();
+        }
         Command::Worker {
             concurrency,
             listen,

@@ -96,8 +96,8 @@ async fn flight_role_and_serve_with_flight_stream_a_view() {
     }
 }
 
-/// With `graphql.schema` set, both roles answer GraphQL tickets through the engine; the
-/// `flight` role still serves no /graphql.
+/// With `graphql.schema` set (or `flight --schema`), both roles answer GraphQL tickets
+/// through the engine; the `flight` role still serves no /graphql.
 #[tokio::test]
 async fn both_roles_answer_graphql_tickets_when_a_schema_is_configured() {
     let db = TestDb::new().await;
@@ -111,15 +111,14 @@ async fn both_roles_answer_graphql_tickets_when_a_schema_is_configured() {
     let ticket = json!({"type": "graphql",
                         "query": "{ users(limit: 3, orderBy: [{identifier: ASC}]) { who: identifier } }"})
     .to_string();
-    for (args, graphql_status) in [(vec!["flight"], 404), (vec!["serve", "--with-flight"], 200)] {
+    let by_env = [("FRAISEQL_GRAPHQL_SCHEMA", schema)];
+    for (args, env, graphql_status) in [
+        (vec!["flight"], &by_env[..], 404),
+        (vec!["flight", "--schema", schema], &[][..], 404),
+        (vec!["serve", "--with-flight"], &by_env[..], 200),
+    ] {
         let (flight_port, http_port) = (free_port(), free_port());
-        let child = start_with(
-            &db,
-            &args,
-            http_port,
-            flight_port,
-            &[("FRAISEQL_GRAPHQL_SCHEMA", schema)],
-        );
+        let child = start_with(&db, &args, http_port, flight_port, env);
         let port = flight_port.to_string();
         wait_view(&port).await;
         let out = py(&[
