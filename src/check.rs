@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, redact_url};
+use crate::config::Config;
+use crate::redact::redact_url;
 
 /// One checked item.
 #[derive(Debug)]

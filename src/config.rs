@@ -11,6 +11,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::redact::redact_url;
+
 /// The file used when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "fraiseql.toml";
 const ENV_PREFIX: &str = "FRAISEQL_";
@@ -701,36 +703,6 @@ fn apply_env(
     Ok(())
 }
 
-/// A URL with its password replaced by `***`, safe to print.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return if url.contains("password") {
-            "<redacted>".to_string()
-        } else {
-            url.to_string()
-        };
-    };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
-        },
-        None => authority.to_string(),
-    };
-    let tail = match tail.find("password=") {
-        Some(i) => {
-            let end = tail[i..].find('&').map(|j| i + j).unwrap_or(tail.len());
-            format!("{}password=***{}", &tail[..i], &tail[end..])
-        }
-        None => tail.to_string(),
-    };
-    format!("{scheme}://{authority}{tail}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -849,16 +821,7 @@ mod tests {
     }
 
     #[test]
-    fn redaction() {
-        assert_eq!(
-            redact_url("postgres://u:pw@h:5/db"),
-            "postgres://u:***@h:5/db"
-        );
-        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(
-            redact_url("postgres://h/db?user=u&password=pw&x=1"),
-            "postgres://h/db?user=u&password=***&x=1"
-        );
+    fn database_url_is_redacted_in_debug() {
         let c = DatabaseConfig {
             url: "postgres://u:secret@h/db".into(),
             ..Default::default()

@@ -57,6 +57,7 @@ pub mod nats;
 pub mod net;
 pub mod observers;
 pub mod queue;
+pub mod redact;
 pub mod schema;
 pub mod serve;
 pub mod shutdown;

@@ -90,7 +90,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let mut client = fraiseql::db::client(&pool).await.map_err(|e| {
                 anyhow::anyhow!(
                     "cannot connect to {}: {e}",
-                    fraiseql::config::redact_url(&config.database.url)
+                    fraiseql::redact::redact_url(&config.database.url)
                 )
             })?;
             let report = fraiseql::db::migrate::run(&mut client).await?;

@@ -277,27 +277,7 @@ fn parse_urls(urls: &str) -> Result<(Vec<ServerAddr>, UrlAuth), NatsConfigError>
     Ok((addrs, auth))
 }
 
-/// The URL list with any user info replaced by `***`.
-fn redact_url(urls: &str) -> String {
-    urls.split(',')
-        .map(|part| {
-            let (scheme, rest) = match part.split_once("://") {
-                Some((s, r)) => (Some(s), r),
-                None => (None, part),
-            };
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            let redacted = match rest[..authority_end].rfind('@') {
-                Some(at) => format!("***{}", &rest[at..]),
-                None => rest.to_string(),
-            };
-            match scheme {
-                Some(s) => format!("{s}://{redacted}"),
-                None => redacted,
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
+use crate::redact::redact_userinfo as redact_url;
 
 /// Stream and consumer names: no whitespace, `.`, `*`, `>`, path separators or control
 /// characters, at most 255 bytes (what the server accepts and what can be a file name).

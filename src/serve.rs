@@ -10,9 +10,10 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, redact_url};
+use crate::config::Config;
 use crate::graphql::{EngineSource, SharedEngine};
 use crate::http::{self, AppState};
+use crate::redact::redact_url;
 
 /// Binds `server.listen` (and `flight.listen` with `with_flight`) and serves until
 /// `shutdown` is cancelled.

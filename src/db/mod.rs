@@ -12,8 +12,9 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-use crate::config::{DatabaseConfig, redact_url};
+use crate::config::DatabaseConfig;
 use crate::metrics::metrics;
+use crate::redact::redact_url;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

@@ -76,7 +76,7 @@ pub async fn build(
             let jobs = crate::metrics::metrics().observers.jobs.clone();
             let queue = RedisQueue::connect(config).await?.with_metrics(jobs);
             tracing::info!(
-                url = %crate::config::redact_url(&config.url),
+                url = %crate::redact::redact_url(&config.url),
                 prefix = %config.key_prefix,
                 "redis queue connected"
             );

@@ -88,8 +88,8 @@ use tracing::{debug, error, info, warn};
 
 use super::config::QueueConfig;
 use super::{AckOutcome, Batch, BatchQueue, Enqueued, Job, Probe, Queue, QueueError, Reservation};
-use crate::config::redact_url;
 use crate::metrics::JobMetrics;
+use crate::redact::redact_url;
 
 mod dead_letters;
 
