@@ -7,11 +7,14 @@
 //! ```text
 //! roles        serve (HTTP + observers, optionally Flight) · worker · flight · check
 //! doors        http (hyper server, limits, per-route metrics) ── graphql::http
-//!              flight (gRPC: tickets, DoGet/DoPut, auth) ────── graphql::flight_source
+//!              flight (gRPC: tickets → flight::plan, DoGet/DoPut, auth) ─ graphql::flight_source
 //! engine       schema (authoring model → compiler → compiled schema)
 //!              graphql (juniper types, planning, execution, responses) · error_code
-//!              sql (select, filter, mutation statements; parameters; identifier quoting)
-//!              db (the pool every role shares, readiness, migrations of `fraiseql.*`)
+//!              sql (the one SQL core of both doors: builder and parameters, identifier
+//!                   quoting, the operator table in sql::condition; select, filter and
+//!                   mutation statements)
+//!              db (the pool every role shares; db::request: a request's context as
+//!                  session settings, cancel-on-drop; readiness; migrations of `fraiseql.*`)
 //! reactions    observers (reader → matcher → dispatch; executor and in-process workers)
 //!              queue (the seam: memory and Redis backends built in queue::build,
 //!                     capability traits, dead letters, the batching pump)
@@ -25,10 +28,12 @@
 //! the GraphQL-over-HTTP request and negotiates the media type → `graphql::execute`: juniper
 //! parses and validates against the types built from the compiled schema, the root resolvers
 //! only plan (`graphql::plan`, limits checked) → `sql` turns each planned root field into one
-//! parameterised statement over a `v_*`/`tv_*` view (a mutation: its `fn_*` call) → `db`'s
-//! pool runs it; PostgreSQL returns the JSON, which `graphql::response` checks (non-null
-//! fields, the sentinels of out-of-range values) and places at each root field's key. Flight GraphQL tickets take the same path from
-//! `graphql::flight_source`.
+//! parameterised statement over a `v_*`/`tv_*` view (a mutation: its `fn_*` call) → a
+//! `db::Session` from the pool, with the request's `db::RequestContext` applied, runs it;
+//! PostgreSQL returns the JSON, which `graphql::response` checks (non-null fields, the
+//! sentinels of out-of-range values) and places at each root field's key. Flight GraphQL
+//! tickets take the same path from `graphql::flight_source`; Flight view tickets are planned
+//! by `flight::plan` with the same `sql` builder and operator table.
 //!
 //! # A committed change, to its action
 //! A row trigger on a tracked table (`fraiseql.log_row_change`, in `db`'s migrations; or the

@@ -5,6 +5,9 @@
 //! recovers by itself when it comes back; [`ping`] is what `/readyz` and `check` use.
 
 pub mod migrate;
+pub mod request;
+
+pub use request::{RequestContext, Session};
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -131,9 +131,10 @@ pub trait GraphQLSource: Send + Sync + 'static {
         operation_name: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<GqlField>, GraphQLSourceError>>;
 
-    /// Runs the query (DoGet).
+    /// Runs the query (DoGet) with the request's database context.
     fn execute<'a>(
         &'a self,
+        ctx: &'a crate::db::RequestContext,
         query: &'a str,
         variables: &'a Map<String, Value>,
         operation_name: Option<&'a str>,

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod config;
 pub mod graphql;
+pub mod plan;
 pub mod put;
 pub mod registry;
 pub mod service;

@@ -39,8 +39,9 @@ use arrow_schema::{DataType, SchemaRef, TimeUnit};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, Stream, StreamExt};
 
-use super::registry::{Column, Registry, RelationKind, describe_pg, quote_ident};
+use super::registry::{Column, Registry, RelationKind, describe_pg};
 use super::types::{PG_EPOCH_OFFSET_DAYS, PG_EPOCH_OFFSET_MICROS, PgType, oid};
+use crate::sql::quote_ident;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PutError {

@@ -6,6 +6,7 @@
 //! [`RegistryHandle::refresh`] (which the main crate calls on SIGHUP). A reload swaps one
 //! `Arc`, so running streams keep the snapshot they started with.
 
+use crate::sql::quote_ident;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
@@ -68,11 +69,6 @@ impl Relation {
             quote_ident(&self.name)
         )
     }
-}
-
-/// Quotes an identifier for SQL (`"` doubled).
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// One loaded state of the catalog.

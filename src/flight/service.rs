@@ -33,9 +33,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::Tokens;
 use super::graphql::{GraphQLSource, arrow_schema as graphql_schema, spawn_rows};
+use super::plan::{events_schema, plan_view};
 use super::registry::Registry;
-use super::stream::{BatchResult, StreamError, spawn_events, spawn_sql};
-use super::ticket::{self, Ticket, TicketError, events_schema, plan_view};
+use super::stream::{BatchResult, Follow, StreamError, spawn_events, spawn_sql};
+use super::ticket::{self, Ticket, TicketError};
+use crate::db::RequestContext;
 use crate::metrics::FlightMetrics;
 
 impl From<TicketError> for Status {
@@ -79,11 +81,14 @@ impl FraiseFlightService {
         }
     }
 
-    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    /// Checks the caller and returns the database context its statements run with (the
+    /// static tokens carry no identity, so it is anonymous).
+    fn authorize<T>(&self, request: &Request<T>) -> Result<RequestContext, Status> {
         self.state.tokens.check(request.metadata()).map_err(|e| {
             tracing::debug!(error = %e, "flight call refused");
             Status::from(e)
-        })
+        })?;
+        Ok(RequestContext::anonymous())
     }
 
     fn graphql(&self) -> Result<&Arc<dyn GraphQLSource>, Status> {
@@ -399,7 +404,7 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<FlightTicket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        self.authorize(&request)?;
+        let ctx = self.authorize(&request)?;
         let s = &self.state;
         let t = self.parse_ticket(&request.get_ref().ticket)?;
         let kind = t.kind();
@@ -411,6 +416,7 @@ impl FlightService for FraiseFlightService {
                 let schema = plan.schema.clone();
                 let rx = spawn_sql(
                     s.pool.clone(),
+                    ctx,
                     plan,
                     s.batch_rows,
                     stop.clone(),
@@ -421,10 +427,13 @@ impl FlightService for FraiseFlightService {
             Ticket::Events(e) => {
                 let rx = spawn_events(
                     s.pool.clone(),
+                    ctx,
                     e,
                     s.batch_rows,
-                    s.follow_poll,
-                    s.wake.clone(),
+                    Follow {
+                        poll: s.follow_poll,
+                        wake: s.wake.clone(),
+                    },
                     stop.clone(),
                     s.shutdown.clone(),
                 );
@@ -435,6 +444,7 @@ impl FlightService for FraiseFlightService {
                 let rows = self
                     .graphql()?
                     .execute(
+                        &ctx,
                         &g.query,
                         g.variables.as_ref().unwrap_or(&empty),
                         g.operation_name.as_deref(),

@@ -7,7 +7,7 @@
 //! stops reading the socket, which makes PostgreSQL wait. When the client goes away (the
 //! response stream is dropped) or the server shuts down, the stop token fires, the
 //! PostgreSQL query is cancelled and the connection is dropped instead of being pooled
-//! mid-result.
+//! mid-result (both by dropping the statement's [`Session`]).
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -21,8 +21,11 @@ use tokio::sync::{Notify, mpsc};
 use tokio_postgres::types::{FromSql, Type};
 use tokio_util::sync::CancellationToken;
 
+use crate::db::{RequestContext, Session};
+
+use super::plan::{SqlPlan, plan_events};
 use super::registry::describe_pg;
-use super::ticket::{EventsTicket, SqlPlan, plan_events};
+use super::ticket::EventsTicket;
 use super::types::{ColumnBuilder, oid};
 
 /// Batches buffered between the producer and the gRPC stream. Two lets the producer fill
@@ -107,6 +110,7 @@ enum Stop {
 /// Runs `plan` and streams its rows as batches. The receiver yields at most one error, last.
 pub fn spawn_sql(
     pool: deadpool_postgres::Pool,
+    ctx: RequestContext,
     plan: SqlPlan,
     batch_rows: usize,
     stop: CancellationToken,
@@ -115,12 +119,9 @@ pub fn spawn_sql(
     let (tx, rx) = mpsc::channel(BATCH_QUEUE);
     tokio::spawn(async move {
         let result = async {
-            let client = pool
-                .get()
-                .await
-                .map_err(|e| StreamError::Pool(e.to_string()))?;
-            let outcome = run_plan(&client, &plan, batch_rows, &tx, &stop).await;
-            finish_client(client, &outcome);
+            let session = start(&pool, &ctx).await?;
+            let outcome = run_plan(session.client(), &plan, batch_rows, &tx, &stop).await;
+            finish(session, &outcome).await?;
             match outcome? {
                 // Cut short by shutdown: say so, or the client would take a truncated
                 // result for a complete one.
@@ -151,10 +152,32 @@ async fn report(
     }
 }
 
-/// A connection whose query was cancelled mid-result is closed rather than pooled.
-fn finish_client(client: deadpool_postgres::Object, outcome: &Result<RunOutcome, StreamError>) {
-    if matches!(outcome, Ok(RunOutcome::Stopped) | Err(_)) {
-        drop(deadpool_postgres::Object::take(client));
+/// A pooled connection for one statement of the stream, with the request's context applied.
+async fn start(
+    pool: &deadpool_postgres::Pool,
+    ctx: &RequestContext,
+) -> Result<Session, StreamError> {
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| StreamError::Pool(e.to_string()))?;
+    Session::start(client, ctx)
+        .await
+        .map_err(|e| StreamError::from_pg(&e))
+}
+
+/// A statement read to its end hands its connection back; one cut short or failed drops
+/// the session, which cancels the statement and closes the connection.
+async fn finish(
+    session: Session,
+    outcome: &Result<RunOutcome, StreamError>,
+) -> Result<(), StreamError> {
+    match outcome {
+        Ok(RunOutcome::Done { .. }) => session.finish().await.map_err(|e| StreamError::from_pg(&e)),
+        _ => {
+            drop(session);
+            Ok(())
+        }
     }
 }
 
@@ -235,20 +258,9 @@ async fn run_plan(
     debug_assert_eq!(builders.len(), ncols);
     match result {
         Ok(()) => Ok(RunOutcome::Done { rows: total, last }),
-        Err(stop) => {
-            // Stop the statement on the server too: dropping the row stream alone would
-            // let PostgreSQL run the query to completion.
-            let token = client.cancel_token();
-            tokio::spawn(async move {
-                if let Err(e) = crate::db::cancel_query(token).await {
-                    tracing::debug!(error = %e, "cancelling the PostgreSQL query failed");
-                }
-            });
-            match stop {
-                Stop::Cancelled => Ok(RunOutcome::Stopped),
-                Stop::Failed(e) => Err(e),
-            }
-        }
+        // The caller drops the session, which cancels the statement on the server.
+        Err(Stop::Cancelled) => Ok(RunOutcome::Stopped),
+        Err(Stop::Failed(e)) => Err(e),
     }
 }
 
@@ -305,14 +317,22 @@ fn check_columns(stmt: &tokio_postgres::Statement, plan: &SqlPlan) -> Result<(),
     Ok(())
 }
 
+/// How a `follow` stream waits for new rows: a poll interval, and a notification that
+/// wakes it early when the observer runtime sees a change.
+#[derive(Clone)]
+pub struct Follow {
+    pub poll: Duration,
+    pub wake: Option<Arc<Notify>>,
+}
+
 /// Streams change-log rows; with `follow`, keeps polling for new rows until the client
 /// goes away, the limit is reached, `until` has passed, or the server shuts down.
 pub fn spawn_events(
     pool: deadpool_postgres::Pool,
+    ctx: RequestContext,
     ticket: EventsTicket,
     batch_rows: usize,
-    poll: Duration,
-    wake: Option<Arc<Notify>>,
+    follow: Follow,
     stop: CancellationToken,
     shutdown: CancellationToken,
 ) -> mpsc::Receiver<BatchResult> {
@@ -327,12 +347,9 @@ pub fn spawn_events(
                     return Ok(());
                 }
                 let plan = plan_events(&ticket, after, page);
-                let client = pool
-                    .get()
-                    .await
-                    .map_err(|e| StreamError::Pool(e.to_string()))?;
-                let outcome = run_plan(&client, &plan, batch_rows, &tx, &stop).await;
-                finish_client(client, &outcome);
+                let session = start(&pool, &ctx).await?;
+                let outcome = run_plan(session.client(), &plan, batch_rows, &tx, &stop).await;
+                finish(session, &outcome).await?;
                 let (rows, last) = match outcome? {
                     RunOutcome::Done { rows, last } => (rows, last),
                     // A follow stream has no end: shutdown ends it cleanly. A bounded one
@@ -357,14 +374,14 @@ pub fn spawn_events(
                         return Ok(());
                     }
                     let woken = async {
-                        match &wake {
+                        match &follow.wake {
                             Some(n) => n.notified().await,
                             None => std::future::pending().await,
                         }
                     };
                     tokio::select! {
                         _ = stop.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(poll) => {}
+                        _ = tokio::time::sleep(follow.poll) => {}
                         _ = woken => {}
                     }
                 }

@@ -14,6 +14,7 @@ use juniper::{
 };
 use tokio_postgres::types::ToSql;
 
+use crate::db::{RequestContext, Session};
 use crate::schema::{MutationField, NamedKind, TypeRef};
 use crate::sql::mutation::{CHANGE_LOG_SQL, FnSignature, SIGNATURE_SQL, build_call, split_name};
 use crate::sql::select::build_query;
@@ -317,7 +318,15 @@ impl Engine {
     }
 
     /// Executes a request. `allow_mutation` is false for GET.
-    pub async fn execute(&self, pool: &Pool, req: &Request, allow_mutation: bool) -> Executed {
+    /// Executes a request. `allow_mutation` is false for GET; `ctx` is the request's
+    /// database context, applied to every statement it runs.
+    pub async fn execute(
+        &self,
+        pool: &Pool,
+        ctx: &RequestContext,
+        req: &Request,
+        allow_mutation: bool,
+    ) -> Executed {
         let started = Instant::now();
         let op_name = metric_name(req.operation_name.as_deref());
         let planned = match self.plan_guarded(req, allow_mutation) {
@@ -341,8 +350,8 @@ impl Engine {
         let mut data_null = data.is_null();
         if !data_null && !plans.is_empty() {
             let outcome = match op_type {
-                "mutation" => self.run_mutations(pool, &plans).await,
-                _ => self.run_queries(pool, &plans).await,
+                "mutation" => self.run_mutations(pool, ctx, &plans).await,
+                _ => self.run_queries(pool, ctx, &plans).await,
             };
             for (plan, res) in plans.iter().zip(outcome) {
                 let (nullable, ty) = self.root_type(plan);
@@ -493,6 +502,7 @@ impl Engine {
     async fn run_queries(
         &self,
         pool: &Pool,
+        ctx: &RequestContext,
         plans: &[RootPlan],
     ) -> Vec<Result<Option<String>, GqlError>> {
         let limits = self.read_limits();
@@ -532,7 +542,18 @@ impl Engine {
         if client.statement_cache.size() >= self.limits.max_cached_statements {
             client.statement_cache.clear();
         }
-        let client = &client;
+        // Dropped with the request (the client went away), the session cancels what runs.
+        let session = match Session::start(client, ctx).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(target: "fraiseql::graphql", error = %crate::db::describe(&e), "applying the request's session settings failed");
+                return plans
+                    .iter()
+                    .map(|p| Err(internal(p, "the query failed")))
+                    .collect();
+            }
+        };
+        let client = session.client();
         let futures = statements.into_iter().zip(plans).map(|(st, plan)| async move {
             let (stmt, _list) = st?;
             let run = async {
@@ -548,6 +569,13 @@ impl Engine {
             })
         });
         let out = juniper::futures::future::join_all(futures).await;
+        if let Err(e) = session.finish().await {
+            tracing::error!(target: "fraiseql::graphql", error = %crate::db::describe(&e), "ending the request's transaction failed");
+            return plans
+                .iter()
+                .map(|p| Err(internal(p, "the query failed")))
+                .collect();
+        }
         self.observe_sql("query", started);
         out
     }
@@ -585,6 +613,7 @@ impl Engine {
     async fn run_mutations(
         &self,
         pool: &Pool,
+        ctx: &RequestContext,
         plans: &[RootPlan],
     ) -> Vec<Result<Option<String>, GqlError>> {
         let mut client = match pool.get().await {
@@ -614,7 +643,7 @@ impl Engine {
                 continue;
             };
             let started = Instant::now();
-            let r = self.run_mutation(&mut client, m, plan).await;
+            let r = self.run_mutation(&mut client, ctx, m, plan).await;
             self.observe_sql("mutation", started);
             out.push(r);
         }
@@ -624,6 +653,7 @@ impl Engine {
     async fn run_mutation(
         &self,
         client: &mut deadpool_postgres::Client,
+        ctx: &RequestContext,
         m: &MutationField,
         plan: &RootPlan,
     ) -> Result<Option<String>, GqlError> {
@@ -641,6 +671,7 @@ impl Engine {
         tx.batch_execute("SET LOCAL fraiseql.skip_tracking = 'on'")
             .await
             .map_err(fail)?;
+        crate::db::request::apply(&*tx, ctx).await.map_err(fail)?;
         let prepared = tx.prepare_cached(&stmt.sql).await.map_err(fail)?;
         let params: Vec<&(dyn ToSql + Sync)> = stmt.params.iter().map(|p| p.as_sql()).collect();
         let row = tx.query_opt(&prepared, &params).await.map_err(fail)?;

@@ -35,6 +35,7 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_postgres::RowStream;
 
+use crate::db::{RequestContext, Session};
 use crate::flight::{
     GqlField, GqlType, GraphQLRows, GraphQLSource, GraphQLSourceError, NamedQuery,
 };
@@ -296,7 +297,7 @@ impl Items {
 /// Reads the items into chunks until the end, an error, or the consumer leaving. A query
 /// cut short is cancelled on the server and its connection closed, not pooled mid-result.
 async fn produce(
-    client: deadpool_postgres::Object,
+    session: Session,
     rows: RowStream,
     items: Items,
     tx: mpsc::Sender<Vec<Result<Value, GraphQLSourceError>>>,
@@ -333,20 +334,16 @@ async fn produce(
             }
         }
     };
-    if !complete {
-        let token = client.cancel_token();
-        tokio::spawn(async move {
-            if let Err(e) = crate::db::cancel_query(token).await {
-                tracing::debug!(error = %e, "cancelling the PostgreSQL query failed");
-            }
-        });
-        drop(deadpool_postgres::Object::take(client));
+    if complete && let Err(e) = session.finish().await {
+        tracing::debug!(error = %crate::db::describe(&e), "ending the GraphQL ticket's transaction failed");
     }
+    // Otherwise dropping the session cancels the statement and closes the connection.
 }
 
 impl EngineSource {
     async fn run(
         &self,
+        ctx: &RequestContext,
         query: &str,
         variables: &Map<String, Value>,
         operation_name: Option<&str>,
@@ -357,6 +354,10 @@ impl EngineSource {
             tracing::error!(target: "fraiseql::graphql", error = %e, "no database connection");
             GraphQLSourceError::Unavailable("the database is unavailable".into())
         })?;
+        let session = Session::start(client, ctx)
+            .await
+            .map_err(|e| query_failed(&e, "(the request's session settings)"))?;
+        let client = session.client();
         if client.statement_cache.size() >= engine.limits.max_cached_statements {
             client.statement_cache.clear();
         }
@@ -381,7 +382,7 @@ impl EngineSource {
             selection: p.selection,
         };
         let (tx, rx) = mpsc::channel(CHUNK_QUEUE);
-        tokio::spawn(produce(client, rows, items, tx, sql));
+        tokio::spawn(produce(session, rows, items, tx, sql));
         let rows = stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|chunk| (stream::iter(chunk), rx))
         })
@@ -409,11 +410,12 @@ impl GraphQLSource for EngineSource {
 
     fn execute<'a>(
         &'a self,
+        ctx: &'a RequestContext,
         query: &'a str,
         variables: &'a Map<String, Value>,
         operation_name: Option<&'a str>,
     ) -> BoxFuture<'a, Result<GraphQLRows, GraphQLSourceError>> {
-        Box::pin(self.run(query, variables, operation_name))
+        Box::pin(self.run(ctx, query, variables, operation_name))
     }
 
     /// One query per root list field, selecting the item's scalar and enum fields; only

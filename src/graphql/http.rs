@@ -10,6 +10,8 @@ use deadpool_postgres::Pool;
 use http::header::{ACCEPT, ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYPE, VARY};
 use http::{HeaderValue, Method, Request as HttpRequest, Response, StatusCode};
 
+use crate::db::RequestContext;
+
 use super::Engine;
 use super::execute::{Outcome, Request};
 use super::response::{ErrorCode, GqlError, errors_only};
@@ -305,7 +307,9 @@ pub async fn handle(engine: &Engine, pool: &Pool, req: HttpRequest<Bytes>) -> Re
             );
         }
     };
-    let done = engine.execute(pool, &gql, allow_mutation).await;
+    // The request's identity as the database sees it: anonymous until authentication.
+    let ctx = RequestContext::anonymous();
+    let done = engine.execute(pool, &ctx, &gql, allow_mutation).await;
     let status = match (done.outcome, media) {
         (Outcome::MutationNotAllowed, _) => StatusCode::METHOD_NOT_ALLOWED,
         (Outcome::RequestError, MediaType::GraphqlResponse) => StatusCode::BAD_REQUEST,

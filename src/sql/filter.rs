@@ -4,7 +4,8 @@
 
 use crate::schema::{CompiledSchema, FilterInput, Operator, ScalarKind, WhereInput, WhereTarget};
 
-use super::{ArgValue, Builder, Param, SqlError, json_path, quote_literal};
+use super::condition::{Bound, NullTest, Operand, Shape, condition, join, shape};
+use super::{ArgValue, Builder, SqlError, json_path, quote_literal};
 
 /// Bounds on user input while building filters.
 #[derive(Debug, Clone, Copy)]
@@ -174,17 +175,6 @@ pub fn truncate(s: &str) -> String {
     }
 }
 
-fn like_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    for c in s.chars() {
-        if matches!(c, '\\' | '%' | '_') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn list_items(v: &ArgValue) -> Vec<&ArgValue> {
     match v {
         ArgValue::List(items) => items.iter().collect(),
@@ -192,10 +182,26 @@ fn list_items(v: &ArgValue) -> Vec<&ArgValue> {
     }
 }
 
-/// The value a filter compares: its jsonb expression and its text expression.
-struct Operand {
-    json: String,
-    text: String,
+/// The operand of a filter on the jsonb expression `json` (its text form `text`).
+fn json_operand(json: String, text: String, filter: &FilterInput) -> Operand {
+    let cast = if filter.enum_name.is_some() {
+        None
+    } else {
+        filter.scalar.and_then(cast_of)
+    };
+    Operand {
+        typed: cast_text(
+            text.clone(),
+            if filter.enum_name.is_some() {
+                None
+            } else {
+                filter.scalar
+            },
+        ),
+        text,
+        null: NullTest::Json(json),
+        cast: cast.map(str::to_owned),
+    }
 }
 
 /// One filter (`{eq: 1, lt: 5}`) on one operand.
@@ -234,39 +240,9 @@ fn filter_sql(
             continue;
         }
         let what = format!("`{field_name}.{op_name}`");
-        let cast = scalar.and_then(cast_of);
-        let param = |b: &mut Builder, text: String| -> String {
-            let p = b.param(Param::Text(Some(text)));
-            match cast {
-                Some(c) if enum_name.is_none() => format!("{p}::{c}"),
-                _ => p,
-            }
-        };
-        let expr = cast_text(
-            operand.text.clone(),
-            if enum_name.is_some() { None } else { scalar },
-        );
-        let text_expr = &operand.text;
-        let sql = match op {
-            Operator::Eq
-            | Operator::Neq
-            | Operator::Gt
-            | Operator::Gte
-            | Operator::Lt
-            | Operator::Lte => {
-                let t = value_text(schema, scalar, enum_name, &what, value)?;
-                let p = param(b, t);
-                let sym = match op {
-                    Operator::Eq => "=",
-                    Operator::Neq => "<>",
-                    Operator::Gt => ">",
-                    Operator::Gte => ">=",
-                    Operator::Lt => "<",
-                    _ => "<=",
-                };
-                format!("{expr} {sym} {p}")
-            }
-            Operator::In | Operator::Nin => {
+        let bound = match shape(op) {
+            Shape::Compare(_) => Bound::One(value_text(schema, scalar, enum_name, &what, value)?),
+            Shape::AnyOf { .. } => {
                 let items = list_items(value);
                 if items.len() > limits.max_list {
                     return Err(SqlError::LimitExceeded(format!(
@@ -280,68 +256,29 @@ fn filter_sql(
                     if matches!(item, ArgValue::Null) {
                         continue;
                     }
-                    texts.push(Some(value_text(schema, scalar, enum_name, &what, item)?));
+                    texts.push(value_text(schema, scalar, enum_name, &what, item)?);
                 }
-                let p = b.param(Param::TextArray(texts));
-                let arr = match cast {
-                    Some(c) if enum_name.is_none() => format!("{p}::{c}[]"),
-                    _ => p,
-                };
-                if op == Operator::In {
-                    format!("{expr} = ANY({arr})")
-                } else {
-                    format!("NOT ({expr} = ANY({arr}))")
-                }
+                Bound::Many(texts)
             }
-            Operator::Contains
-            | Operator::Icontains
-            | Operator::Startswith
-            | Operator::Istartswith
-            | Operator::Endswith
-            | Operator::Iendswith
-            | Operator::Like
-            | Operator::Ilike => {
-                let t = value_text(schema, Some(ScalarKind::String), None, &what, value)
-                    .or_else(|_| value_text(schema, scalar, enum_name, &what, value))?;
-                let (pattern, like) = match op {
-                    Operator::Contains => (format!("%{}%", like_escape(&t)), "LIKE"),
-                    Operator::Icontains => (format!("%{}%", like_escape(&t)), "ILIKE"),
-                    Operator::Startswith => (format!("{}%", like_escape(&t)), "LIKE"),
-                    Operator::Istartswith => (format!("{}%", like_escape(&t)), "ILIKE"),
-                    Operator::Endswith => (format!("%{}", like_escape(&t)), "LIKE"),
-                    Operator::Iendswith => (format!("%{}", like_escape(&t)), "ILIKE"),
-                    Operator::Like => (t, "LIKE"),
-                    _ => (t, "ILIKE"),
-                };
-                let p = b.param(Param::Text(Some(pattern)));
-                format!("{text_expr} {like} {p}")
-            }
-            Operator::Isnull => {
-                let ArgValue::Boolean(flag) = value else {
+            Shape::Like { .. } => Bound::One(
+                value_text(schema, Some(ScalarKind::String), None, &what, value)
+                    .or_else(|_| value_text(schema, scalar, enum_name, &what, value))?,
+            ),
+            Shape::IsNull => match value {
+                ArgValue::Boolean(flag) => Bound::Flag(*flag),
+                other => {
                     return Err(bad(format!(
                         "{what}: expected Boolean, found {}",
-                        value.kind()
+                        other.kind()
                     )));
-                };
-                let typ = format!("coalesce(jsonb_typeof({}), 'null')", operand.json);
-                if *flag {
-                    format!("{typ} = 'null'")
-                } else {
-                    format!("{typ} <> 'null'")
                 }
-            }
+            },
         };
+        let sql = condition(b, op, operand, bound)
+            .map_err(|_| bad(format!("{what}: the value does not fit the operator")))?;
         parts.push(sql);
     }
     Ok(join(parts, "AND"))
-}
-
-fn join(parts: Vec<String>, op: &str) -> String {
-    match parts.len() {
-        0 => "TRUE".into(),
-        1 => parts.into_iter().next().unwrap_or_default(),
-        _ => format!("({})", parts.join(&format!(" {op} "))),
-    }
 }
 
 /// A boolean SQL expression for a `<Type>WhereInput` value over the jsonb expression `src`.
@@ -415,10 +352,11 @@ pub fn where_sql(
                         let f = schema
                             .filter(filter)
                             .ok_or_else(|| bad(format!("unknown filter {filter}")))?;
-                        let operand = Operand {
-                            json: json_path(src, &field.key),
-                            text: format!("({}->>{})", src, quote_literal(&field.key)),
-                        };
+                        let operand = json_operand(
+                            json_path(src, &field.key),
+                            format!("({}->>{})", src, quote_literal(&field.key)),
+                            f,
+                        );
                         parts.push(filter_sql(
                             b,
                             schema,
@@ -444,10 +382,11 @@ pub fn where_sql(
                         let (isnull, elem_ops): (Vec<_>, Vec<_>) =
                             ops.iter().cloned().partition(|(k, _)| k == "isnull");
                         if !isnull.is_empty() {
-                            let operand = Operand {
-                                json: list.clone(),
-                                text: format!("({src}->>{})", quote_literal(&field.key)),
-                            };
+                            let operand = json_operand(
+                                list.clone(),
+                                format!("({src}->>{})", quote_literal(&field.key)),
+                                f,
+                            );
                             parts.push(filter_sql(
                                 b,
                                 schema,
@@ -460,10 +399,11 @@ pub fn where_sql(
                         }
                         if !elem_ops.is_empty() {
                             let alias = b.alias("w");
-                            let operand = Operand {
-                                json: format!("{alias}.v"),
-                                text: format!("({alias}.v #>> '{{}}')"),
-                            };
+                            let operand = json_operand(
+                                format!("{alias}.v"),
+                                format!("({alias}.v #>> '{{}}')"),
+                                f,
+                            );
                             let cond = filter_sql(
                                 b,
                                 schema,

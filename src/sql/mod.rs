@@ -1,8 +1,11 @@
-//! SQL generation: a planned selection becomes one parameterised statement per root field
-//! that builds the response JSON inside PostgreSQL. Owns the selection tree, `where`
-//! filters, ordering, pagination and mutation calls. Identifiers come only from the
-//! compiled schema and are always quoted; values are always bind parameters.
+//! The SQL core of both doors (HTTP GraphQL and Flight): the statement [`Builder`] and its
+//! [`Param`]s, identifier quoting, and the one operator table ([`condition`]). For GraphQL,
+//! a planned selection becomes one parameterised statement per root field that builds the
+//! response JSON inside PostgreSQL ([`select`], [`filter`], [`mutation`]); Flight's planner
+//! (`flight::plan`) builds view tickets from the same parts. Identifiers come only from the
+//! compiled schema or the catalog and are always quoted; values are always bind parameters.
 
+pub mod condition;
 pub mod filter;
 pub mod mutation;
 pub mod select;
@@ -131,6 +134,17 @@ pub fn inline_params(stmt: &Statement) -> String {
 }
 
 impl Param {
+    /// The type its placeholder is cast to, for statements prepared with declared types.
+    pub fn sql_type(&self) -> tokio_postgres::types::Type {
+        use tokio_postgres::types::Type;
+        match self {
+            Param::Text(_) => Type::TEXT,
+            Param::TextArray(_) => Type::TEXT_ARRAY,
+            Param::BigInt(_) => Type::INT8,
+            Param::Json(_) => Type::JSONB,
+        }
+    }
+
     /// A reference usable by tokio-postgres.
     pub fn as_sql(&self) -> &(dyn ToSql + Sync) {
         match self {

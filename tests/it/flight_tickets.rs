@@ -499,6 +499,7 @@ impl GraphQLSource for TestGraphQL {
 
     fn execute<'a>(
         &'a self,
+        _ctx: &'a fraiseql::db::RequestContext,
         query: &'a str,
         variables: &'a Map<String, Value>,
         operation_name: Option<&'a str>,

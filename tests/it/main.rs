@@ -9,6 +9,7 @@ mod common;
 mod actions_e2e;
 mod appliance;
 mod check;
+mod db_session;
 mod delivery_e2e;
 mod dlq_cli;
 mod filters;

@@ -1,0 +1,127 @@
+//! One request on a pooled connection, the same for both doors (HTTP GraphQL and Flight).
+//!
+//! [`RequestContext`] is what a request's identity means to PostgreSQL: transaction-local
+//! settings (`set_config(name, value, true)`). Each door builds it from its request (the
+//! HTTP handler, the Flight service's authorization step; empty until authentication fills
+//! it) and this module is the one place that turns it into session state: [`Session`] for
+//! reads, [`apply`] inside a transaction the caller owns (mutations).
+//!
+//! A [`Session`] owns the connection while its statements run. An empty context opens no
+//! transaction, so an anonymous read stays one round trip. [`Session::finish`] ends the
+//! transaction and returns the connection to the pool; a session dropped before that (the
+//! client went away, an error, shutdown) has its running statement cancelled on the server
+//! and its connection closed: dropping a row stream alone would let PostgreSQL run the query
+//! to completion, and a connection must never go back to the pool mid-result or
+//! mid-transaction.
+
+use deadpool_postgres::Object;
+
+/// The database side of one request's identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestContext {
+    /// `(setting, value)` pairs, set transaction-locally before the request's statements.
+    settings: Vec<(String, String)>,
+}
+
+impl RequestContext {
+    /// A request with no identity: nothing is set.
+    pub fn anonymous() -> RequestContext {
+        RequestContext::default()
+    }
+
+    /// Adds a transaction-local setting (`app.user_id`, `request.jwt.claims`, …).
+    pub fn with_setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.push((name.into(), value.into()));
+        self
+    }
+
+    /// True when there is nothing to set, so no transaction is needed.
+    pub fn is_empty(&self) -> bool {
+        self.settings.is_empty()
+    }
+}
+
+/// All settings in one statement: one round trip whatever their number.
+const APPLY_SQL: &str = "SELECT set_config(s.name, s.value, true) \
+                         FROM unnest($1::text[], $2::text[]) AS s(name, value)";
+
+/// Applies `ctx` inside the caller's open transaction.
+pub async fn apply<C: tokio_postgres::GenericClient + Sync>(
+    client: &C,
+    ctx: &RequestContext,
+) -> Result<(), tokio_postgres::Error> {
+    if ctx.is_empty() {
+        return Ok(());
+    }
+    let (names, values): (Vec<&str>, Vec<&str>) = ctx
+        .settings
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .unzip();
+    client.query(APPLY_SQL, &[&names, &values]).await?;
+    Ok(())
+}
+
+/// A pooled connection serving one request (see the module docs).
+pub struct Session {
+    client: Option<Object>,
+    in_transaction: bool,
+}
+
+impl Session {
+    /// Takes `client` for a request, applying `ctx` in a transaction when it sets anything.
+    pub async fn start(
+        client: Object,
+        ctx: &RequestContext,
+    ) -> Result<Session, tokio_postgres::Error> {
+        let mut session = Session {
+            client: Some(client),
+            in_transaction: false,
+        };
+        if !ctx.is_empty() {
+            session.client().batch_execute("BEGIN").await?;
+            session.in_transaction = true;
+            apply(&***session.client(), ctx).await?;
+        }
+        Ok(session)
+    }
+
+    /// The connection, for the request's statements.
+    pub fn client(&self) -> &Object {
+        self.client
+            .as_ref()
+            .expect("a session holds its connection until finished or dropped")
+    }
+
+    /// Ends the request normally: commits its transaction, if any, and returns the
+    /// connection to the pool.
+    pub async fn finish(mut self) -> Result<(), tokio_postgres::Error> {
+        if self.in_transaction {
+            self.client().batch_execute("COMMIT").await?;
+        }
+        drop(self.client.take());
+        Ok(())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            abandon(client);
+        }
+    }
+}
+
+/// Cancels whatever `client` is running and closes it instead of pooling it.
+pub fn abandon(client: Object) {
+    let token = client.cancel_token();
+    // A drop outside a runtime (process exit) has nothing left to cancel.
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            if let Err(e) = super::cancel_query(token).await {
+                tracing::debug!(error = %e, "cancelling the PostgreSQL query failed");
+            }
+        });
+    }
+    drop(Object::take(client));
+}
