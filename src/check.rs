@@ -99,7 +99,7 @@ pub async fn run(config: &Config) -> Vec<Item> {
     if config.nats.enabled() {
         items.push(check_nats(&config.nats).await);
     }
-    if let Some(item) = check_flight(&config.flight) {
+    if let Some(item) = check_flight(config) {
         items.push(item);
     }
 
@@ -113,20 +113,21 @@ pub async fn run(config: &Config) -> Vec<Item> {
 /// The `[flight]` section as `fraiseql flight` (or `serve --with-flight`) would validate it,
 /// when any of its keys is set: a section left at its defaults is not in use (it would fail
 /// for want of a token).
-fn check_flight(flight: &crate::flight::FlightConfig) -> Option<Item> {
+fn check_flight(config: &Config) -> Option<Item> {
+    let flight = &config.flight;
     let configured = serde_json::to_value(flight).ok()
         != serde_json::to_value(crate::flight::FlightConfig::default()).ok();
     if !configured {
         return None;
     }
-    let result = flight
-        .validate()
-        .and_then(|()| flight.resolved_tokens())
+    let result = config
+        .validate_for(&[crate::config::Role::Flight])
+        .map_err(|e| e.to_string())
+        .and_then(|()| flight.resolved_tokens().map_err(|e| e.to_string()))
         .map(|tokens| {
             let tls = if flight.tls_enabled() { ", TLS" } else { "" };
             format!("listen {}, {} token(s){tls}", flight.listen, tokens.len())
-        })
-        .map_err(|e| e.to_string());
+        });
     Some(Item {
         name: "flight".into(),
         result,

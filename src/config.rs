@@ -7,11 +7,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::redact::redact_url;
+use crate::setting::Invalid;
 
 /// The file used when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "fraiseql.toml";
@@ -42,11 +42,11 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    pub server: ServerConfig,
-    pub database: DatabaseConfig,
-    pub metrics: MetricsConfig,
+    pub server: crate::http::ServerConfig,
+    pub database: crate::db::DatabaseConfig,
+    pub metrics: crate::metrics::MetricsConfig,
     pub log: LogConfig,
-    pub graphql: GraphqlConfig,
+    pub graphql: crate::graphql::GraphqlConfig,
     /// How the observer runtime runs (reader, workers, queue bounds, dedup).
     pub observer_runtime: crate::observers::ObserverSettings,
     /// What reacts to committed changes: `[[observers]]` with their `[[observers.actions]]`.
@@ -56,139 +56,12 @@ pub struct Config {
     /// Which backend carries observer jobs (`memory` in-process, or `redis`).
     pub queue: crate::queue::config::QueueConfig,
     /// `fraiseql worker`: the standalone consumer of the Redis queue.
-    pub worker: WorkerConfig,
+    pub worker: crate::worker::WorkerConfig,
     /// NATS JetStream: change events published to `<prefix>.<entity>.<op>`.
     pub nats: crate::nats::NatsConfig,
     /// Where each top-level key came from, for error messages. Not part of the file format.
     #[serde(skip)]
     pub origins: Origins,
-}
-
-/// `[worker]`: the `fraiseql worker` role.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WorkerConfig {
-    /// Address of the worker's own `/healthz`, `/readyz` and `/metrics`.
-    pub listen: SocketAddr,
-    /// Jobs executed at once (`--concurrency` overrides).
-    pub concurrency: usize,
-    /// After SIGTERM, running jobs get this long to finish; the rest are handed back.
-    pub grace_period_ms: u64,
-}
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        WorkerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
-            concurrency: 16,
-            grace_period_ms: 10_000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    /// Address the HTTP server binds to. Loopback by default: exposing the API is a choice.
-    pub listen: SocketAddr,
-    /// Time allowed for in-flight requests to finish after SIGINT/SIGTERM, in milliseconds.
-    pub grace_period_ms: u64,
-    /// Largest accepted request body, in bytes.
-    pub max_body_bytes: usize,
-    /// Time allowed for one request, in milliseconds.
-    pub request_timeout_ms: u64,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            grace_period_ms: 10_000,
-            max_body_bytes: 1024 * 1024,
-            request_timeout_ms: 30_000,
-        }
-    }
-}
-
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DatabaseConfig {
-    /// PostgreSQL connection URL (`postgres://user:password@host:port/dbname`).
-    pub url: String,
-    /// Most connections the pool opens; 0 = twice the CPU cores, at least 4 (more
-    /// connections than PostgreSQL can run at once only add queueing and tail latency).
-    pub pool_size: usize,
-    /// Time allowed to open one connection, in milliseconds.
-    pub connect_timeout_ms: u64,
-    /// Time a request waits for a free pooled connection, in milliseconds.
-    pub acquire_timeout_ms: u64,
-    /// `statement_timeout` set on every connection, in milliseconds (0 = none).
-    pub statement_timeout_ms: u64,
-    /// PEM file of CA certificates for `sslmode=require`; empty = the bundled Mozilla roots.
-    pub tls_ca_file: String,
-}
-
-impl Default for DatabaseConfig {
-    fn default() -> Self {
-        Self {
-            url: "postgres://postgres@127.0.0.1:5432/postgres".to_string(),
-            pool_size: 0,
-            connect_timeout_ms: 5_000,
-            acquire_timeout_ms: 5_000,
-            statement_timeout_ms: 30_000,
-            tls_ca_file: String::new(),
-        }
-    }
-}
-
-impl DatabaseConfig {
-    /// `pool_size`, with 0 resolved to twice the available cores (at least 4).
-    pub fn effective_pool_size(&self) -> usize {
-        if self.pool_size > 0 {
-            return self.pool_size;
-        }
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        (cores * 2).max(4)
-    }
-
-    /// The URL as tokio-postgres understands it: libpq's `sslmode=verify-full` and
-    /// `verify-ca` become `require` (FraiseQL always verifies certificates under TLS).
-    pub fn normalized_url(&self) -> String {
-        self.url
-            .replace("sslmode=verify-full", "sslmode=require")
-            .replace("sslmode=verify-ca", "sslmode=require")
-    }
-}
-
-impl std::fmt::Debug for DatabaseConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabaseConfig")
-            .field("url", &redact_url(&self.url))
-            .field("pool_size", &self.pool_size)
-            .field("connect_timeout_ms", &self.connect_timeout_ms)
-            .field("acquire_timeout_ms", &self.acquire_timeout_ms)
-            .field("statement_timeout_ms", &self.statement_timeout_ms)
-            .field("tls_ca_file", &self.tls_ca_file)
-            .finish()
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsConfig {
-    /// Serve Prometheus metrics at `path`.
-    pub enabled: bool,
-    /// HTTP path of the Prometheus endpoint.
-    pub path: String,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            path: "/metrics".to_string(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -213,88 +86,6 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Pretty,
             level: "info,tokio_postgres=warn".to_string(),
-        }
-    }
-}
-
-/// The GraphQL endpoint: which schema it serves and the limits every request must respect.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GraphqlConfig {
-    /// `schema.json` (as the SDKs export it) or `schema.compiled.json`; empty = no `/graphql`.
-    pub schema: String,
-    /// Serve GraphiQL at `/graphiql`.
-    pub graphiql: bool,
-    /// Answer introspection queries (GraphiQL needs them).
-    pub introspection: bool,
-    /// Deepest selection nesting accepted.
-    pub max_depth: usize,
-    /// Most aliased fields in one operation.
-    pub max_aliases: usize,
-    /// Most lexical tokens in one document.
-    pub max_tokens: usize,
-    /// Most fields in one operation, fragments expanded.
-    pub max_fields: usize,
-    /// Largest `query` text, in bytes.
-    pub max_query_bytes: usize,
-    /// Most root fields in one operation (each is one SQL statement).
-    pub max_root_fields: usize,
-    /// `limit` of a list query that gives none.
-    pub default_limit: i64,
-    /// Largest `limit` accepted.
-    pub max_limit: i64,
-    /// Most values in one input list (`in`, `_or`, `orderBy`, …).
-    pub max_list_input: usize,
-    /// Deepest `where` nesting (`_and`/`_or`/`_not` and nested paths).
-    pub max_filter_depth: usize,
-    /// Responses at least this large are gzip-compressed when the client accepts gzip.
-    pub gzip_min_bytes: usize,
-    /// Prepared statements cached per database connection.
-    pub max_cached_statements: usize,
-}
-
-impl Default for GraphqlConfig {
-    fn default() -> Self {
-        let l = crate::graphql::Limits::default();
-        Self {
-            schema: String::new(),
-            graphiql: true,
-            introspection: l.introspection,
-            max_depth: l.max_depth,
-            max_aliases: l.max_aliases,
-            max_tokens: l.max_tokens,
-            max_fields: l.max_fields,
-            max_query_bytes: l.max_query_bytes,
-            max_root_fields: l.max_root_fields,
-            default_limit: l.default_limit,
-            max_limit: l.max_limit,
-            max_list_input: l.max_list_input,
-            max_filter_depth: l.max_filter_depth,
-            gzip_min_bytes: l.gzip_min_bytes,
-            max_cached_statements: l.max_cached_statements,
-        }
-    }
-}
-
-impl Config {
-    /// The engine's limits from `[graphql]` and `server.max_body_bytes`.
-    pub fn graphql_limits(&self) -> crate::graphql::Limits {
-        let g = &self.graphql;
-        crate::graphql::Limits {
-            max_depth: g.max_depth,
-            max_aliases: g.max_aliases,
-            max_tokens: g.max_tokens,
-            max_fields: g.max_fields,
-            max_query_bytes: g.max_query_bytes,
-            max_body_bytes: self.server.max_body_bytes,
-            max_root_fields: g.max_root_fields,
-            default_limit: g.default_limit,
-            max_limit: g.max_limit,
-            max_list_input: g.max_list_input,
-            max_filter_depth: g.max_filter_depth,
-            gzip_min_bytes: g.gzip_min_bytes,
-            introspection: g.introspection,
-            max_cached_statements: g.max_cached_statements,
         }
     }
 }
@@ -439,58 +230,25 @@ impl Config {
         }
     }
 
-    /// Checks values that types alone cannot express.
+    /// Checks every section's values that types alone cannot express; what only some roles
+    /// need is checked by [`Config::validate_for`].
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Err(e) = tokio_postgres::Config::from_str(&self.database.normalized_url()) {
-            return Err(self.value_error(
-                "database.url",
-                format!(
-                    "invalid PostgreSQL URL {}: {e}; expected postgres://user@host:port/dbname",
-                    redact_url(&self.database.url)
-                ),
-            ));
-        }
-        if !self.database.tls_ca_file.is_empty() && !Path::new(&self.database.tls_ca_file).is_file()
-        {
-            return Err(self.value_error(
-                "database.tls_ca_file",
-                format!("{} is not a readable file", self.database.tls_ca_file),
-            ));
-        }
-        if self.database.pool_size > 10_000 {
-            return Err(self.value_error("database.pool_size", "must be at most 10000"));
-        }
-        if self.server.max_body_bytes < 1024 {
-            return Err(self.value_error("server.max_body_bytes", "must be at least 1024"));
-        }
-        if !self.metrics.path.starts_with('/') {
-            return Err(self.value_error("metrics.path", "must start with '/'"));
-        }
-        if !self.graphql.schema.is_empty() && !Path::new(&self.graphql.schema).is_file() {
-            return Err(self.value_error(
-                "graphql.schema",
-                format!("{} is not a readable file", self.graphql.schema),
-            ));
-        }
-        if self.graphql.default_limit < 1 || self.graphql.default_limit > self.graphql.max_limit {
-            return Err(self.value_error(
-                "graphql.default_limit",
-                format!(
-                    "must be between 1 and graphql.max_limit ({})",
-                    self.graphql.max_limit
-                ),
-            ));
-        }
-        for (key, v) in [
-            ("graphql.max_depth", self.graphql.max_depth),
-            ("graphql.max_tokens", self.graphql.max_tokens),
-            ("graphql.max_fields", self.graphql.max_fields),
-            ("graphql.max_query_bytes", self.graphql.max_query_bytes),
-            ("graphql.max_root_fields", self.graphql.max_root_fields),
-        ] {
-            if v == 0 {
-                return Err(self.value_error(key, "must be at least 1"));
-            }
+        let sections = [
+            self.database.validate(),
+            self.server.validate(),
+            self.metrics.validate(),
+            self.graphql.validate(),
+            self.worker.validate(),
+            self.queue
+                .validate()
+                .map_err(|e| Invalid::new(format!("queue.{}", e.key), e.message)),
+            self.nats
+                .validate()
+                .map_err(|e| Invalid::new(e.key, e.message)),
+            self.validate_across(),
+        ];
+        for r in sections {
+            r.map_err(|e| self.invalid(e))?;
         }
         if let Err(e) =
             crate::observers::config::validate(&self.observers, &self.observer_runtime, None)
@@ -502,30 +260,96 @@ impl Config {
                 message: e.to_string(),
             });
         }
-        if let Err(e) = self.queue.validate() {
-            return Err(self.value_error(&format!("queue.{}", e.key), e.message));
-        }
-        if let Err(e) = self.nats.validate() {
-            return Err(self.value_error(e.key, e.message));
-        }
-        if self.nats.consume && !self.nats.enabled() {
-            return Err(self.value_error("nats.consume", "needs nats.url"));
-        }
-        if self.nats.consume && self.queue.backend != crate::queue::config::QueueBackend::Redis {
-            return Err(self.value_error(
-                "nats.consume",
-                "needs [queue] backend = \"redis\": a NATS message is acknowledged once its jobs \
-                 are queued, and only the Redis queue keeps them if this process dies",
-            ));
-        }
-        if self.worker.concurrency == 0 || self.worker.concurrency > 10_000 {
-            return Err(self.value_error("worker.concurrency", "expected 1 to 10000"));
-        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(self.value_error("log.level", format!("invalid filter: {e}")));
         }
         Ok(())
     }
+
+    /// Rules that tie two sections together.
+    fn validate_across(&self) -> Result<(), Invalid> {
+        if self.nats.consume && !self.nats.enabled() {
+            return Err(Invalid::new("nats.consume", "needs nats.url"));
+        }
+        if self.nats.consume && self.queue.backend != crate::queue::config::QueueBackend::Redis {
+            return Err(Invalid::new(
+                "nats.consume",
+                "needs [queue] backend = \"redis\": a NATS message is acknowledged once its jobs \
+                 are queued, and only the Redis queue keeps them if this process dies",
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`Config::validate`] plus what `roles` need beyond it: a role refuses to start, and
+    /// `fraiseql check` fails, on exactly these.
+    pub fn validate_for(&self, roles: &[Role]) -> Result<(), ConfigError> {
+        self.validate()?;
+        for role in roles {
+            match role {
+                Role::Serve => {}
+                Role::Flight => {
+                    self.flight
+                        .validate()
+                        .and_then(|()| self.flight.resolved_tokens().map(drop))
+                        .map_err(|e| {
+                            let message = e.to_string();
+                            let key = e.key();
+                            ConfigError::Value {
+                                origin: self.origins.of(&key),
+                                message: message
+                                    .strip_prefix(&format!("{key}: "))
+                                    .unwrap_or(&message)
+                                    .to_string(),
+                                key,
+                            }
+                        })?;
+                }
+                Role::Worker => {
+                    if !self.queue.backend.is_external() {
+                        return Err(self.value_error(
+                            "queue.backend",
+                            "fraiseql worker consumes the Redis queue, but this is \"memory\": set \
+                             [queue] backend = \"redis\" (with the memory queue, serve runs the \
+                             workers itself)",
+                        ));
+                    }
+                    if self.observers.is_empty() {
+                        return Err(self.value_error(
+                            "observers",
+                            "none configured: the worker runs the actions of the observers in the \
+                             configuration, so it needs the same [[observers]] as serve",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn invalid(&self, e: Invalid) -> ConfigError {
+        ConfigError::Value {
+            origin: self.origins.of(&e.key),
+            key: e.key,
+            message: e.expected,
+        }
+    }
+
+    /// The engine's limits from `[graphql]` and `server.max_body_bytes`.
+    pub fn graphql_limits(&self) -> crate::graphql::Limits {
+        self.graphql.limits(self.server.max_body_bytes)
+    }
+}
+
+/// What a process runs, for [`Config::validate_for`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `fraiseql serve`: HTTP, GraphQL, observers.
+    Serve,
+    /// `fraiseql flight`, or `serve --with-flight`.
+    Flight,
+    /// `fraiseql worker`: the Redis queue consumer.
+    Worker,
 }
 
 /// Replaces Rust type names in serde's messages with words a user knows.
@@ -818,15 +642,6 @@ mod tests {
     fn sections_with_underscores_take_env_overrides() {
         let c = load("", &[("FRAISEQL_OBSERVER_RUNTIME_CONCURRENCY", "3")]).unwrap();
         assert_eq!(c.observer_runtime.concurrency, 3);
-    }
-
-    #[test]
-    fn database_url_is_redacted_in_debug() {
-        let c = DatabaseConfig {
-            url: "postgres://u:secret@h/db".into(),
-            ..Default::default()
-        };
-        assert!(!format!("{c:?}").contains("secret"));
     }
 
     #[test]

@@ -65,6 +65,7 @@ pub mod queue;
 pub mod redact;
 pub mod schema;
 pub mod serve;
+pub mod setting;
 pub mod shutdown;
 pub mod sql;
 pub mod worker;

@@ -5,6 +5,8 @@
 
 use std::sync::LazyLock;
 
+use serde::{Deserialize, Serialize};
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -606,6 +608,38 @@ pub fn render() -> Vec<u8> {
     // Encoding into a Vec cannot fail for well-formed families.
     let _ = TextEncoder::new().encode(&families, &mut out);
     out
+}
+
+/// `[metrics]`: the Prometheus endpoint of every role that serves HTTP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve Prometheus metrics at `path`.
+    pub enabled: bool,
+    /// HTTP path of the Prometheus endpoint.
+    pub path: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: "/metrics".to_string(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// Checks what the types alone cannot.
+    pub fn validate(&self) -> Result<(), crate::setting::Invalid> {
+        if !self.path.starts_with('/') {
+            return Err(crate::setting::Invalid::new(
+                "metrics.path",
+                "must start with '/'",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -12,10 +12,12 @@
 //! outright (`kill -9`) loses nothing either: its reservations expire after
 //! `[queue] visibility_timeout_ms` and are reclaimed by whichever worker reserves next.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +25,41 @@ use crate::config::Config;
 use crate::http::QueueReadiness;
 use crate::queue::QueueHandles;
 use crate::queue::pump::PumpConfig;
+
+/// `[worker]`: the `fraiseql worker` role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Address of the worker's own `/healthz`, `/readyz` and `/metrics`.
+    pub listen: SocketAddr,
+    /// Jobs executed at once (`--concurrency` overrides).
+    pub concurrency: usize,
+    /// After SIGTERM, running jobs get this long to finish; the rest are handed back.
+    pub grace_period_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            concurrency: 16,
+            grace_period_ms: 10_000,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Checks what the types alone cannot.
+    pub fn validate(&self) -> Result<(), crate::setting::Invalid> {
+        if self.concurrency == 0 || self.concurrency > 10_000 {
+            return Err(crate::setting::Invalid::new(
+                "worker.concurrency",
+                "expected 1 to 10000",
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Binds `[worker] listen` and runs until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -38,19 +75,7 @@ pub async fn run_on(
     mut config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    if !config.queue.backend.is_external() {
-        anyhow::bail!(
-            "fraiseql worker consumes the Redis queue, but queue.backend is \"memory\" (from {}): \
-             set [queue] backend = \"redis\" (with the memory queue, serve runs the workers itself)",
-            config.origins.of("queue.backend")
-        );
-    }
-    if config.observers.is_empty() {
-        anyhow::bail!(
-            "no [[observers]] configured: the worker runs the actions of the observers in the \
-             configuration, so it needs the same [[observers]] as serve"
-        );
-    }
+    config.validate_for(&[crate::config::Role::Worker])?;
     let pool = crate::db::pool(&config.database)?;
     // Compile now: a bad observer config fails the start, not the first job.
     let runtime = crate::serve::build_observers(&config, pool.clone(), None, None)?;

@@ -4,9 +4,11 @@
 //! The pool opens connections lazily, so a role starts while the database is down and
 //! recovers by itself when it comes back; [`ping`] is what `/readyz` and `check` use.
 
+pub mod config;
 pub mod migrate;
 pub mod request;
 
+pub use config::DatabaseConfig;
 pub use request::{RequestContext, Session};
 
 use std::str::FromStr;
@@ -15,7 +17,6 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-use crate::config::DatabaseConfig;
 use crate::metrics::metrics;
 use crate::redact::redact_url;
 

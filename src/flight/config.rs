@@ -24,6 +24,18 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// The dotted key the error is about.
+    pub fn key(&self) -> String {
+        match self {
+            ConfigError::Invalid { key, .. } | ConfigError::File { key, .. } => {
+                format!("flight.{key}")
+            }
+            ConfigError::TokensEnvMissing { .. } => "flight.tokens_env".into(),
+        }
+    }
+}
+
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,

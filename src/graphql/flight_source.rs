@@ -550,7 +550,7 @@ mod tests {
             .filter(|q| q.returns_list)
             .map(|q| q.name.clone())
             .collect();
-        let pool = crate::db::pool(&crate::config::DatabaseConfig::default()).expect("pool");
+        let pool = crate::db::pool(&crate::db::DatabaseConfig::default()).expect("pool");
         let s = EngineSource::new(SharedEngine::new(e), pool);
         let listed = s.list_queries();
         assert_eq!(

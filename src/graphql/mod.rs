@@ -3,6 +3,7 @@
 //! text spliced into the response unparsed), GraphQL-over-HTTP and the database check.
 
 pub mod check;
+pub mod config;
 pub mod execute;
 pub mod flight_source;
 pub mod http;
@@ -23,14 +24,17 @@ use crate::sql::mutation::FnSignature;
 use crate::sql::select::ReadLimits;
 
 pub use check::CheckItem;
+pub use config::GraphqlConfig;
 pub use execute::{Executed, Outcome, Request};
 pub use flight_source::EngineSource;
 use plan::PlanCtx;
 use types::{Info, Kind, Node};
 
 /// Limits on requests. Every limit gives a clear error (`extensions.code` =
-/// `LIMIT_EXCEEDED`, or HTTP 413 for the body).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// `LIMIT_EXCEEDED`, or HTTP 413 for the body). `[graphql]` deserializes into this struct
+/// directly (see [`config::GraphqlConfig`]); the body bound is `server.max_body_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Maximum nesting of selections (and of the document's syntax).
     pub max_depth: usize,
@@ -42,7 +46,8 @@ pub struct Limits {
     pub max_fields: usize,
     /// Maximum size of the `query` text in bytes.
     pub max_query_bytes: usize,
-    /// Maximum size of a request body in bytes (HTTP 413 beyond).
+    /// Maximum size of a request body in bytes (HTTP 413 beyond); `server.max_body_bytes`.
+    #[serde(skip)]
     pub max_body_bytes: usize,
     /// Maximum number of root fields (each is one SQL statement).
     pub max_root_fields: usize,

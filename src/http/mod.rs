@@ -6,6 +6,10 @@
 //! in-process; it returns once shutdown is requested and in-flight requests have finished
 //! (or the grace period ran out).
 
+pub mod config;
+
+pub use config::ServerConfig;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

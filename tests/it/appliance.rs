@@ -38,7 +38,7 @@ async fn health_ready_metrics_and_errors() {
         "fraiseql_http_request_duration_seconds_bucket{route=\"/readyz\"",
         &format!(
             "fraiseql_db_pool_max_connections {}",
-            fraiseql::config::DatabaseConfig::default().effective_pool_size()
+            fraiseql::db::DatabaseConfig::default().effective_pool_size()
         ),
         "fraiseql_db_up 1",
         "fraiseql_process_resident_memory_bytes",

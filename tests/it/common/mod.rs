@@ -63,7 +63,7 @@ impl TestDb {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .expect("create test database");
-        let cfg = fraiseql::config::DatabaseConfig {
+        let cfg = fraiseql::db::DatabaseConfig {
             url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
             pool_size: 8,
             ..Default::default()

@@ -1,0 +1,45 @@
+//! `[server]`: the HTTP listener of `serve` (address, grace period, body and time bounds).
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::setting::Invalid;
+
+/// `[server]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the HTTP server binds to. Loopback by default: exposing the API is a choice.
+    pub listen: SocketAddr,
+    /// Time allowed for in-flight requests to finish after SIGINT/SIGTERM, in milliseconds.
+    pub grace_period_ms: u64,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Time allowed for one request, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            grace_period_ms: 10_000,
+            max_body_bytes: 1024 * 1024,
+            request_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks what the types alone cannot.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.max_body_bytes < 1024 {
+            return Err(Invalid::new(
+                "server.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        Ok(())
+    }
+}
