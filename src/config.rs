@@ -56,7 +56,7 @@ pub struct Config {
     /// Which backend carries observer jobs (`memory` in-process, or `redis`).
     pub queue: crate::queue::config::QueueConfig,
     /// `fraiseql worker`: the standalone consumer of the Redis queue.
-    pub worker: crate::worker::WorkerConfig,
+    pub worker: crate::roles::worker::WorkerConfig,
     /// NATS JetStream: change events published to `<prefix>.<entity>.<op>`.
     pub nats: crate::nats::NatsConfig,
     /// Where each top-level key came from, for error messages. Not part of the file format.

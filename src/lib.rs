@@ -1,11 +1,12 @@
 //! FraiseQL: one binary that puts a GraphQL API, event reactions and analytics on top of
 //! PostgreSQL. `main.rs` parses the command line ([`cli`]), loads the [`config`] and starts
-//! one role; each role exposes `run(config, shutdown)` and stops on the one [`shutdown`]
-//! token.
+//! one of the [`roles`]; each long-running role exposes `run(config, shutdown)` and stops on
+//! the one [`shutdown`] token.
 //!
 //! # Layout
 //! ```text
-//! roles        serve (HTTP + observers, optionally Flight) · worker · flight · check
+//! roles        roles::{serve (HTTP + observers, optionally Flight), worker, flight, check,
+//!                     dlq, explain, compile, db}, built from the parts in compose
 //! doors        http (hyper server, limits, per-route metrics) ── graphql::http
 //!              flight (gRPC: tickets → flight::plan, DoGet/DoPut, auth) ─ graphql::flight_source
 //! engine       schema (authoring model → compiler → compiled schema)
@@ -49,8 +50,8 @@
 
 pub mod actions;
 pub mod assets;
-pub mod check;
 pub mod cli;
+pub mod compose;
 pub mod config;
 pub mod db;
 pub mod error_code;
@@ -63,9 +64,8 @@ pub mod net;
 pub mod observers;
 pub mod queue;
 pub mod redact;
+pub mod roles;
 pub mod schema;
-pub mod serve;
 pub mod setting;
 pub mod shutdown;
 pub mod sql;
-pub mod worker;

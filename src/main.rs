@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use fraiseql::cli::{Cli, Command, DbCommand, DlqCommand};
+use fraiseql::cli::{Cli, Command, DbCommand};
 use fraiseql::config::{Config, LogFormat, Overrides};
 
 fn main() -> ExitCode {
@@ -67,184 +67,38 @@ fn main() -> ExitCode {
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    use fraiseql::roles;
+    let shutdown = || {
+        let token = CancellationToken::new();
+        fraiseql::shutdown::cancel_on_signals(token.clone());
+        token
+    };
     match command {
         Command::Serve { with_flight, .. } => {
-            let shutdown = CancellationToken::new();
-            fraiseql::shutdown::cancel_on_signals(shutdown.clone());
-            fraiseql::serve::run(config, with_flight, shutdown).await?;
+            roles::serve::run(config, with_flight, shutdown()).await?
         }
-        Command::Flight { .. } => {
-            let shutdown = CancellationToken::new();
-            fraiseql::shutdown::cancel_on_signals(shutdown.clone());
-            fraiseql::serve::run_flight(config, shutdown).await?;
-        }
-        Command::Worker { .. } => {
-            let shutdown = CancellationToken::new();
-            fraiseql::shutdown::cancel_on_signals(shutdown.clone());
-            fraiseql::worker::run(config, shutdown).await?;
-        }
+        Command::Flight { .. } => roles::flight::run(config, shutdown()).await?,
+        Command::Worker { .. } => roles::worker::run(config, shutdown()).await?,
         Command::Db {
             command: DbCommand::Init,
-        } => {
-            let pool = fraiseql::db::pool(&config.database)?;
-            let mut client = fraiseql::db::client(&pool).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot connect to {}: {e}",
-                    fraiseql::redact::redact_url(&config.database.url)
-                )
-            })?;
-            let report = fraiseql::db::migrate::run(&mut client).await?;
-            for (version, name) in &report.applied {
-                println!("applied {version:04}_{name}");
-            }
-            println!(
-                "fraiseql schema up to date ({} applied, {} already present)",
-                report.applied.len(),
-                report.already
-            );
-        }
-        Command::Compile { input, output } => {
-            let (compiled, warnings) = fraiseql::schema::compile_file(&input)?;
-            for w in &warnings {
-                eprintln!("warning: {w}");
-            }
-            let json = fraiseql::schema::to_compiled_json(&compiled);
-            std::fs::write(&output, json)
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", output.display()))?;
-            println!(
-                "compiled {} into {} ({} types, {} queries, {} mutations)",
-                input.display(),
-                output.display(),
-                compiled.types.len(),
-                compiled.queries.len(),
-                compiled.mutations.len()
-            );
-        }
+        } => roles::db::init(&config).await?,
+        Command::Compile { input, output } => roles::compile::run(&input, &output)?,
         Command::Explain {
             query,
             variables,
             inline,
             ..
-        } => {
-            if config.graphql.schema.is_empty() {
-                anyhow::bail!("no schema: pass --schema PATH or set [graphql] schema");
-            }
-            let engine = fraiseql::serve::load_engine(&config, &config.graphql.schema)?;
-            let variables = match variables {
-                Some(v) => Some(
-                    serde_json::from_str(&v)
-                        .map_err(|e| anyhow::anyhow!("--variables is not JSON: {e}"))?,
-                ),
-                None => None,
-            };
-            let request = fraiseql::graphql::Request {
-                query,
-                operation_name: None,
-                variables,
-            };
-            let statements = engine
-                .explain(&request)
-                .map_err(|body| anyhow::anyhow!("{body}"))?;
-            for (field, stmt) in statements {
-                println!("-- {field}");
-                if inline {
-                    println!("{};", fraiseql::sql::inline_params(&stmt));
-                } else {
-                    println!("{};", stmt.sql);
-                    for (i, p) in stmt.params.iter().enumerate() {
-                        println!("-- ${} = {}", i + 1, fraiseql::sql::param_literal(p));
-                    }
-                }
-            }
-        }
+        } => roles::explain::run(&config, query, variables, inline)?,
         Command::Check => {
-            let items = fraiseql::check::run(&config).await;
-            if !fraiseql::check::print(&items) {
+            let items = roles::check::run(&config).await;
+            if !roles::check::print(&items) {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Dlq { command } => return dlq(command, &config).await,
+        Command::Dlq { command } => return roles::dlq::run(command, &config).await,
         Command::Dashboard => {
             use std::io::Write;
             std::io::stdout().write_all(&fraiseql::assets::dashboard())?;
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `fraiseql dlq …` against the dead letters of the configured queue backend.
-async fn dlq(command: DlqCommand, config: &Config) -> anyhow::Result<ExitCode> {
-    use fraiseql::queue::dlq::{ListFilter, RetryOutcome, format_table, parse_age};
-
-    let pool = fraiseql::db::pool(&config.database)?;
-    // An operator's command: fail within seconds instead of waiting for the backend.
-    let build =
-        fraiseql::queue::build(&config.queue, &pool, config.observer_runtime.queue_capacity);
-    let store = tokio::time::timeout(std::time::Duration::from_secs(10), build)
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "cannot reach {} (queue.url) within 10 s",
-                config.queue.location()
-            )
-        })??
-        .dead_letters;
-    let not_found = |id: i64| {
-        eprintln!("error: no dead letter {id}");
-        Ok(ExitCode::FAILURE)
-    };
-    match command {
-        DlqCommand::List {
-            json,
-            observer,
-            limit,
-        } => {
-            let filter = ListFilter {
-                observer,
-                limit: Some(limit),
-            };
-            let items = store.list(&filter).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&items)?);
-            } else {
-                print!("{}", format_table(&items));
-            }
-        }
-        DlqCommand::Show { id } => match store.show(id).await? {
-            Some(item) => println!("{}", serde_json::to_string_pretty(&item)?),
-            None => return not_found(id),
-        },
-        DlqCommand::Retry { id: Some(id), .. } => match store.retry(id).await? {
-            RetryOutcome::Retried if store.retries_immediately() => {
-                println!("dead letter {id} queued again")
-            }
-            RetryOutcome::Retried => println!("dead letter {id} handed back for retry"),
-            RetryOutcome::AlreadyLive => {
-                eprintln!(
-                    "error: dead letter {id} not retried: a job with the same key is queued or running"
-                );
-                return Ok(ExitCode::FAILURE);
-            }
-            RetryOutcome::NotFound => return not_found(id),
-        },
-        DlqCommand::Retry { id: None, .. } => {
-            let s = store.retry_all().await?;
-            if store.retries_immediately() {
-                println!(
-                    "{} dead letters queued again ({} skipped: same key queued or running)",
-                    s.retried, s.already_live
-                );
-            } else {
-                println!("{} dead letters handed back for retry", s.retried);
-            }
-        }
-        DlqCommand::Purge { older_than } => {
-            let age = match older_than {
-                Some(a) => Some(parse_age(&a).map_err(|e| anyhow::anyhow!("--older-than: {e}"))?),
-                None => None,
-            };
-            let n = store.purge(age).await?;
-            println!("{n} dead letters purged");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -167,7 +167,11 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(fraiseql::serve::run_on(listener, config, shutdown.clone()));
+        let handle = tokio::spawn(fraiseql::roles::serve::run_on(
+            listener,
+            config,
+            shutdown.clone(),
+        ));
         TestServer {
             addr,
             shutdown,

@@ -84,7 +84,7 @@ pub async fn run(config: &Config) -> Vec<Item> {
         let entities = engine
             .as_ref()
             .map(|e| e.schema().types.iter().map(|t| t.name.clone()).collect());
-        let result = crate::serve::build_observers(config, pool.clone(), entities, None)
+        let result = crate::compose::build_observers(config, pool.clone(), entities, None)
             .map(|_| "conditions, templates, URLs and secrets valid".to_string())
             .map_err(|e| format!("{e:#}"));
         items.push(Item {

@@ -72,13 +72,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// Runs the worker with its HTTP side on an already-bound `listener`.
 pub async fn run_on(
     listener: TcpListener,
-    mut config: Config,
+    config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate_for(&[crate::config::Role::Worker])?;
     let pool = crate::db::pool(&config.database)?;
     // Compile now: a bad observer config fails the start, not the first job.
-    let runtime = crate::serve::build_observers(&config, pool.clone(), None, None)?;
+    let runtime = crate::compose::build_observers(&config, pool.clone(), None, None)?;
     let executor = runtime.executor();
     drop(runtime);
 
@@ -93,7 +93,7 @@ pub async fn run_on(
         let (config, pool) = (config.clone(), pool.clone());
         let executor = executor.clone();
         tokio::spawn(async move {
-            let Some(queue) = crate::serve::connect_queue(&config, &pool, &shutdown).await else {
+            let Some(queue) = crate::compose::connect_queue(&config, &pool, &shutdown).await else {
                 return;
             };
             let (Some(batch), Some(probe)) = (queue.batch.clone(), queue.probe.clone()) else {
@@ -114,10 +114,13 @@ pub async fn run_on(
         })
     };
 
-    config.graphql.schema.clear();
-    config.observers.clear();
-    let http =
-        crate::serve::serve_http(listener, config, pool, None, Some(ready), shutdown.clone());
+    let parts = super::serve::HttpParts {
+        pool,
+        engine: None,
+        observers: false,
+        queue: Some(ready),
+    };
+    let http = super::serve::serve_http(listener, config, parts, shutdown.clone());
     let (served, jobs) = tokio::join!(http, jobs_task);
     // The HTTP side may fail to start; the job side must still stop.
     shutdown.cancel();
