@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use async_nats::StatusCode;
 use async_nats::connection::State;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, ReplayPolicy};
 use async_nats::jetstream::context::{PublishErrorKind, RequestErrorKind};
@@ -34,12 +35,15 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::response::Response;
 use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, ErrorCode};
-use async_nats::{ConnectErrorKind, ServerAddr, StatusCode};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+
+mod connect;
+
+pub use connect::{ClientSettings, check_urls, connect_client};
 
 /// Maximum number of publishes awaiting their PubAck at once in one
 /// [`EventBus::publish_batch`] call. 1024 measured faster than 4096 on a local server.
@@ -163,12 +167,11 @@ impl NatsConfig {
     /// Checks every value. An empty `url` is valid (NATS disabled); the other values are
     /// checked regardless so that a typo is reported before NATS is switched on.
     ///
-    /// Supported URL schemes: `nats://` and `tls://` (TLS through rustls with ring, which
-    /// async-nats brings anyway). `ws://`/`wss://` are rejected: they would need the
-    /// websockets feature.
+    /// The URL list is checked by [`check_urls`] (schemes, credentials, TLS: see
+    /// [`connect`](self::connect_client)).
     pub fn validate(&self) -> Result<(), NatsConfigError> {
         if self.enabled() {
-            parse_urls(&self.url)?;
+            check_urls(&self.url)?;
         }
         validate_stream_name(&self.stream).map_err(|m| config_err("nats.stream", m))?;
         validate_subject_prefix(&self.subject_prefix)
@@ -221,60 +224,6 @@ impl NatsConfig {
             max: Duration::from_millis(self.retry_max_delay_ms),
         }
     }
-}
-
-/// Credentials found in the URL list, applied as connect options (async-nats does not use
-/// the URL's user info by itself).
-enum UrlAuth {
-    None,
-    Token(String),
-    UserPassword(String, String),
-}
-
-fn parse_urls(urls: &str) -> Result<(Vec<ServerAddr>, UrlAuth), NatsConfigError> {
-    let mut addrs = Vec::new();
-    let mut auth = UrlAuth::None;
-    for part in urls.split(',').map(str::trim) {
-        if part.is_empty() {
-            return Err(config_err("nats.url", "empty entry in the URL list"));
-        }
-        let (scheme, _) = part.split_once("://").ok_or_else(|| {
-            config_err(
-                "nats.url",
-                format!(
-                    "`{}` has no scheme: use nats:// or tls://",
-                    redact_url(part)
-                ),
-            )
-        })?;
-        if scheme != "nats" && scheme != "tls" {
-            return Err(config_err(
-                "nats.url",
-                format!("unsupported scheme `{scheme}://`: use nats:// or tls://"),
-            ));
-        }
-        // Never echo the input: it may hold a password.
-        let addr: ServerAddr = part.parse().map_err(|_| {
-            config_err(
-                "nats.url",
-                format!("`{}` is not a valid URL", redact_url(part)),
-            )
-        })?;
-        if addr.host().is_empty() {
-            return Err(config_err("nats.url", "URL has no host"));
-        }
-        if let Some(user) = addr.username() {
-            let found = match addr.password() {
-                Some(pass) => UrlAuth::UserPassword(user.to_string(), pass.to_string()),
-                None => UrlAuth::Token(user.to_string()),
-            };
-            if matches!(auth, UrlAuth::None) {
-                auth = found;
-            }
-        }
-        addrs.push(addr);
-    }
-    Ok((addrs, auth))
 }
 
 use crate::redact::redact_userinfo as redact_url;
@@ -694,66 +643,34 @@ impl EventBus {
         if !config.enabled() {
             return Err(config_err("nats.url", "NATS is disabled (empty url)").into());
         }
-        let (addrs, auth) = parse_urls(&config.url)?;
         let retry = config.retry();
         let request_timeout = Duration::from_millis(config.request_timeout_ms);
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
+        let settings = ClientSettings {
+            connect_timeout,
+            request_timeout,
+            attempt_timeout: connect_timeout.saturating_mul(2),
+            retry_min: retry.min,
+            retry_max: retry.max,
+        };
 
         let mut attempt: u32 = 0;
         let client = loop {
             if shutdown.is_cancelled() {
                 return Err(NatsError::Cancelled);
             }
-            let mut options = match &auth {
-                UrlAuth::None => async_nats::ConnectOptions::new(),
-                UrlAuth::Token(token) => async_nats::ConnectOptions::with_token(token.clone()),
-                UrlAuth::UserPassword(user, pass) => {
-                    async_nats::ConnectOptions::with_user_and_password(user.clone(), pass.clone())
-                }
-            };
-            options = options
-                .name("fraiseql")
-                .connection_timeout(connect_timeout)
-                .request_timeout(Some(request_timeout))
-                .max_reconnects(None)
-                .reconnect_delay_callback(move |attempts| {
-                    retry.delay(u32::try_from(attempts).unwrap_or(u32::MAX))
-                })
-                .event_callback(|event| async move {
-                    match event {
-                        async_nats::Event::Connected => tracing::info!("NATS connected"),
-                        async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
-                        other => tracing::info!(event = %other, "NATS event"),
-                    }
-                });
-            if addrs.iter().any(|a| a.tls_required()) {
-                options = options.require_tls(true);
-            }
             let result = tokio::select! {
                 () = shutdown.cancelled() => return Err(NatsError::Cancelled),
-                r = tokio::time::timeout(
-                    connect_timeout.saturating_mul(2),
-                    options.connect(addrs.clone()),
-                ) => r,
+                r = connect_client(&config.url, &settings) => r,
             };
             match result {
-                Ok(Ok(client)) => break client,
-                Ok(Err(err)) => match err.kind() {
-                    ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
-                        return Err(NatsError::Auth(err.to_string()));
-                    }
-                    ConnectErrorKind::ServerParse => {
-                        return Err(config_err("nats.url", err.to_string()).into());
-                    }
-                    _ => {
-                        tracing::warn!(
-                            url = %redact_url(&config.url), attempt, error = %err,
-                            "NATS not reachable, retrying"
-                        );
-                    }
-                },
-                Err(_) => {
-                    tracing::warn!(url = %redact_url(&config.url), attempt, "NATS connect timed out, retrying");
+                Ok(client) => break client,
+                Err(err @ (NatsError::Auth(_) | NatsError::Config(_))) => return Err(err),
+                Err(err) => {
+                    tracing::warn!(
+                        url = %redact_url(&config.url), attempt, error = %err,
+                        "NATS not reachable, retrying"
+                    );
                 }
             }
             sleep_or_cancel(retry.delay(attempt), shutdown).await?;

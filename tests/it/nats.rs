@@ -15,7 +15,7 @@ use fraiseql::nats::{
 };
 use tokio_util::sync::CancellationToken;
 
-use common::nats::{PrivateServer, SHARED_URL, connect, test_config, with_stream};
+use common::nats::{PrivateServer, SHARED_URL, ServerAuth, connect, test_config, with_stream};
 
 fn event(entity: &str, op: ChangeOp, i: usize) -> OutgoingEvent {
     OutgoingEvent {
@@ -505,6 +505,66 @@ async fn operations_fail_instead_of_hanging_while_disconnected() {
         .await;
     assert!(matches!(batch, Err(NatsError::Cancelled)), "{batch:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// Connects the transport with the credentials in the URL's user info and publishes once;
+/// the same URL with a wrong secret is refused as an authentication error that does not
+/// quote the secret.
+async fn transport_connects_with_url_credentials(auth: ServerAuth, wrong: ServerAuth) {
+    let server = PrivateServer::started_with_auth(auth);
+    let config = test_config(&server.url_with_credentials());
+    let bus = connect(&config).await;
+    let outcome = bus
+        .publish(
+            "post",
+            ChangeOp::Insert,
+            "cred-1",
+            Bytes::from_static(b"{}"),
+        )
+        .await
+        .expect("publish with URL credentials");
+    assert_eq!(outcome.seq, 1);
+    bus.close().await;
+
+    let refused = test_config(&server.url().replacen(
+        "nats://",
+        &format!("nats://{}", wrong.userinfo()),
+        1,
+    ));
+    let token = CancellationToken::new();
+    let err = tokio::time::timeout(Duration::from_secs(10), EventBus::connect(&refused, &token))
+        .await
+        .expect("refused connect returns")
+        .expect_err("wrong credentials");
+    assert!(matches!(err, NatsError::Auth(_)), "{err}");
+    let secret = wrong.userinfo();
+    let secret = secret
+        .trim_end_matches('@')
+        .rsplit(':')
+        .next()
+        .unwrap_or_default();
+    assert!(
+        !err.to_string().contains(secret),
+        "secret in the error: {err}"
+    );
+}
+
+#[tokio::test]
+async fn transport_connects_with_user_and_password_in_the_url() {
+    transport_connects_with_url_credentials(
+        ServerAuth::UserPassword("fql".into(), "pw-s3cret".into()),
+        ServerAuth::UserPassword("fql".into(), "pw-wrong".into()),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn transport_connects_with_a_token_in_the_url() {
+    transport_connects_with_url_credentials(
+        ServerAuth::Token("tok-s3cret".into()),
+        ServerAuth::Token("tok-wrong".into()),
+    )
+    .await;
 }
 
 #[test]
