@@ -17,7 +17,8 @@
 //!                     capability traits, dead letters, the batching pump)
 //!              actions (webhook, Slack, e-mail, search, cache, NATS) · nats (JetStream)
 //! support      metrics (every Prometheus family, defined once) · assets (dashboard)
-//!              net (name resolution for an empty root) · shutdown
+//!              net (name resolution for an empty root) · shutdown · redact (URLs safe to print)
+//!              backoff (the one retry delay: exponential, capped, equal jitter)
 //! ```
 //!
 //! # A GraphQL request
@@ -44,6 +45,7 @@
 
 pub mod actions;
 pub mod assets;
+pub mod backoff;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -41,6 +41,8 @@ use futures_util::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
+
 mod connect;
 
 pub use connect::{ClientSettings, check_urls, connect_client};
@@ -218,11 +220,13 @@ impl NatsConfig {
         Ok(())
     }
 
+    /// Reconnects and re-publishes: exponential with equal jitter, so that many instances
+    /// restarting together do not retry in lockstep.
     fn retry(&self) -> Backoff {
-        Backoff {
-            min: Duration::from_millis(self.retry_min_delay_ms),
-            max: Duration::from_millis(self.retry_max_delay_ms),
-        }
+        Backoff::new(
+            Duration::from_millis(self.retry_min_delay_ms),
+            Duration::from_millis(self.retry_max_delay_ms),
+        )
     }
 }
 
@@ -533,32 +537,6 @@ impl NatsError {
 // Retry delays
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy)]
-struct Backoff {
-    min: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    /// Exponential from `min`, capped at `max`, with "equal jitter" (half fixed, half random)
-    /// so that many instances restarting together do not retry in lockstep.
-    fn delay(&self, attempt: u32) -> Duration {
-        let exp = self
-            .min
-            .saturating_mul(2u32.saturating_pow(attempt.min(20)))
-            .min(self.max);
-        let half = exp / 2;
-        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
-        let extra = if jitter_ms == 0 {
-            0
-        } else {
-            use rand::RngExt;
-            rand::rng().random_range(0..=jitter_ms)
-        };
-        half + Duration::from_millis(extra)
-    }
-}
-
 /// Sleeps unless `shutdown` is cancelled first.
 async fn sleep_or_cancel(delay: Duration, shutdown: &CancellationToken) -> Result<(), NatsError> {
     tokio::select! {
@@ -650,8 +628,8 @@ impl EventBus {
             connect_timeout,
             request_timeout,
             attempt_timeout: connect_timeout.saturating_mul(2),
-            retry_min: retry.min,
-            retry_max: retry.max,
+            retry_min: retry.min(),
+            retry_max: retry.max(),
         };
 
         let mut attempt: u32 = 0;
@@ -1390,18 +1368,5 @@ mod tests {
             ..Default::default()
         };
         assert!(!format!("{c:?}").contains("secret"));
-    }
-
-    #[test]
-    fn backoff_bounds() {
-        let b = Backoff {
-            min: Duration::from_millis(50),
-            max: Duration::from_millis(5000),
-        };
-        for attempt in 0..40 {
-            let d = b.delay(attempt);
-            assert!(d <= Duration::from_millis(5000), "{d:?}");
-            assert!(d >= Duration::from_millis(25), "{d:?}");
-        }
     }
 }

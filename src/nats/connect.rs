@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use async_nats::{ConnectErrorKind, ServerAddr};
 
-use super::{Backoff, NatsConfigError, NatsError, config_err};
+use super::{NatsConfigError, NatsError, config_err};
+use crate::backoff::Backoff;
 use crate::redact::redact_userinfo;
 
 /// Credentials found in the URL list, applied as connect options.
@@ -138,10 +139,7 @@ pub async fn connect_client(
     settings: &ClientSettings,
 ) -> Result<async_nats::Client, NatsError> {
     let (addrs, auth) = parse_urls(urls)?;
-    let reconnect = Backoff {
-        min: settings.retry_min,
-        max: settings.retry_max,
-    };
+    let reconnect = Backoff::new(settings.retry_min, settings.retry_max);
     let mut options = auth
         .options()
         .name("fraiseql")
