@@ -22,7 +22,6 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -280,50 +279,10 @@ fn validate_subject_prefix(prefix: &str) -> Result<(), String> {
 // Subjects
 // ---------------------------------------------------------------------------------------------
 
-/// The kind of change an event describes; the last subject token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ChangeOp {
-    /// `insert`
-    Insert,
-    /// `update`
-    Update,
-    /// `delete`
-    Delete,
-}
-
-impl ChangeOp {
-    /// The subject token.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Insert => "insert",
-            Self::Update => "update",
-            Self::Delete => "delete",
-        }
-    }
-}
-
-impl fmt::Display for ChangeOp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ChangeOp {
-    type Err = NatsError;
-
-    /// Accepts `insert`, `update`, `delete` in any letter case.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "insert" => Ok(Self::Insert),
-            "update" => Ok(Self::Update),
-            "delete" => Ok(Self::Delete),
-            _ => Err(NatsError::InvalidSubject(format!(
-                "operation `{}` is not insert, update or delete",
-                s.escape_debug()
-            ))),
-        }
-    }
-}
+/// The kind of change an event describes, the observers' own (one type from the change log
+/// to the subject): its last subject token is [`ChangeOp::subject_token`] (`insert`,
+/// `update`, `delete`), which is also its `Display`; parsing a token accepts any letter case.
+pub use crate::observers::config::ChangeOp;
 
 /// Entity names are identifiers: ASCII letters, digits, `_` and `-`, at most 128 bytes.
 /// Nothing is rewritten: two distinct names must never share a subject.
@@ -347,7 +306,7 @@ fn validate_entity(entity: &str) -> Result<(), NatsError> {
 pub fn subject(prefix: &str, entity: &str, op: ChangeOp) -> Result<String, NatsError> {
     validate_subject_prefix(prefix).map_err(NatsError::InvalidSubject)?;
     validate_entity(entity)?;
-    Ok(format!("{prefix}.{entity}.{}", op.as_str()))
+    Ok(format!("{prefix}.{entity}.{}", op.subject_token()))
 }
 
 /// Splits `<prefix>.<entity>.<op>` back into entity and op.
