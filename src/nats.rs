@@ -23,16 +23,17 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_nats::StatusCode;
 use async_nats::connection::State;
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, ReplayPolicy};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, ReplayPolicy, pull};
 use async_nats::jetstream::context::{PublishErrorKind, RequestErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::response::Response;
-use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::stream::{
+    ConsumerErrorKind, DiscardPolicy, RetentionPolicy, StorageType,
+};
 use async_nats::jetstream::{self, ErrorCode};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -945,7 +946,7 @@ impl EventBus {
     pub async fn consumer(&self) -> Result<EventConsumer, NatsError> {
         let consumer = EventConsumer {
             bus: self.clone(),
-            needs_ensure: Arc::new(AtomicBool::new(true)),
+            pull: Arc::default(),
         };
         consumer.ensure().await?;
         Ok(consumer)
@@ -964,34 +965,23 @@ impl EventBus {
 // ---------------------------------------------------------------------------------------------
 
 /// Handle on the durable pull consumer. Cheap to clone; clones share the consumer.
+///
+/// Built on async-nats's pull consumer: [`jetstream::Context::create_consumer_on_stream`]
+/// creates or updates it and [`PullConsumer::fetch`] pulls (one pull request per call, the
+/// request's end-of-request status ends the batch). Only the acknowledgements are sent by
+/// hand, as confirmed requests: see [`Delivery::ack`] for why.
 #[derive(Clone, Debug)]
 pub struct EventConsumer {
     bus: EventBus,
-    /// Set when the consumer may be missing on the server (first use, `503`, "consumer
+    /// `None` when the consumer may be missing on the server (first use, `503`, "consumer
     /// deleted"): the next fetch creates it again before pulling.
-    needs_ensure: Arc<AtomicBool>,
-}
-
-#[derive(Serialize)]
-struct CreateConsumerRequest<'a> {
-    stream_name: &'a str,
-    config: &'a jetstream::consumer::Config,
-}
-
-#[derive(Serialize)]
-struct PullRequest {
-    batch: usize,
-    /// Nanoseconds.
-    expires: u64,
-    /// With `expires`, the server answers as soon as it has any message (up to `batch`)
-    /// instead of waiting for `batch` of them.
-    no_wait: bool,
+    pull: Arc<std::sync::Mutex<Option<PullConsumer>>>,
 }
 
 impl EventConsumer {
-    fn consumer_config(&self) -> jetstream::consumer::Config {
+    fn consumer_config(&self) -> pull::Config {
         let c = &self.bus.inner.config;
-        jetstream::consumer::Config {
+        pull::Config {
             durable_name: Some(c.durable.clone()),
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
@@ -1003,45 +993,73 @@ impl EventConsumer {
         }
     }
 
+    fn set_pull(&self, pull: Option<PullConsumer>) {
+        // A poisoned lock only means another fetch panicked; the value is still sound.
+        *self
+            .pull
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = pull;
+    }
+
+    fn forget(&self) {
+        self.set_pull(None);
+    }
+
     /// Creates the durable consumer, or updates its editable settings (ack wait, max
     /// deliver) if it exists; JetStream makes this idempotent.
-    async fn ensure(&self) -> Result<(), NatsError> {
+    async fn ensure(&self) -> Result<PullConsumer, NatsError> {
+        const OP: &str = "consumer create";
         let c = &self.bus.inner.config;
-        let config = self.consumer_config();
-        // The classic durable-create API works on every JetStream server version.
-        let resp: Response<jetstream::consumer::Info> = self
+        let mismatch = |reason: String| NatsError::ConsumerMismatch {
+            stream: c.stream.clone(),
+            consumer: c.durable.clone(),
+            reason,
+        };
+        let created = self
             .bus
             .inner
             .js
-            .request(
-                format!("CONSUMER.DURABLE.CREATE.{}.{}", c.stream, c.durable),
-                &CreateConsumerRequest {
-                    stream_name: &c.stream,
-                    config: &config,
-                },
-            )
-            .await
-            .map_err(|e| NatsError::request("consumer create", &e))?;
-        match resp {
-            Response::Ok(info) => {
-                if info.config.deliver_subject.is_some() {
-                    return Err(NatsError::ConsumerMismatch {
-                        stream: c.stream.clone(),
-                        consumer: c.durable.clone(),
-                        reason: "it is a push consumer".to_string(),
-                    });
+            .create_consumer_on_stream(self.consumer_config(), &c.stream)
+            .await;
+        match created {
+            Ok(consumer) => {
+                self.set_pull(Some(consumer.clone()));
+                Ok(consumer)
+            }
+            Err(err) => Err(match err.kind() {
+                ConsumerErrorKind::TimedOut => NatsError::Timeout(OP),
+                ConsumerErrorKind::Request => std::error::Error::source(&err)
+                    .and_then(|s| s.downcast_ref::<jetstream::context::RequestError>())
+                    .map_or_else(
+                        || NatsError::Other {
+                            op: OP,
+                            message: err.to_string(),
+                        },
+                        |e| NatsError::request(OP, e),
+                    ),
+                ConsumerErrorKind::JetStream(error) if error.code() == 503 => {
+                    NatsError::api(OP, &error)
                 }
-                self.needs_ensure.store(false, Ordering::Release);
-                Ok(())
-            }
-            Response::Err { error } if error.code() == 503 => {
-                Err(NatsError::api("consumer create", &error))
-            }
-            Response::Err { error } => Err(NatsError::ConsumerMismatch {
-                stream: c.stream.clone(),
-                consumer: c.durable.clone(),
-                reason: error.to_string(),
+                ConsumerErrorKind::JetStream(error) => mismatch(error.to_string()),
+                // The existing durable is a push consumer (it has a deliver subject).
+                ConsumerErrorKind::Other | ConsumerErrorKind::InvalidConsumerType => {
+                    mismatch("it is a push consumer".to_string())
+                }
+                ConsumerErrorKind::InvalidName => mismatch(err.to_string()),
             }),
+        }
+    }
+
+    /// The pull consumer, created first if it may be missing.
+    async fn pull_consumer(&self) -> Result<PullConsumer, NatsError> {
+        let known = self
+            .pull
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match known {
+            Some(consumer) => Ok(consumer),
+            None => self.ensure().await,
         }
     }
 
@@ -1057,41 +1075,22 @@ impl EventConsumer {
         if max == 0 {
             return Ok(Vec::new());
         }
-        if self.needs_ensure.load(Ordering::Acquire) {
-            self.ensure().await?;
-        }
+        let consumer = self.pull_consumer().await?;
         let inner = &self.bus.inner;
         let client = &inner.client;
         if client.connection_state() != State::Connected {
             return Err(NatsError::Disconnected);
         }
         let wait = wait.max(Duration::from_millis(10));
+        // async-nats ends a batch whose end-of-request status is lost only 5 s past its
+        // expiry; this bound keeps a lost status from holding the caller that long.
         let deadline = tokio::time::Instant::now() + wait + FETCH_GRACE;
 
-        let inbox = client.new_inbox();
-        let mut sub = tokio::time::timeout(inner.request_timeout, client.subscribe(inbox.clone()))
-            .await
-            .map_err(|_| NatsError::Timeout("subscribe"))?
-            .map_err(|e| NatsError::Other {
-                op: "subscribe",
-                message: e.to_string(),
-            })?;
-        let request = serde_json::to_vec(&PullRequest {
-            batch: max,
-            expires: u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX),
-            no_wait: true,
-        })
-        .map_err(|e| NatsError::Other {
-            op: "pull request",
-            message: e.to_string(),
-        })?;
-        let pull_subject = format!(
-            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
-            inner.config.stream, inner.config.durable
-        );
-        tokio::time::timeout(
+        // A fetch request (`no_wait` with `expires`): the server answers as soon as it has
+        // any message (up to `max`) instead of waiting for `max` of them.
+        let mut batch = tokio::time::timeout(
             inner.request_timeout,
-            client.publish_with_reply(pull_subject, inbox, request.into()),
+            consumer.fetch().max_messages(max).expires(wait).messages(),
         )
         .await
         .map_err(|_| NatsError::Timeout("pull request"))?
@@ -1101,77 +1100,42 @@ impl EventConsumer {
         })?;
 
         let mut out = Vec::new();
-        // Messages the server sent for this request, including terminated unparsable ones.
-        let mut received = 0usize;
-        let mut ended = false;
-        while received < max {
-            let next = tokio::time::timeout_at(deadline, sub.next()).await;
-            let message = match next {
-                Err(_) => break,
-                Ok(None) => {
-                    if out.is_empty() {
-                        return Err(NatsError::Disconnected);
+        loop {
+            let message = match tokio::time::timeout_at(deadline, batch.next()).await {
+                // The end-of-request status did not come in time, or the batch is over
+                // (404 no messages, 408 expired, `max` received, subscription closed).
+                Err(_) | Ok(None) => break,
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(err))) => {
+                    let (code, description) = pull_status(&err.to_string());
+                    if code == Some(503) || description.to_ascii_lowercase().contains("deleted") {
+                        self.forget();
                     }
-                    break;
-                }
-                Ok(Some(m)) => m,
-            };
-            match message.status {
-                None | Some(StatusCode::OK) => {
-                    received += 1;
-                    if let Some(d) = self.delivery(message).await {
-                        out.push(d);
+                    if !out.is_empty() {
+                        break;
                     }
-                }
-                Some(StatusCode::IDLE_HEARTBEAT) => {}
-                // 404 no messages / 408 request expired: the pull request is over.
-                Some(StatusCode::NOT_FOUND) | Some(StatusCode::TIMEOUT) => {
-                    ended = true;
-                    break;
-                }
-                Some(StatusCode::NO_RESPONDERS) => {
-                    self.needs_ensure.store(true, Ordering::Release);
-                    if out.is_empty() {
-                        return Err(NatsError::NoResponders("pull request"));
-                    }
-                    ended = true;
-                    break;
-                }
-                Some(status) => {
-                    let description = message.description.unwrap_or_default();
-                    if description.to_ascii_lowercase().contains("deleted") {
-                        self.needs_ensure.store(true, Ordering::Release);
-                    }
-                    if out.is_empty() {
-                        return Err(NatsError::PullStatus {
-                            code: status.as_u16(),
+                    return Err(match code {
+                        Some(503) => NatsError::NoResponders("pull request"),
+                        code => NatsError::PullStatus {
+                            code: code.unwrap_or(0),
                             description,
-                        });
-                    }
-                    ended = true;
-                    break;
+                        },
+                    });
                 }
+            };
+            if let Some(d) = self.delivery(message).await {
+                out.push(d);
             }
         }
-        if !ended && received < max {
-            tracing::debug!(
-                received = out.len(),
-                "pull request got no end-of-request status in time"
-            );
-            if out.is_empty() && client.connection_state() != State::Connected {
-                return Err(NatsError::Disconnected);
-            }
+        if out.is_empty() && client.connection_state() != State::Connected {
+            return Err(NatsError::Disconnected);
         }
         Ok(out)
     }
 
-    async fn delivery(&self, message: async_nats::Message) -> Option<Delivery> {
+    async fn delivery(&self, message: jetstream::Message) -> Option<Delivery> {
         let inner = &self.bus.inner;
-        let js_message = jetstream::Message {
-            message,
-            context: inner.js.clone(),
-        };
-        let (stream_seq, num_delivered) = match js_message.info() {
+        let (stream_seq, num_delivered) = match message.info() {
             Ok(info) => (
                 info.stream_sequence,
                 u64::try_from(info.delivered).unwrap_or(0),
@@ -1181,22 +1145,21 @@ impl EventConsumer {
                 return None;
             }
         };
-        let message = js_message.message;
-        let reply = message.reply.as_ref().map(ToString::to_string)?;
         let subject = message.subject.to_string();
+        let Some((entity, op)) = parse_subject(&inner.config.subject_prefix, &subject) else {
+            tracing::warn!(%subject, stream_seq, "message subject is not <prefix>.<entity>.<op>; terminating it");
+            if let Err(err) = message.ack_with(jetstream::AckKind::Term).await {
+                tracing::warn!(error = %err, "could not terminate message");
+            }
+            return None;
+        };
+        let message = message.message;
+        let reply = message.reply.as_ref().map(ToString::to_string)?;
         let msg_id = message
             .headers
             .as_ref()
             .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
             .map(|v| v.as_str().to_string());
-        let Some((entity, op)) = parse_subject(&inner.config.subject_prefix, &subject) else {
-            tracing::warn!(%subject, stream_seq, "message subject is not <prefix>.<entity>.<op>; terminating it");
-            let term = Bytes::from(jetstream::AckKind::Term);
-            if let Err(err) = inner.client.publish(reply, term).await {
-                tracing::warn!(error = %err, "could not terminate message");
-            }
-            return None;
-        };
         Some(Delivery {
             subject,
             entity,
@@ -1209,6 +1172,26 @@ impl EventConsumer {
             client: inner.client.clone(),
             timeout: inner.request_timeout,
         })
+    }
+}
+
+/// The status code and description of a pull request that ended with an error status.
+/// async-nats's batch reports one only as text,
+/// `error while processing messages from the stream: <code>, <description:?>`.
+fn pull_status(text: &str) -> (Option<u16>, String) {
+    let rest = text.rsplit_once("stream: ").map_or(text, |(_, r)| r);
+    let (code, description) = rest.split_once(", ").unwrap_or((rest, ""));
+    let description = description
+        .strip_prefix("Some(\"")
+        .and_then(|d| d.strip_suffix("\")"))
+        .unwrap_or(if description == "None" {
+            ""
+        } else {
+            description
+        });
+    match code.trim().parse::<u16>() {
+        Ok(code) => (Some(code), description.to_string()),
+        Err(_) => (None, text.to_string()),
     }
 }
 
@@ -1313,6 +1296,22 @@ mod tests {
         assert_eq!(parse_subject("p.q", "p.qq.post.delete"), None);
         assert!("UPDATE".parse::<ChangeOp>().is_ok());
         assert!("merge".parse::<ChangeOp>().is_err());
+    }
+
+    #[test]
+    fn pull_status_from_the_batch_error_text() {
+        let text = |code: u16, description: Option<&str>| {
+            format!("error while processing messages from the stream: {code}, {description:?}")
+        };
+        assert_eq!(pull_status(&text(503, None)), (Some(503), String::new()));
+        assert_eq!(
+            pull_status(&text(409, Some("Consumer Deleted"))),
+            (Some(409), "Consumer Deleted".to_string())
+        );
+        assert_eq!(
+            pull_status("something else"),
+            (None, "something else".to_string())
+        );
     }
 
     #[test]

@@ -507,6 +507,36 @@ async fn operations_fail_instead_of_hanging_while_disconnected() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
+#[tokio::test]
+async fn existing_push_consumer_of_the_durable_name_is_an_error() {
+    with_stream(test_config(SHARED_URL), |config| async move {
+        let bus = connect(&config).await;
+        let client = async_nats::connect("127.0.0.1:4222")
+            .await
+            .expect("connect");
+        let js = async_nats::jetstream::new(client);
+        js.create_consumer_on_stream(
+            async_nats::jetstream::consumer::push::Config {
+                durable_name: Some(config.durable.clone()),
+                deliver_subject: format!("{}-deliver", config.subject_prefix),
+                ..Default::default()
+            },
+            &config.stream,
+        )
+        .await
+        .expect("create a push consumer");
+        let err = bus
+            .consumer()
+            .await
+            .expect_err("must not use a push consumer");
+        eprintln!("push consumer refused: {err}");
+        assert!(matches!(err, NatsError::ConsumerMismatch { .. }), "{err:?}");
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains(&config.durable), "{err}");
+    })
+    .await;
+}
+
 /// Connects the transport with the credentials in the URL's user info and publishes once;
 /// the same URL with a wrong secret is refused as an authentication error that does not
 /// quote the secret.
