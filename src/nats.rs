@@ -19,6 +19,18 @@
 //! Every network operation is bounded by a timeout, so callers see an error (classified by
 //! [`NatsError::is_transient`]) instead of hanging while the server is unreachable; the
 //! async-nats client keeps reconnecting in the background meanwhile.
+//!
+//! The pull consumer is async-nats's (`Consumer<pull::Config>`: create-or-update, `fetch()`
+//! batches, `+TERM` through `ack_with`); only the acks are sent by hand, as requests whose
+//! answer is checked, because async-nats 0.51's `double_ack` takes the `503 no responders`
+//! status of an ack that reached no consumer for a confirmation (test
+//! `nats::an_ack_that_reaches_no_consumer_is_an_error`: `double_ack` returned `Ok(())`, ours
+//! `NoResponders`). Switching from the hand-written `CONSUMER.MSG.NEXT` protocol cost no
+//! speed: `nats::fetch_and_ack_rate` (20,000 events, batches of 256, confirmed acks) ran at
+//! 37-44 k/s before and 30-72 k/s after on the shared 2-core machine (load 5-7), the same
+//! within its noise.
+//!
+//! The connection itself is made by [`connect_client`], shared with the `nats` action.
 
 use std::collections::HashSet;
 use std::fmt;
