@@ -21,7 +21,8 @@
 //!                     capability traits, dead letters, the batching pump)
 //!              actions (webhook, Slack, e-mail, search, cache, NATS) · nats (JetStream)
 //! support      metrics (every Prometheus family, defined once) · assets (dashboard)
-//!              net (name resolution for an empty root) · shutdown
+//!              net (name resolution for an empty root) · shutdown · redact (URLs safe to print)
+//!              backoff (the one retry delay: exponential, capped, equal jitter)
 //! ```
 //!
 //! # A GraphQL request
@@ -50,6 +51,7 @@
 
 pub mod actions;
 pub mod assets;
+pub mod backoff;
 pub mod cli;
 pub mod compose;
 pub mod config;

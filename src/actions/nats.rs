@@ -12,6 +12,8 @@
 //! (empty, whitespace, wildcards) is permanent — no retry can fix the template.
 //!
 //! The connection is made on first use and kept; async-nats reconnects it in the background.
+//! It is made by [`crate::nats::connect_client`], as the transport's is, so the URL means the
+//! same in both places (credentials in the user info, `tls://`, comma-separated lists).
 
 use std::time::Duration;
 
@@ -29,7 +31,8 @@ fn default_true() -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsActionConfig {
-    /// Server URL (`nats://host:4222`); use `url_env` when it carries credentials.
+    /// Server URL(s) as `[nats] url` takes them (`nats://host:4222`, `tls://`,
+    /// `user:password@` or `token@`); use `url_env` when it carries credentials.
     #[serde(default)]
     pub url: Option<String>,
     /// Environment variable holding the URL.
@@ -72,11 +75,12 @@ impl NatsAction {
                 ));
             }
         };
-        if !(url.starts_with("nats://") || url.starts_with("tls://")) {
-            // Do not echo the value: it may hold credentials.
+        // The transport's URL rules (schemes, credentials, TLS); its messages never quote
+        // a credential.
+        if let Err(e) = crate::nats::check_urls(&url) {
             return Err(ActionConfigError::new(
                 if c.url.is_some() { "url" } else { "url_env" },
-                "expected a nats:// or tls:// URL",
+                format!("expected a nats:// or tls:// URL: {}", e.message),
             ));
         }
         Ok(NatsAction {
@@ -96,19 +100,25 @@ impl NatsAction {
     async fn client(&self) -> Result<&async_nats::Client, ActionError> {
         self.client
             .get_or_try_init(|| async {
-                let connect = async_nats::ConnectOptions::new()
-                    .connection_timeout(self.timeout)
-                    .request_timeout(Some(self.timeout))
-                    .connect(self.url.as_str());
-                match tokio::time::timeout(self.timeout, connect).await {
-                    Ok(Ok(c)) => Ok(c),
-                    // The error text of a failed connect may quote the URL: keep it out.
-                    Ok(Err(e)) => Err(ActionError::retryable(format!(
-                        "cannot connect to NATS: {}",
-                        e.kind()
-                    ))),
-                    Err(_) => Err(ActionError::retryable("cannot connect to NATS: timed out")),
-                }
+                let defaults = crate::nats::NatsConfig::default();
+                let settings = crate::nats::ClientSettings {
+                    connect_timeout: self.timeout,
+                    request_timeout: self.timeout,
+                    attempt_timeout: self.timeout,
+                    retry_min: Duration::from_millis(defaults.retry_min_delay_ms),
+                    retry_max: Duration::from_millis(defaults.retry_max_delay_ms),
+                };
+                // Every failure is worth a retry of the job: a server that is down or
+                // restarting, credentials about to be rotated. The error never quotes them.
+                crate::nats::connect_client(&self.url, &settings)
+                    .await
+                    .map_err(|e| match e {
+                        crate::nats::NatsError::Timeout(_) => {
+                            ActionError::retryable("cannot connect to NATS: timed out")
+                        }
+                        crate::nats::NatsError::Connect(_) => ActionError::retryable(e.to_string()),
+                        other => ActionError::retryable(format!("cannot connect to NATS: {other}")),
+                    })
             })
             .await
     }

@@ -33,6 +33,7 @@ pub use config::{ConfigError, FlightConfig};
 pub use graphql::{GqlField, GqlType, GraphQLRows, GraphQLSource, GraphQLSourceError, NamedQuery};
 pub use registry::{Registry, RegistryError, RegistryHandle};
 
+use crate::backoff::Backoff;
 use crate::metrics::FlightMetrics;
 
 /// Why the Flight server could not start or stopped with an error.
@@ -124,8 +125,10 @@ impl FlightServer {
         let handle = self.registry_handle();
         let load_shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let mut delay = Duration::from_millis(500);
+            let mut backoff =
+                Backoff::new(Duration::from_millis(500), Duration::from_secs(30)).without_jitter();
             while !handle.registry.is_loaded() {
+                let delay = backoff.next_delay();
                 match handle.refresh().await {
                     Ok(_) => break,
                     Err(e) => {
@@ -136,7 +139,6 @@ impl FlightServer {
                     _ = load_shutdown.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(30));
             }
         });
 

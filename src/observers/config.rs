@@ -57,15 +57,26 @@ fn all_ops() -> Vec<ChangeOp> {
     vec![ChangeOp::Insert, ChangeOp::Update, ChangeOp::Delete]
 }
 
+/// The kind of a change: the one type from the change log (`op` column, `INSERT`...) through
+/// the observers' `events`, the event document (`"op": "INSERT"`) and the NATS subjects
+/// (last token `insert`...).
+///
+/// Two spellings, each kept where it is on the wire: upper case ([`ChangeOp::as_str`],
+/// serde, [`ChangeOp::parse`]) in the change log, the config and JSON; lower case
+/// ([`ChangeOp::subject_token`], `Display`, `FromStr` in any letter case) in subjects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum ChangeOp {
+    /// `INSERT` / `insert`
     Insert,
+    /// `UPDATE` / `update`
     Update,
+    /// `DELETE` / `delete`
     Delete,
 }
 
 impl ChangeOp {
+    /// The change-log and JSON spelling: `INSERT`, `UPDATE`, `DELETE`.
     pub fn as_str(self) -> &'static str {
         match self {
             ChangeOp::Insert => "INSERT",
@@ -74,12 +85,48 @@ impl ChangeOp {
         }
     }
 
+    /// Reads the change-log spelling exactly (upper case only).
     pub fn parse(s: &str) -> Option<ChangeOp> {
         match s {
             "INSERT" => Some(ChangeOp::Insert),
             "UPDATE" => Some(ChangeOp::Update),
             "DELETE" => Some(ChangeOp::Delete),
             _ => None,
+        }
+    }
+
+    /// The NATS subject token: `insert`, `update`, `delete`.
+    pub fn subject_token(self) -> &'static str {
+        match self {
+            ChangeOp::Insert => "insert",
+            ChangeOp::Update => "update",
+            ChangeOp::Delete => "delete",
+        }
+    }
+}
+
+/// The subject token.
+impl fmt::Display for ChangeOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.subject_token())
+    }
+}
+
+/// A word that is not insert, update or delete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("operation `{0}` is not insert, update or delete")]
+pub struct UnknownChangeOp(String);
+
+impl std::str::FromStr for ChangeOp {
+    type Err = UnknownChangeOp;
+
+    /// Accepts `insert`, `update`, `delete` in any letter case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "insert" => Ok(ChangeOp::Insert),
+            "update" => Ok(ChangeOp::Update),
+            "delete" => Ok(ChangeOp::Delete),
+            _ => Err(UnknownChangeOp(s.escape_debug().to_string())),
         }
     }
 }
@@ -368,6 +415,30 @@ pub(crate) fn validate_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn change_op_spellings() {
+        for (op, upper, lower) in [
+            (ChangeOp::Insert, "INSERT", "insert"),
+            (ChangeOp::Update, "UPDATE", "update"),
+            (ChangeOp::Delete, "DELETE", "delete"),
+        ] {
+            assert_eq!(op.as_str(), upper);
+            assert_eq!(ChangeOp::parse(upper), Some(op));
+            assert_eq!(ChangeOp::parse(lower), None, "the change log is upper case");
+            assert_eq!(serde_json::to_value(op).unwrap(), upper);
+            assert_eq!(
+                serde_json::from_value::<ChangeOp>(upper.into()).unwrap(),
+                op
+            );
+            assert_eq!(op.subject_token(), lower);
+            assert_eq!(op.to_string(), lower);
+            assert_eq!(upper.parse::<ChangeOp>(), Ok(op));
+            assert_eq!(lower.parse::<ChangeOp>(), Ok(op));
+        }
+        assert!(serde_json::from_value::<ChangeOp>("insert".into()).is_err());
+        assert!("merge".parse::<ChangeOp>().is_err());
+    }
 
     #[derive(Deserialize)]
     struct File {

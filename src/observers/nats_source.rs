@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use super::dispatch::{Cursor, DispatchError, Dispatcher};
 use super::matcher::ChangeEvent;
+use crate::backoff::Backoff;
 use crate::nats::{EventBus, NatsConfig};
 
 /// Runs until `shutdown`. Unacknowledged messages in hand at shutdown are redelivered to
@@ -35,24 +36,29 @@ pub async fn run(config: NatsConfig, dispatcher: Dispatcher, shutdown: Cancellat
             return;
         }
     };
-    let retry_max = Duration::from_millis(config.retry_max_delay_ms.max(1));
-    let mut delay = Duration::from_millis(config.retry_min_delay_ms.max(1));
+    // Doubling from `retry_min_delay_ms` to `retry_max_delay_ms`, exactly: the bus's own
+    // connects and re-publishes already spread the instances with jitter.
+    let mut backoff = Backoff::new(
+        Duration::from_millis(config.retry_min_delay_ms.max(1)),
+        Duration::from_millis(config.retry_max_delay_ms.max(1)),
+    )
+    .without_jitter();
     let consumer = loop {
         match bus.consumer().await {
             Ok(c) => break c,
             Err(e) => {
+                let delay = backoff.next_delay();
                 warn!(error = %e, retry_in = ?delay, "creating the NATS consumer failed");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(retry_max);
             }
         }
     };
+    backoff.reset();
     info!(durable = %config.durable, stream = %config.stream, "observers consuming from NATS JetStream");
     let batch = config.fetch_batch.max(1);
-    let mut delay = Duration::from_millis(config.retry_min_delay_ms.max(1));
     loop {
         let fetched = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -60,16 +66,16 @@ pub async fn run(config: NatsConfig, dispatcher: Dispatcher, shutdown: Cancellat
         };
         let deliveries = match fetched {
             Ok(d) => {
-                delay = Duration::from_millis(config.retry_min_delay_ms.max(1));
+                backoff.reset();
                 d
             }
             Err(e) => {
+                let delay = backoff.next_delay();
                 warn!(error = %e, retry_in = ?delay, "fetching from NATS failed");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(retry_max);
                 continue;
             }
         };

@@ -479,11 +479,7 @@ impl Reader {
         let prefix = &bus.config().subject_prefix;
         let mut items = Vec::with_capacity(events.len());
         for ev in events.iter().flatten() {
-            let op = match ev.op {
-                ChangeOp::Insert => crate::nats::ChangeOp::Insert,
-                ChangeOp::Update => crate::nats::ChangeOp::Update,
-                ChangeOp::Delete => crate::nats::ChangeOp::Delete,
-            };
+            let op = ev.op;
             if let Err(e) = crate::nats::subject(prefix, &ev.entity, op) {
                 warn!(pk = ev.pk, error = %e, "change not published to NATS");
                 self.dispatcher.metrics.events_failed.inc();

@@ -1,4 +1,6 @@
-//! Retry timing: fixed, linear or exponential backoff with a cap and optional jitter.
+//! Retry timing of jobs: fixed, linear or exponential backoff with a cap and optional jitter.
+//! The exponential mode and the jitter are [`crate::backoff`]'s; this module adds the
+//! observer-facing choice of shape, the attempt budget and `Retry-After`.
 //!
 //! The observer's `retry = { ... }` table is turned into a [`RetryPolicy`] at start; workers
 //! ask it whether another attempt is allowed and how long to wait. A `Retry-After` given by
@@ -6,7 +8,6 @@
 
 use std::time::Duration;
 
-use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
 /// Longest `Retry-After` we honour: a receiver asking for more than this is treated as
@@ -62,10 +63,7 @@ impl RetryPolicy {
             Backoff::Fixed => initial,
             Backoff::Linear => initial.saturating_mul(retry),
             Backoff::Exponential => {
-                // 2^(retry-1) overflows quickly; cap the exponent, the max_delay cap below
-                // makes anything larger irrelevant anyway.
-                let factor = 1u32 << (retry - 1).min(30);
-                initial.saturating_mul(factor)
+                crate::backoff::Backoff::new(initial, self.max_delay).base_delay(retry - 1)
             }
         };
         d.min(self.max_delay)
@@ -75,10 +73,8 @@ impl RetryPolicy {
     /// receiver's `Retry-After` (capped at [`MAX_RETRY_AFTER`]).
     pub fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
         let mut d = self.base_delay(retry);
-        if self.jitter && !d.is_zero() {
-            let half = d / 2;
-            let extra = rand::rng().random_range(0..=(d - half).as_micros() as u64);
-            d = half + Duration::from_micros(extra);
+        if self.jitter {
+            d = crate::backoff::equal_jitter(d);
         }
         match retry_after {
             Some(ra) => d.max(ra.min(MAX_RETRY_AFTER)),

@@ -78,7 +78,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use rand::RngExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, FromRedisValue, RedisError, RetryMethod, Script, ScriptInvocation, Value};
 use tokio::sync::Notify;
@@ -88,6 +87,7 @@ use tracing::{debug, error, info, warn};
 
 use super::config::QueueConfig;
 use super::{AckOutcome, Batch, BatchQueue, Enqueued, Job, Probe, Queue, QueueError, Reservation};
+use crate::backoff::Backoff;
 use crate::metrics::JobMetrics;
 use crate::redact::redact_url;
 
@@ -396,13 +396,6 @@ fn backend_err(op: &str, e: impl std::fmt::Display) -> QueueError {
     QueueError::Backend(format!("redis {op}: {e}"))
 }
 
-fn jittered(d: Duration) -> Duration {
-    // Equal jitter: many workers that lost Redis together do not reconnect in lockstep.
-    let half = d / 2;
-    let extra = rand::rng().random_range(0..=half.as_micros() as u64);
-    half + Duration::from_micros(extra)
-}
-
 fn int(v: &Value) -> Option<i64> {
     match v {
         Value::Int(i) => Some(*i),
@@ -486,16 +479,23 @@ impl RedisQueue {
         Ok(queue)
     }
 
+    /// Retry delays of every operation: exponential from `retry_min_delay_ms` to
+    /// `retry_max_delay_ms` with equal jitter, so that many workers that lost Redis together
+    /// do not reconnect in lockstep.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.retry_min, self.retry_max)
+    }
+
     async fn ping_until_up(&self) -> Result<(), QueueError> {
-        let mut delay = self.retry_min;
+        let mut backoff = self.backoff();
         loop {
             let mut conn = self.conn.clone();
             match redis::cmd("PING").query_async::<()>(&mut conn).await {
                 Ok(()) => return Ok(()),
                 Err(e) if is_transient(&e) => {
+                    let delay = backoff.next_delay();
                     warn!(error = %e, retry_in = ?delay, "redis queue: Redis unreachable, waiting");
-                    tokio::time::sleep(jittered(delay)).await;
-                    delay = (delay * 2).min(self.retry_max);
+                    tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(backend_err("connect", e)),
             }
@@ -534,7 +534,7 @@ impl RedisQueue {
         inv: &ScriptInvocation<'_>,
         deadline: Option<Instant>,
     ) -> Result<Option<Ran<T>>, QueueError> {
-        let mut delay = self.retry_min;
+        let mut backoff = self.backoff();
         let mut ambiguous = false;
         loop {
             let mut conn = self.conn.clone();
@@ -559,13 +559,13 @@ impl RedisQueue {
                 Err(e) if is_transient(&e) => {
                     ambiguous = true;
                     self.metrics.backend_retries.with_label_values(&[op]).inc();
+                    let delay = backoff.next_delay();
                     if deadline.is_some_and(|d| Instant::now() + delay >= d) {
                         debug!(op, error = %e, "redis queue: Redis unavailable until the deadline");
                         return Ok(None);
                     }
                     warn!(op, error = %e, retry_in = ?delay, "redis queue: Redis unavailable, retrying");
-                    tokio::time::sleep(jittered(delay)).await;
-                    delay = (delay * 2).min(self.retry_max);
+                    tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(backend_err(op, e)),
             }
@@ -595,7 +595,7 @@ impl RedisQueue {
                 .map(|j| serde_json::to_vec(j).map_err(|e| backend_err("encode job", e)))
                 .collect::<Result<Vec<_>, _>>()?;
             let mut start = 0;
-            let mut full_delay = self.retry_min;
+            let mut full = self.backoff();
             while start < chunk.len() {
                 let mut inv = self.scripts.enqueue.prepare_invoke();
                 inv.key(&self.keys.jobs)
@@ -619,10 +619,9 @@ impl RedisQueue {
                 if start < chunk.len() {
                     // Full: back-pressure on the producer until workers make room.
                     debug!(live = self.max_live, "redis queue: full, enqueue waits");
-                    tokio::time::sleep(jittered(full_delay)).await;
-                    full_delay = (full_delay * 2).min(self.retry_max);
+                    tokio::time::sleep(full.next_delay()).await;
                 } else {
-                    full_delay = self.retry_min;
+                    full.reset();
                 }
             }
         }
@@ -942,7 +941,7 @@ async fn subscriber(
     min: Duration,
     max: Duration,
 ) {
-    let mut delay = min;
+    let mut backoff = Backoff::new(min, max);
     loop {
         let session = async {
             let mut ps = client.get_async_pubsub().await?;
@@ -962,7 +961,7 @@ async fn subscriber(
         };
         let was_up = subscribed.swap(false, Ordering::AcqRel);
         if was_up {
-            delay = min;
+            backoff.reset();
         }
         match result {
             Ok(()) => debug!("redis queue: wake-up subscription closed, reconnecting"),
@@ -970,9 +969,8 @@ async fn subscriber(
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(jittered(delay)) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        delay = (delay * 2).min(max);
     }
 }
 

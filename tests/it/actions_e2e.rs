@@ -698,3 +698,91 @@ subject = "{prefix}.{{{{ event.entity | lower }}}}.{{{{ event.op | lower }}}}"
     assert_eq!(doc["after"]["title"], "Hello");
     assert_eq!(doc["event"]["op"], "INSERT");
 }
+
+/// A `nats` action whose `url_env` URL carries the credentials a private server demands
+/// delivers the event to a subscriber of that server; a failure shows the job's errors,
+/// which must not contain the secret.
+async fn nats_action_delivers_with_url_credentials(auth: common::nats::ServerAuth, secret: &str) {
+    let db = TestDb::new().await;
+    db.create_posts().await;
+    let server = common::nats::PrivateServer::started_with_auth(auth);
+    let url = server.url_with_credentials();
+    let prefix = format!("fqlcred.{}", common::nats::suffix());
+    let options = match server.auth() {
+        Some(common::nats::ServerAuth::UserPassword(user, pass)) => {
+            async_nats::ConnectOptions::with_user_and_password(user, pass)
+        }
+        Some(common::nats::ServerAuth::Token(token)) => {
+            async_nats::ConnectOptions::with_token(token)
+        }
+        None => async_nats::ConnectOptions::new(),
+    };
+    let subscriber = options
+        .connect(server.address())
+        .await
+        .expect("subscriber connects");
+    let mut messages = subscriber
+        .subscribe(format!("{prefix}.>"))
+        .await
+        .expect("subscribe");
+    subscriber.flush().await.expect("flush");
+    let running = start(
+        &db,
+        &format!(
+            r#"{RUNTIME}
+[[observers]]
+name = "to-nats-cred"
+entity = "Post"
+retry = {{ max_attempts = 3, backoff = "fixed", initial_delay_ms = 200, max_delay_ms = 200, jitter = false }}
+[[observers.actions]]
+type = "nats"
+url_env = "NATS_URL"
+jetstream = false
+timeout_ms = 2000
+subject = "{prefix}.{{{{ event.entity | lower }}}}.{{{{ event.op | lower }}}}"
+"#
+        ),
+        &[("NATS_URL", &url)],
+    );
+    db.insert_post("Hello", true).await;
+    let got = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
+    let dead = if got.is_err() {
+        eventually(Duration::from_secs(10), "dead letter", || async {
+            db.dead_letter_count().await == 1
+        })
+        .await;
+        let dl = fraiseql::queue::dlq::PgDeadLetters::new(db.pool().clone())
+            .list(&Default::default())
+            .await
+            .unwrap();
+        serde_json::to_string(&dl[0].errors).unwrap()
+    } else {
+        String::new()
+    };
+    running.stop().await;
+    assert!(!dead.contains(secret), "secret leaked: {dead}");
+    let message = got
+        .unwrap_or_else(|_| panic!("no message within 10 s; the job failed with: {dead}"))
+        .expect("subscription open");
+    assert_eq!(message.subject.as_str(), format!("{prefix}.post.insert"));
+    let doc: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(doc["after"]["title"], "Hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_action_with_user_and_password_in_the_url_delivers() {
+    nats_action_delivers_with_url_credentials(
+        common::nats::ServerAuth::UserPassword("fql".into(), "pw-s3cret".into()),
+        "pw-s3cret",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_action_with_a_token_in_the_url_delivers() {
+    nats_action_delivers_with_url_credentials(
+        common::nats::ServerAuth::Token("tok-s3cret".into()),
+        "tok-s3cret",
+    )
+    .await;
+}

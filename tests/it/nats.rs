@@ -15,7 +15,7 @@ use fraiseql::nats::{
 };
 use tokio_util::sync::CancellationToken;
 
-use common::nats::{PrivateServer, SHARED_URL, connect, test_config, with_stream};
+use common::nats::{PrivateServer, SHARED_URL, ServerAuth, connect, test_config, with_stream};
 
 fn event(entity: &str, op: ChangeOp, i: usize) -> OutgoingEvent {
     OutgoingEvent {
@@ -505,6 +505,207 @@ async fn operations_fail_instead_of_hanging_while_disconnected() {
         .await;
     assert!(matches!(batch, Err(NatsError::Cancelled)), "{batch:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn existing_push_consumer_of_the_durable_name_is_an_error() {
+    with_stream(test_config(SHARED_URL), |config| async move {
+        let bus = connect(&config).await;
+        let client = async_nats::connect("127.0.0.1:4222")
+            .await
+            .expect("connect");
+        let js = async_nats::jetstream::new(client);
+        js.create_consumer_on_stream(
+            async_nats::jetstream::consumer::push::Config {
+                durable_name: Some(config.durable.clone()),
+                deliver_subject: format!("{}-deliver", config.subject_prefix),
+                ..Default::default()
+            },
+            &config.stream,
+        )
+        .await
+        .expect("create a push consumer");
+        let err = bus
+            .consumer()
+            .await
+            .expect_err("must not use a push consumer");
+        eprintln!("push consumer refused: {err}");
+        assert!(matches!(err, NatsError::ConsumerMismatch { .. }), "{err:?}");
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains(&config.durable), "{err}");
+    })
+    .await;
+}
+
+/// Why [`Delivery::ack`] sends its own request instead of async-nats's `double_ack`: an ack
+/// that reaches no consumer (deleted, or not loaded yet after a restart) is answered by a
+/// `503 no responders` status, which `double_ack` takes for a confirmation.
+#[tokio::test]
+async fn an_ack_that_reaches_no_consumer_is_an_error() {
+    with_stream(test_config(SHARED_URL), |config| async move {
+        let bus = connect(&config).await;
+        for i in 0..2 {
+            bus.publish(
+                "post",
+                ChangeOp::Insert,
+                &format!("ack-{i}"),
+                Bytes::from_static(b"{}"),
+            )
+            .await
+            .expect("publish");
+        }
+        let consumer = bus.consumer().await.expect("consumer");
+        let ours = fetch_n(&consumer, 1, Duration::from_secs(5)).await;
+        assert_eq!(ours.len(), 1);
+
+        let client = async_nats::connect("127.0.0.1:4222")
+            .await
+            .expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let theirs: async_nats::jetstream::consumer::PullConsumer = js
+            .create_consumer_on_stream(
+                async_nats::jetstream::consumer::pull::Config {
+                    durable_name: Some(format!("{}-lib", config.durable)),
+                    ..Default::default()
+                },
+                &config.stream,
+            )
+            .await
+            .expect("library consumer");
+        let mut batch = theirs
+            .fetch()
+            .max_messages(1)
+            .messages()
+            .await
+            .expect("fetch");
+        let library_message = futures_util::StreamExt::next(&mut batch)
+            .await
+            .expect("a message")
+            .expect("ok");
+
+        let stream = js.get_stream(&config.stream).await.expect("stream");
+        stream
+            .delete_consumer(&config.durable)
+            .await
+            .expect("delete ours");
+        stream
+            .delete_consumer(&format!("{}-lib", config.durable))
+            .await
+            .expect("delete theirs");
+
+        let err = ours[0].ack().await.expect_err("an ack nobody received");
+        assert!(matches!(err, NatsError::NoResponders(_)), "{err:?}");
+        assert!(err.is_transient());
+        // async-nats 0.51: the 503 status counts as the server's confirmation.
+        let library = library_message.double_ack().await;
+        eprintln!("async-nats double_ack to a deleted consumer: {library:?}");
+        assert!(
+            library.is_ok(),
+            "double_ack now reports a lost ack ({library:?}): Delivery::ack could use it"
+        );
+    })
+    .await;
+}
+
+/// Publishes and consumes 20,000 events (batches of 256, each acknowledged with
+/// confirmation) and prints the rates. A measurement, run by hand:
+/// `cargo test --test it -- --ignored nats::fetch_and_ack_rate --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement, run by hand"]
+async fn fetch_and_ack_rate() {
+    const TOTAL: usize = 20_000;
+    with_stream(test_config(SHARED_URL), |config| async move {
+        let bus = connect(&config).await;
+        let token = CancellationToken::new();
+        let items: Vec<OutgoingEvent> = (0..TOTAL)
+            .map(|i| event("post", ChangeOp::Insert, i))
+            .collect();
+        bus.publish_batch(items, &token).await.expect("publish");
+        let consumer = bus.consumer().await.expect("consumer");
+        let started = Instant::now();
+        let mut fetched = 0;
+        let mut fetch_time = Duration::ZERO;
+        while fetched < TOTAL {
+            let t = Instant::now();
+            let batch = consumer
+                .fetch(256, Duration::from_millis(500))
+                .await
+                .expect("fetch");
+            fetch_time += t.elapsed();
+            fetched += batch.len();
+            let acks = batch.iter().map(|d| d.ack());
+            for r in futures_util::future::join_all(acks).await {
+                r.expect("ack");
+            }
+        }
+        let total = started.elapsed();
+        eprintln!(
+            "fetched and acked {fetched} in {total:?} ({:.0}/s); fetching alone {fetch_time:?} ({:.0}/s)",
+            fetched as f64 / total.as_secs_f64(),
+            fetched as f64 / fetch_time.as_secs_f64()
+        );
+    })
+    .await;
+}
+
+/// Connects the transport with the credentials in the URL's user info and publishes once;
+/// the same URL with a wrong secret is refused as an authentication error that does not
+/// quote the secret.
+async fn transport_connects_with_url_credentials(auth: ServerAuth, wrong: ServerAuth) {
+    let server = PrivateServer::started_with_auth(auth);
+    let config = test_config(&server.url_with_credentials());
+    let bus = connect(&config).await;
+    let outcome = bus
+        .publish(
+            "post",
+            ChangeOp::Insert,
+            "cred-1",
+            Bytes::from_static(b"{}"),
+        )
+        .await
+        .expect("publish with URL credentials");
+    assert_eq!(outcome.seq, 1);
+    bus.close().await;
+
+    let refused = test_config(&server.url().replacen(
+        "nats://",
+        &format!("nats://{}", wrong.userinfo()),
+        1,
+    ));
+    let token = CancellationToken::new();
+    let err = tokio::time::timeout(Duration::from_secs(10), EventBus::connect(&refused, &token))
+        .await
+        .expect("refused connect returns")
+        .expect_err("wrong credentials");
+    assert!(matches!(err, NatsError::Auth(_)), "{err}");
+    let secret = wrong.userinfo();
+    let secret = secret
+        .trim_end_matches('@')
+        .rsplit(':')
+        .next()
+        .unwrap_or_default();
+    assert!(
+        !err.to_string().contains(secret),
+        "secret in the error: {err}"
+    );
+}
+
+#[tokio::test]
+async fn transport_connects_with_user_and_password_in_the_url() {
+    transport_connects_with_url_credentials(
+        ServerAuth::UserPassword("fql".into(), "pw-s3cret".into()),
+        ServerAuth::UserPassword("fql".into(), "pw-wrong".into()),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn transport_connects_with_a_token_in_the_url() {
+    transport_connects_with_url_credentials(
+        ServerAuth::Token("tok-s3cret".into()),
+        ServerAuth::Token("tok-wrong".into()),
+    )
+    .await;
 }
 
 #[test]

@@ -92,6 +92,36 @@ pub struct PrivateServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Clients must present these (written to the server's config file).
+    auth: Option<ServerAuth>,
+}
+
+/// What a private server demands of its clients.
+#[derive(Clone, Debug)]
+pub enum ServerAuth {
+    /// `authorization { user, password }`
+    UserPassword(String, String),
+    /// `authorization { token }`
+    Token(String),
+}
+
+impl ServerAuth {
+    /// The URL user info that satisfies it, ending in `@`.
+    pub fn userinfo(&self) -> String {
+        match self {
+            Self::UserPassword(user, pass) => format!("{user}:{pass}@"),
+            Self::Token(token) => format!("{token}@"),
+        }
+    }
+
+    fn config_block(&self) -> String {
+        match self {
+            Self::UserPassword(user, pass) => {
+                format!("authorization {{ user: \"{user}\", password: \"{pass}\" }}\n")
+            }
+            Self::Token(token) => format!("authorization {{ token: \"{token}\" }}\n"),
+        }
+    }
 }
 
 fn free_port() -> u16 {
@@ -106,7 +136,36 @@ impl PrivateServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
+            auth: None,
         }
+    }
+
+    /// A started server that refuses clients without `auth`.
+    pub fn started_with_auth(auth: ServerAuth) -> Self {
+        let mut server = Self::new();
+        server.auth = Some(auth);
+        server.start();
+        server
+    }
+
+    /// What the server demands of its clients.
+    pub fn auth(&self) -> Option<ServerAuth> {
+        self.auth.clone()
+    }
+
+    /// `127.0.0.1:PORT`, for a client given its credentials as options.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The URL with the credentials the server demands (if any) as user info.
+    pub fn url_with_credentials(&self) -> String {
+        let userinfo = self
+            .auth
+            .as_ref()
+            .map(ServerAuth::userinfo)
+            .unwrap_or_default();
+        format!("nats://{userinfo}127.0.0.1:{}", self.port)
     }
 
     pub fn started() -> Self {
@@ -121,7 +180,14 @@ impl PrivateServer {
 
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new(nats_server())
+        let mut command = Command::new(nats_server());
+        if let Some(auth) = &self.auth {
+            // Credentials go in a config file, not on the command line (visible in `ps`).
+            let path = self.dir.path().join("server.conf");
+            std::fs::write(&path, auth.config_block()).expect("write nats-server config");
+            command.arg("-c").arg(path);
+        }
+        let child = command
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .arg("-sd")
