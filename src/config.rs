@@ -239,12 +239,8 @@ impl Config {
             self.metrics.validate(),
             self.graphql.validate(),
             self.worker.validate(),
-            self.queue
-                .validate()
-                .map_err(|e| Invalid::new(format!("queue.{}", e.key), e.message)),
-            self.nats
-                .validate()
-                .map_err(|e| Invalid::new(e.key, e.message)),
+            self.queue.validate(),
+            self.nats.validate(),
             self.validate_across(),
         ];
         for r in sections {

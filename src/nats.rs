@@ -150,21 +150,12 @@ impl fmt::Debug for NatsConfig {
     }
 }
 
-/// A configuration value that is not acceptable, naming its key (`nats.<field>`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid configuration `{key}`: {message}")]
-pub struct NatsConfigError {
-    /// The offending key, e.g. `nats.subject_prefix`.
-    pub key: &'static str,
-    /// What is wrong with it.
-    pub message: String,
-}
+/// A configuration value that is not acceptable, naming its key (`nats.<field>`): the
+/// one error shape of every section.
+pub use crate::setting::Invalid as NatsConfigError;
 
-fn config_err(key: &'static str, message: impl Into<String>) -> NatsConfigError {
-    NatsConfigError {
-        key,
-        message: message.into(),
-    }
+fn config_err(key: &str, message: impl Into<String>) -> NatsConfigError {
+    NatsConfigError::new(key, message)
 }
 
 impl NatsConfig {

@@ -80,7 +80,7 @@ impl NatsAction {
         if let Err(e) = crate::nats::check_urls(&url) {
             return Err(ActionConfigError::new(
                 if c.url.is_some() { "url" } else { "url_env" },
-                format!("expected a nats:// or tls:// URL: {}", e.message),
+                format!("expected a nats:// or tls:// URL: {}", e.expected),
             ));
         }
         Ok(NatsAction {

@@ -5,6 +5,7 @@
 //! the main crate's `config.rs`, so that the lead can add it to `Config` as
 //! `pub queue: QueueConfig`. The memory backend's bound stays in `[observers] queue_capacity`.
 
+use crate::setting::Invalid;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -114,24 +115,10 @@ impl std::fmt::Debug for QueueConfig {
     }
 }
 
-/// A config value that is out of range; `key` is the name inside `[queue]`.
-#[derive(Debug, thiserror::Error)]
-#[error("queue.{key}: {message}")]
-pub struct QueueConfigError {
-    pub key: &'static str,
-    pub message: String,
-}
-
 impl QueueConfig {
-    /// Checks ranges and the URL scheme. The main crate's `Config::validate` calls this and
-    /// adds the file or environment variable the value came from.
-    pub fn validate(&self) -> Result<(), QueueConfigError> {
-        let err = |key, message: &str| {
-            Err(QueueConfigError {
-                key,
-                message: message.to_string(),
-            })
-        };
+    /// Checks ranges and the URL scheme; `Config::validate` adds where the value came from.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let err = |key: &str, expected: &str| Err(Invalid::new(format!("queue.{key}"), expected));
         if self.backend == QueueBackend::Redis {
             if !(self.url.starts_with("redis://") || self.url.starts_with("redis+unix://")) {
                 return err(
@@ -209,7 +196,7 @@ mod tests {
             url: "http://x".into(),
             ..Default::default()
         };
-        assert_eq!(c.validate().unwrap_err().key, "url");
+        assert_eq!(c.validate().unwrap_err().key, "queue.url");
     }
 
     #[test]
