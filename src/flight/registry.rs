@@ -219,15 +219,4 @@ impl Registry {
 }
 
 /// A database error's message and SQLSTATE, never the statement text.
-pub fn describe_pg(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("{} ({})", db.message(), db.code().code());
-    }
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg = format!("{msg}: {s}");
-        source = s.source();
-    }
-    msg
-}
+pub use crate::db::describe as describe_pg;

@@ -499,6 +499,35 @@ impl Engine {
         )
     }
 
+    /// A pooled connection with room in its statement cache, or every root field's error.
+    async fn connection(
+        &self,
+        pool: &Pool,
+        plans: &[RootPlan],
+    ) -> Result<deadpool_postgres::Client, Vec<Result<Option<String>, GqlError>>> {
+        let client = match pool.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(target: "fraiseql::graphql", error = %e, "no database connection");
+                return Err(plans
+                    .iter()
+                    .map(|p| {
+                        Err(GqlError::new(
+                            "the database is unavailable",
+                            ErrorCode::ServiceUnavailable,
+                        )
+                        .at(p.location.0, p.location.1)
+                        .with_path(vec![PathSeg::Key(p.key.clone())]))
+                    })
+                    .collect());
+            }
+        };
+        if client.statement_cache.size() >= self.limits.max_cached_statements {
+            client.statement_cache.clear();
+        }
+        Ok(client)
+    }
+
     async fn run_queries(
         &self,
         pool: &Pool,
@@ -522,26 +551,10 @@ impl Engine {
             return statements.into_iter().map(|s| s.map(|_| None)).collect();
         }
         let started = Instant::now();
-        let client = match pool.get().await {
+        let client = match self.connection(pool, plans).await {
             Ok(c) => c,
-            Err(e) => {
-                tracing::error!(target: "fraiseql::graphql", error = %e, "no database connection");
-                return plans
-                    .iter()
-                    .map(|p| {
-                        Err(GqlError::new(
-                            "the database is unavailable",
-                            ErrorCode::ServiceUnavailable,
-                        )
-                        .at(p.location.0, p.location.1)
-                        .with_path(vec![PathSeg::Key(p.key.clone())]))
-                    })
-                    .collect();
-            }
+            Err(failed) => return failed,
         };
-        if client.statement_cache.size() >= self.limits.max_cached_statements {
-            client.statement_cache.clear();
-        }
         // Dropped with the request (the client went away), the session cancels what runs.
         let session = match Session::start(client, ctx).await {
             Ok(s) => s,
@@ -616,26 +629,10 @@ impl Engine {
         ctx: &RequestContext,
         plans: &[RootPlan],
     ) -> Vec<Result<Option<String>, GqlError>> {
-        let mut client = match pool.get().await {
+        let mut client = match self.connection(pool, plans).await {
             Ok(c) => c,
-            Err(e) => {
-                tracing::error!(target: "fraiseql::graphql", error = %e, "no database connection");
-                return plans
-                    .iter()
-                    .map(|p| {
-                        Err(GqlError::new(
-                            "the database is unavailable",
-                            ErrorCode::ServiceUnavailable,
-                        )
-                        .at(p.location.0, p.location.1)
-                        .with_path(vec![PathSeg::Key(p.key.clone())]))
-                    })
-                    .collect();
-            }
+            Err(failed) => return failed,
         };
-        if client.statement_cache.size() >= self.limits.max_cached_statements {
-            client.statement_cache.clear();
-        }
         let mut out = Vec::with_capacity(plans.len());
         for plan in plans {
             let Some(m) = self.schema.mutation(&plan.field) else {

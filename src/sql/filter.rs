@@ -33,7 +33,8 @@ fn cast_text(text: String, scalar: Option<ScalarKind>) -> String {
     }
 }
 
-fn cast_of(s: ScalarKind) -> Option<&'static str> {
+/// The SQL type a scalar's text is cast to for comparing and ordering (`None`: as text).
+pub fn cast_of(s: ScalarKind) -> Option<&'static str> {
     match s {
         ScalarKind::Id | ScalarKind::String | ScalarKind::Json => None,
         ScalarKind::Int | ScalarKind::Float | ScalarKind::BigInt | ScalarKind::Decimal => {

@@ -341,7 +341,7 @@ fn build(
                     &field.key,
                     if enum_name.is_some() { None } else { scalar },
                 );
-                let p = match scalar.and_then(cast_name) {
+                let p = match scalar.and_then(super::filter::cast_of) {
                     Some(c) if enum_name.is_none() => format!("{p}::{c}"),
                     _ => p,
                 };
@@ -389,18 +389,4 @@ fn build(
         sql,
         params: b.params,
     })
-}
-
-fn cast_name(s: ScalarKind) -> Option<&'static str> {
-    match s {
-        ScalarKind::Int | ScalarKind::Float | ScalarKind::BigInt | ScalarKind::Decimal => {
-            Some("numeric")
-        }
-        ScalarKind::Boolean => Some("boolean"),
-        ScalarKind::DateTime => Some("timestamptz"),
-        ScalarKind::Date => Some("date"),
-        ScalarKind::Time => Some("time"),
-        ScalarKind::Uuid => Some("uuid"),
-        _ => None,
-    }
 }
