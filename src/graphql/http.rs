@@ -1,7 +1,8 @@
 //! GraphQL over HTTP (the GraphQL-over-HTTP specification): `POST` with
 //! `application/json`, `GET` with query parameters (queries only), `operationName`,
 //! `variables`; `application/graphql-response+json` (spec status codes) or
-//! `application/json` (200 with errors); 4xx for malformed requests; gzip when accepted.
+//! `application/json` (200 with errors); 4xx for malformed requests; gzip when accepted
+//! (`accept_encoding`).
 
 use std::io::Write as _;
 
@@ -224,17 +225,12 @@ pub fn body_too_large(engine: &Engine, headers: &http::HeaderMap) -> Response<By
 pub async fn handle(engine: &Engine, pool: &Pool, req: HttpRequest<Bytes>) -> Response<Bytes> {
     let headers = req.headers();
     let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
-    let gzip_ok = headers
-        .get_all(ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|e| {
-            let mut it = e.split(';');
-            let name = it.next().unwrap_or("").trim();
-            (name.eq_ignore_ascii_case("gzip") || name == "*")
-                && !it.any(|p| p.trim().starts_with("q=0") && !p.trim().starts_with("q=0."))
-        });
+    let gzip_ok = super::accept_encoding::accepts_gzip(
+        headers
+            .get_all(ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
     let Some(media) = negotiate(accept) else {
         return request_failure(
             engine,
