@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 
 use base64::Engine;
+use subtle::{Choice, ConstantTimeEq};
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
@@ -53,14 +54,6 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
-/// Compares without an early exit, so timing does not reveal how much of a token matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl Tokens {
     pub fn new(tokens: Vec<String>) -> Tokens {
         Tokens {
@@ -68,11 +61,14 @@ impl Tokens {
         }
     }
 
+    /// Each comparison has no early exit (`subtle`), so timing does not reveal how much of a
+    /// token matched; and every token is compared, `Choice`s or-ed without short-circuit, so
+    /// timing does not reveal which one matched either.
     fn accepts(&self, candidate: &[u8]) -> bool {
-        // Check all of them (no short-circuit) for the same timing reason.
         self.tokens
             .iter()
-            .fold(false, |ok, t| constant_time_eq(t, candidate) | ok)
+            .fold(Choice::from(0), |ok, t| ok | t.as_slice().ct_eq(candidate))
+            .into()
     }
 
     fn header(metadata: &MetadataMap) -> Result<&str, AuthError> {
@@ -175,6 +171,16 @@ mod tests {
             Err(AuthError::Missing)
         ));
         assert!(!format!("{t:?}").contains("alpha"));
+    }
+
+    #[test]
+    fn only_a_whole_token_matches() {
+        let t = Tokens::new(vec!["alpha".into(), "beta".into()]);
+        for near in ["alph", "alphaa", "Alpha", "bet", "betax", "", "alphabeta"] {
+            assert!(!t.accepts(near.as_bytes()), "{near:?}");
+        }
+        assert!(t.accepts(b"alpha") && t.accepts(b"beta"));
+        assert!(!Tokens::new(vec![]).accepts(b""));
     }
 
     #[test]

@@ -1,6 +1,13 @@
 //! DoPut: appends Arrow record batches to an allow-listed `ta_` table with one binary
 //! `COPY … FROM STDIN` inside one transaction.
 //!
+//! tokio-postgres' `BinaryCopyInWriter` frames the COPY (header, rows, field lengths,
+//! trailer) and each value goes through postgres-types' `ToSql` (integers, floats, bool,
+//! text, bytea, uuid, arrays with their element OID and NULL flag). Two are encoded here:
+//! numeric, because postgres-types writes it only from `rust_decimal` (28 digits) and
+//! Decimal128 carries 38; and jsonb, whose version byte is put before the JSON text as sent
+//! (postgres-types writes jsonb only from a serde value, which would parse it again).
+//!
 //! The upload names its table with a path descriptor (`["ta_events"]`) or a command
 //! descriptor (`{"table": "ta_events"}`). The Arrow schema is checked against the table
 //! before anything is written: every field must name a column and have a type that converts
@@ -24,6 +31,7 @@
 //! | bytea             | Binary, LargeBinary                                         |
 //! | T[]               | List / LargeList of an accepted element type                |
 
+use std::error::Error as _;
 use std::pin::pin;
 
 use arrow_array::cast::AsArray;
@@ -31,13 +39,15 @@ use arrow_array::types::{
     Date32Type, Decimal128Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type,
     Int64Type, Time64MicrosecondType, UInt8Type, UInt16Type, UInt32Type,
 };
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef};
 use arrow_flight::FlightDescriptor;
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_schema::{DataType, SchemaRef, TimeUnit};
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::{SinkExt, Stream, StreamExt};
+use futures_util::{Stream, StreamExt};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{IsNull, Kind, ToSql, Type, to_sql_checked};
 
 use super::registry::{Column, Registry, RelationKind, describe_pg};
 use super::types::{PG_EPOCH_OFFSET_DAYS, PG_EPOCH_OFFSET_MICROS, PgType, oid};
@@ -248,16 +258,10 @@ where
         .copy_in::<_, Bytes>(&copy)
         .await
         .map_err(|e| PutError::Database(describe_pg(&e)))?;
-    let mut sink = pin!(sink);
-    let mut header = BytesMut::with_capacity(19);
-    header.put_slice(b"PGCOPY\n\xff\r\n\0");
-    header.put_i32(0);
-    header.put_i32(0);
-    sink.send(header.freeze())
-        .await
-        .map_err(|e| PutError::Database(describe_pg(&e)))?;
+    let types: Vec<Type> = targets.iter().map(|t| copy_type(&t.column)).collect();
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
     let mut rows = 0u64;
-    // Any early return drops the sink (aborting the COPY) and the transaction (rolling it
+    // Any early return drops the writer (aborting the COPY) and the transaction (rolling it
     // back): nothing from this upload is kept.
     while let Some(item) = decoder.next().await {
         let decoded = item.map_err(|e| PutError::Decode(e.to_string()))?;
@@ -278,18 +282,26 @@ where
                         message: "a batch does not match the upload's schema".into(),
                     });
                 }
-                let buf = encode_batch(&batch, &targets)?;
+                let arrays: Vec<&ArrayRef> =
+                    targets.iter().map(|t| batch.column(t.field)).collect();
+                for row in 0..batch.num_rows() {
+                    let fields = RowFields {
+                        targets: &targets,
+                        arrays: &arrays,
+                        row,
+                        next: 0,
+                    };
+                    writer
+                        .as_mut()
+                        .write_raw(fields)
+                        .await
+                        .map_err(write_error)?;
+                }
                 rows += batch.num_rows() as u64;
-                sink.send(buf)
-                    .await
-                    .map_err(|e| PutError::Database(describe_pg(&e)))?;
             }
         }
     }
-    sink.send(Bytes::from_static(&[0xff, 0xff]))
-        .await
-        .map_err(|e| PutError::Database(describe_pg(&e)))?;
-    let written = sink
+    let written = writer
         .as_mut()
         .finish()
         .await
@@ -301,39 +313,135 @@ where
     Ok(written)
 }
 
-/// Encodes a batch as binary COPY rows.
-fn encode_batch(batch: &RecordBatch, targets: &[Target]) -> Result<Bytes, PutError> {
-    let mut out = BytesMut::with_capacity(batch.num_rows() * (2 + targets.len() * 12));
-    let arrays: Vec<&ArrayRef> = targets.iter().map(|t| batch.column(t.field)).collect();
-    for row in 0..batch.num_rows() {
-        out.put_i16(targets.len() as i16);
-        for (t, a) in targets.iter().zip(&arrays) {
-            encode_field(a.as_ref(), row, &t.column, &t.column.pg, false, &mut out)
-                .map_err(|m| PutError::Value(format!("column {} row {row}: {m}", t.column.name)))?;
-        }
+/// The type COPY is told a column has. Arrays are built from the column's element OID,
+/// which each array value carries (for an array of a domain, the domain's base type); a
+/// scalar is the built-in type of its OID (every writable scalar is one).
+fn copy_type(c: &Column) -> Type {
+    let named = |oid: u32, name: String| {
+        Type::from_oid(oid)
+            .unwrap_or_else(|| Type::new(name, oid, Kind::Simple, "pg_catalog".into()))
+    };
+    match &c.pg {
+        PgType::Array(e) => Type::new(
+            c.sql_type.clone(),
+            c.type_oid,
+            Kind::Array(named(c.elem_oid, e.describe())),
+            "pg_catalog".into(),
+        ),
+        _ => named(c.type_oid, c.sql_type.clone()),
     }
-    Ok(out.freeze())
 }
 
-/// Writes one field: its length (−1 for NULL), then its binary value.
-fn encode_field(
-    a: &dyn Array,
-    row: usize,
-    c: &Column,
-    pg: &PgType,
-    elem: bool,
-    out: &mut BytesMut,
-) -> Result<(), String> {
-    if a.is_null(row) {
-        out.put_i32(-1);
-        return Ok(());
+/// The message of a value that cannot be written, with its column and row.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ValueError(String);
+
+/// A writer error: a value this module refused, or the database's answer.
+fn write_error(e: tokio_postgres::Error) -> PutError {
+    match e.source().and_then(|s| s.downcast_ref::<ValueError>()) {
+        Some(v) => PutError::Value(v.0.clone()),
+        None => PutError::Database(describe_pg(&e)),
     }
-    let len_at = out.len();
-    out.put_i32(0);
-    encode_value(a, row, c, pg, elem, out)?;
-    let len = i32::try_from(out.len() - len_at - 4).map_err(|_| "value too large")?;
-    out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
-    Ok(())
+}
+
+type BoxError = Box<dyn std::error::Error + Sync + Send>;
+
+/// The fields of one row, in column order. A named iterator rather than a closure chain:
+/// the future that holds it must be `Send` for every lifetime, which closures over
+/// borrowed slices do not prove.
+struct RowFields<'a> {
+    targets: &'a [Target],
+    arrays: &'a [&'a ArrayRef],
+    row: usize,
+    next: usize,
+}
+
+impl<'a> Iterator for RowFields<'a> {
+    type Item = Field<'a>;
+
+    fn next(&mut self) -> Option<Field<'a>> {
+        let t = self.targets.get(self.next)?;
+        let array = self.arrays[self.next].as_ref();
+        self.next += 1;
+        Some(Field {
+            value: Value {
+                array,
+                row: self.row,
+                pg: &t.column.pg,
+            },
+            column: &t.column.name,
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.targets.len() - self.next;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for RowFields<'_> {}
+
+/// One field of a row: its value, and the column named when the value cannot be written.
+#[derive(Debug)]
+struct Field<'a> {
+    value: Value<'a>,
+    column: &'a str,
+}
+
+impl ToSql for Field<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
+        self.value.to_sql(ty, out).map_err(|e| {
+            let row = self.value.row;
+            Box::new(ValueError(format!("column {} row {row}: {e}", self.column))) as BoxError
+        })
+    }
+
+    /// `plan_targets` has matched every field to its column's type.
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// Row `row` of an Arrow array, written in the binary form of the column type `pg`.
+struct Value<'a> {
+    array: &'a dyn Array,
+    row: usize,
+    pg: &'a PgType,
+}
+
+impl std::fmt::Debug for Value<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} row {} as {:?}",
+            self.array.data_type(),
+            self.row,
+            self.pg
+        )
+    }
+}
+
+impl ToSql for Value<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
+        if self.array.is_null(self.row) {
+            return Ok(IsNull::Yes);
+        }
+        let start = out.len();
+        let is_null = self.encode(ty, out)?;
+        if i32::try_from(out.len() - start).is_err() {
+            return Err("value too large".into());
+        }
+        Ok(is_null)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
 }
 
 fn int_value(a: &dyn Array, row: usize) -> Option<i64> {
@@ -349,87 +457,104 @@ fn int_value(a: &dyn Array, row: usize) -> Option<i64> {
     })
 }
 
-fn encode_value(
-    a: &dyn Array,
-    row: usize,
-    c: &Column,
-    pg: &PgType,
-    elem: bool,
-    out: &mut BytesMut,
-) -> Result<(), String> {
-    let unsupported = || format!("unsupported Arrow type {}", a.data_type());
-    match pg {
-        PgType::Int2 => out.put_i16(int_value(a, row).ok_or_else(unsupported)? as i16),
-        PgType::Int4 => out.put_i32(int_value(a, row).ok_or_else(unsupported)? as i32),
-        PgType::Int8 => out.put_i64(int_value(a, row).ok_or_else(unsupported)?),
-        PgType::Float4 => out.put_f32(a.as_primitive::<Float32Type>().value(row)),
-        PgType::Float8 => match a.data_type() {
-            DataType::Float32 => out.put_f64(a.as_primitive::<Float32Type>().value(row) as f64),
-            _ => out.put_f64(a.as_primitive::<Float64Type>().value(row)),
-        },
-        PgType::Numeric { .. } | PgType::AsText => match a.data_type() {
-            DataType::Decimal128(_, scale) => {
-                encode_numeric(a.as_primitive::<Decimal128Type>().value(row), *scale, out)?
+impl Value<'_> {
+    /// The non-NULL value. Integers narrower than their column were accepted by
+    /// `compatible` only where they fit, so the `as` casts below are lossless.
+    fn encode(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
+        let (a, row) = (self.array, self.row);
+        let unsupported =
+            || -> BoxError { format!("unsupported Arrow type {}", a.data_type()).into() };
+        let int = || int_value(a, row).ok_or_else(unsupported);
+        let text = || match a.data_type() {
+            DataType::Utf8 => a.as_string::<i32>().value(row),
+            _ => a.as_string::<i64>().value(row),
+        };
+        match self.pg {
+            PgType::Int2 => (int()? as i16).to_sql(ty, out),
+            PgType::Int4 => (int()? as i32).to_sql(ty, out),
+            PgType::Int8 => int()?.to_sql(ty, out),
+            PgType::Float4 => a.as_primitive::<Float32Type>().value(row).to_sql(ty, out),
+            PgType::Float8 => match a.data_type() {
+                DataType::Float32 => {
+                    f64::from(a.as_primitive::<Float32Type>().value(row)).to_sql(ty, out)
+                }
+                _ => a.as_primitive::<Float64Type>().value(row).to_sql(ty, out),
+            },
+            PgType::Numeric { .. } | PgType::AsText => {
+                match a.data_type() {
+                    DataType::Decimal128(_, scale) => {
+                        encode_numeric(a.as_primitive::<Decimal128Type>().value(row), *scale, out)?
+                    }
+                    _ => encode_numeric(int()? as i128, 0, out)?,
+                }
+                Ok(IsNull::No)
             }
-            _ => encode_numeric(int_value(a, row).ok_or_else(unsupported)? as i128, 0, out)?,
-        },
-        PgType::Text | PgType::Json | PgType::Jsonb => {
-            let s = match a.data_type() {
-                DataType::Utf8 => a.as_string::<i32>().value(row),
-                _ => a.as_string::<i64>().value(row),
-            };
-            if matches!(pg, PgType::Jsonb) {
+            PgType::Text | PgType::Json => text().to_sql(ty, out),
+            PgType::Jsonb => {
+                // jsonb's binary form: format version 1, then the JSON text.
                 out.put_u8(1);
+                out.put_slice(text().as_bytes());
+                Ok(IsNull::No)
             }
-            out.put_slice(s.as_bytes());
-        }
-        PgType::Bool => out.put_u8(a.as_boolean().value(row) as u8),
-        PgType::Date => {
-            out.put_i32(a.as_primitive::<Date32Type>().value(row) - PG_EPOCH_OFFSET_DAYS)
-        }
-        PgType::Time => out.put_i64(a.as_primitive::<Time64MicrosecondType>().value(row)),
-        PgType::Timestamp | PgType::Timestamptz => {
-            let DataType::Timestamp(unit, _) = a.data_type() else {
-                return Err(unsupported());
-            };
-            use arrow_array::types::{
-                TimestampMicrosecondType as Us, TimestampMillisecondType as Ms,
-                TimestampNanosecondType as Ns, TimestampSecondType as S,
-            };
-            let micros = match unit {
-                TimeUnit::Second => a.as_primitive::<S>().value(row).checked_mul(1_000_000),
-                TimeUnit::Millisecond => a.as_primitive::<Ms>().value(row).checked_mul(1_000),
-                TimeUnit::Microsecond => Some(a.as_primitive::<Us>().value(row)),
-                TimeUnit::Nanosecond => Some(a.as_primitive::<Ns>().value(row).div_euclid(1_000)),
+            PgType::Bool => a.as_boolean().value(row).to_sql(ty, out),
+            // PostgreSQL's date is int4 days, and time and timestamps int8 microseconds,
+            // counted from 2000-01-01 where Arrow counts from 1970-01-01.
+            PgType::Date => a
+                .as_primitive::<Date32Type>()
+                .value(row)
+                .checked_sub(PG_EPOCH_OFFSET_DAYS)
+                .ok_or("date out of range")?
+                .to_sql(ty, out),
+            PgType::Time => a
+                .as_primitive::<Time64MicrosecondType>()
+                .value(row)
+                .to_sql(ty, out),
+            PgType::Timestamp | PgType::Timestamptz => {
+                let DataType::Timestamp(unit, _) = a.data_type() else {
+                    return Err(unsupported());
+                };
+                use arrow_array::types::{
+                    TimestampMicrosecondType as Us, TimestampMillisecondType as Ms,
+                    TimestampNanosecondType as Ns, TimestampSecondType as S,
+                };
+                match unit {
+                    TimeUnit::Second => a.as_primitive::<S>().value(row).checked_mul(1_000_000),
+                    TimeUnit::Millisecond => a.as_primitive::<Ms>().value(row).checked_mul(1_000),
+                    TimeUnit::Microsecond => Some(a.as_primitive::<Us>().value(row)),
+                    TimeUnit::Nanosecond => {
+                        Some(a.as_primitive::<Ns>().value(row).div_euclid(1_000))
+                    }
+                }
+                .and_then(|micros| micros.checked_sub(PG_EPOCH_OFFSET_MICROS))
+                .ok_or("timestamp out of range")?
+                .to_sql(ty, out)
             }
-            .ok_or("timestamp out of range")?;
-            out.put_i64(micros - PG_EPOCH_OFFSET_MICROS);
-        }
-        PgType::Uuid => out.put_slice(a.as_fixed_size_binary().value(row)),
-        PgType::Bytea => match a.data_type() {
-            DataType::Binary => out.put_slice(a.as_binary::<i32>().value(row)),
-            _ => out.put_slice(a.as_binary::<i64>().value(row)),
-        },
-        PgType::Array(e) => {
-            let values = match a.data_type() {
-                DataType::List(_) => a.as_list::<i32>().value(row),
-                _ => a.as_list::<i64>().value(row),
-            };
-            let n = values.len();
-            out.put_i32(if n == 0 { 0 } else { 1 });
-            out.put_i32((values.null_count() > 0) as i32);
-            out.put_u32(c.elem_oid);
-            if n > 0 {
-                out.put_i32(i32::try_from(n).map_err(|_| "array too long")?);
-                out.put_i32(1);
+            PgType::Uuid => {
+                uuid::Uuid::from_slice(a.as_fixed_size_binary().value(row))?.to_sql(ty, out)
             }
-            for i in 0..n {
-                encode_field(values.as_ref(), i, c, e, true, out)?;
+            PgType::Bytea => match a.data_type() {
+                DataType::Binary => a.as_binary::<i32>().value(row).to_sql(ty, out),
+                _ => a.as_binary::<i64>().value(row).to_sql(ty, out),
+            },
+            PgType::Array(e) => {
+                let values = match a.data_type() {
+                    DataType::List(_) => a.as_list::<i32>().value(row),
+                    _ => a.as_list::<i64>().value(row),
+                };
+                if i32::try_from(values.len()).is_err() {
+                    return Err("array too long".into());
+                }
+                let elements: Vec<Value> = (0..values.len())
+                    .map(|i| Value {
+                        array: values.as_ref(),
+                        row: i,
+                        pg: e,
+                    })
+                    .collect();
+                elements.to_sql(ty, out)
             }
         }
     }
-    let _ = elem;
-    Ok(())
 }
 
 /// PostgreSQL's binary numeric from an integer scaled by `10^scale`.

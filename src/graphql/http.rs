@@ -1,7 +1,8 @@
 //! GraphQL over HTTP (the GraphQL-over-HTTP specification): `POST` with
 //! `application/json`, `GET` with query parameters (queries only), `operationName`,
 //! `variables`; `application/graphql-response+json` (spec status codes) or
-//! `application/json` (200 with errors); 4xx for malformed requests; gzip when accepted.
+//! `application/json` (200 with errors); 4xx for malformed requests; gzip when accepted
+//! (`accept_encoding`).
 
 use std::io::Write as _;
 
@@ -119,24 +120,26 @@ fn request_failure(
     r
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let h = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(h, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
+/// One key or value of an `application/x-www-form-urlencoded` query string: `+` is a space,
+/// `%XX` a byte (decoded by `percent-encoding`), and the bytes must be UTF-8. A `%` not
+/// followed by two hex digits is refused rather than kept literally, as the WHATWG parser
+/// would: such a request is malformed and answers 400.
+fn form_decode(s: &str) -> Option<String> {
+    let malformed_escape = s.split('%').skip(1).any(|rest| {
+        !rest
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if malformed_escape {
+        return None;
     }
-    String::from_utf8(out).ok()
+    // `+` is replaced before decoding, so an encoded `%2B` stays a plus sign.
+    let spaced = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
 }
 
 /// Parses a request body or GET parameters into a [`Request`]; errors are messages for a 400.
@@ -178,8 +181,8 @@ fn from_query_string(qs: &str) -> Result<Request, String> {
     let mut have_query = false;
     for pair in qs.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k).ok_or("a query parameter is not valid percent-encoded UTF-8")?;
-        let v = percent_decode(v).ok_or("a query parameter is not valid percent-encoded UTF-8")?;
+        let k = form_decode(k).ok_or("a query parameter is not valid percent-encoded UTF-8")?;
+        let v = form_decode(v).ok_or("a query parameter is not valid percent-encoded UTF-8")?;
         match k.as_str() {
             "query" => {
                 req.query = v;
@@ -224,17 +227,12 @@ pub fn body_too_large(engine: &Engine, headers: &http::HeaderMap) -> Response<By
 pub async fn handle(engine: &Engine, pool: &Pool, req: HttpRequest<Bytes>) -> Response<Bytes> {
     let headers = req.headers();
     let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
-    let gzip_ok = headers
-        .get_all(ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|e| {
-            let mut it = e.split(';');
-            let name = it.next().unwrap_or("").trim();
-            (name.eq_ignore_ascii_case("gzip") || name == "*")
-                && !it.any(|p| p.trim().starts_with("q=0") && !p.trim().starts_with("q=0."))
-        });
+    let gzip_ok = super::accept_encoding::accepts_gzip(
+        headers
+            .get_all(ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
     let Some(media) = negotiate(accept) else {
         return request_failure(
             engine,
@@ -342,8 +340,15 @@ mod tests {
 
     #[test]
     fn percent() {
-        assert_eq!(percent_decode("a%20b+c").as_deref(), Some("a b c"));
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(form_decode("a%20b+c").as_deref(), Some("a b c"));
+        assert_eq!(form_decode("%zz"), None);
+        assert_eq!(form_decode("%ff"), None);
+        assert_eq!(form_decode("1%2B1+%3D+2").as_deref(), Some("1+1 = 2"));
+        assert_eq!(form_decode("caf%C3%A9%e2%82%ac").as_deref(), Some("café€"));
+        assert_eq!(form_decode("caf%C3").as_deref(), None);
+        assert_eq!(form_decode("%4"), None);
+        assert_eq!(form_decode("50%"), None);
+        assert_eq!(form_decode("%%41"), None);
+        assert_eq!(form_decode("").as_deref(), Some(""));
     }
 }

@@ -2,6 +2,7 @@
 //! [`Engine`] that plans and executes operations (one SQL statement per root field, the JSON
 //! text spliced into the response unparsed), GraphQL-over-HTTP and the database check.
 
+mod accept_encoding;
 pub mod check;
 pub mod config;
 pub mod execute;

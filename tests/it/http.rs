@@ -302,6 +302,77 @@ async fn gzip_when_accepted_and_large() {
     r.json();
 }
 
+/// Accept-Encoding as RFC 9110 §12.5.3 reads it, sent to a real `serve` over TCP: q=0 in any
+/// spelling refuses gzip, a coding's own q wins over `*`, names are case-insensitive and
+/// whitespace may surround `;` and `=`.
+#[tokio::test]
+async fn accept_encoding_q_values_over_http() {
+    let db = TestDb::new().await;
+    db.load_blog().await;
+    let mut config = db.config();
+    config.graphql.schema = crate_path("examples/blog/schema.json")
+        .display()
+        .to_string();
+    let server = TestServer::start(config).await;
+    let big = json!({"query": "{ users(limit: 50) { id name posts { title body } } }"});
+    let cases = [
+        ("gzip;q=0", false),
+        ("gzip;q=0.0", false),
+        ("gzip;q=0.000", false),
+        ("gzip; q=0.00", false),
+        ("GZIP;Q=0", false),
+        ("gzip;q=0, *", false),
+        ("*, gzip;q=0", false),
+        ("*;q=0.5, gzip ; q = 0", false),
+        ("*;q=0", false),
+        ("br", false),
+        ("identity", false),
+        ("gzip", true),
+        ("GZip", true),
+        ("gzip;q=0.001", true),
+        ("gzip ; q = 0.5", true),
+        ("gzip;q=1", true),
+        ("gzip;q=1.000", true),
+        ("*", true),
+        ("br;q=0, *;q=0.1", true),
+        ("deflate, gzip;q=0.8", true),
+    ];
+    let mut wrong = Vec::new();
+    for (accept_encoding, gzip) in cases {
+        let r = http()
+            .post(server.url("/graphql"))
+            .header("accept-encoding", accept_encoding)
+            .json(&big)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{accept_encoding}");
+        let got = r
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = r.bytes().await.unwrap();
+        let text = if got.as_deref() == Some("gzip") {
+            let mut t = String::new();
+            flate2::read::GzDecoder::new(&body[..])
+                .read_to_string(&mut t)
+                .unwrap();
+            t
+        } else {
+            String::from_utf8(body.to_vec()).unwrap()
+        };
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["data"]["users"].as_array().unwrap().len(), 50);
+        if (got.as_deref() == Some("gzip")) != gzip {
+            wrong.push(format!(
+                "Accept-Encoding: {accept_encoding:?} -> Content-Encoding {got:?}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "wrong choices:\n{}", wrong.join("\n"));
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn metrics_are_recorded() {
     let db = TestDb::new().await;
