@@ -17,6 +17,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "observers",
         include_str!("migrations/0002_observers.sql"),
     ),
+    (
+        3,
+        "mutation_events",
+        include_str!("migrations/0003_mutation_events.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying FraiseQL's migration lock (`pg_advisory_xact_lock`).

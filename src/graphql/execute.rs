@@ -665,9 +665,6 @@ impl Engine {
             internal(plan, "the mutation failed")
         };
         let tx = client.transaction().await.map_err(fail)?;
-        tx.batch_execute("SET LOCAL fraiseql.skip_tracking = 'on'")
-            .await
-            .map_err(fail)?;
         crate::db::request::apply(&*tx, ctx).await.map_err(fail)?;
         let prepared = tx.prepare_cached(&stmt.sql).await.map_err(fail)?;
         let params: Vec<&(dyn ToSql + Sync)> = stmt.params.iter().map(|p| p.as_sql()).collect();
@@ -701,10 +698,25 @@ impl Engine {
                 .filter(|t| !t.is_empty())
                 .unwrap_or_else(|| m.return_type.clone());
             let op = m.operation.change_op();
+            let annotation = serde_json::json!({
+                "name": m.name,
+                "entity": entity,
+                "updated_fields": updated,
+            });
             let log = tx.prepare_cached(CHANGE_LOG_SQL).await.map_err(fail)?;
-            tx.execute(&log, &[&entity_name, &entity_id, &op, &entity, &updated])
-                .await
-                .map_err(fail)?;
+            tx.execute(
+                &log,
+                &[
+                    &entity_name,
+                    &entity_id,
+                    &op,
+                    &entity,
+                    &updated,
+                    &annotation,
+                ],
+            )
+            .await
+            .map_err(fail)?;
         }
         let json: Option<String> = row.try_get(8).map_err(fail)?;
         tx.commit().await.map_err(fail)?;

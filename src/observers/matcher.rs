@@ -35,12 +35,15 @@ pub struct ChangeEvent {
     pub actor: Option<String>,
     pub tenant_id: Option<String>,
     pub trace_id: Option<String>,
+    /// What the API mutation that caused this row change returned, for its own entity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutation: Option<Value>,
 }
 
 impl ChangeEvent {
     /// The event document given to templates and webhook bodies:
     /// `{"event": {id, pk, entity, entity_id, op, occurred_at, changed_fields, actor,
-    /// tenant_id, trace_id}, "before": ..., "after": ...}`.
+    /// tenant_id, trace_id, mutation}, "before": ..., "after": ...}`.
     pub fn document(&self) -> Value {
         json!({
             "event": {
@@ -54,6 +57,7 @@ impl ChangeEvent {
                 "actor": self.actor,
                 "tenant_id": self.tenant_id,
                 "trace_id": self.trace_id,
+                "mutation": self.mutation,
             },
             "before": self.before,
             "after": self.after,

@@ -76,7 +76,7 @@ pub struct Reader {
 }
 
 const READ_SQL: &str = "SELECT pk, txid::text AS txid, id, occurred_at, entity, entity_id, op, \
-       before, after, changed_fields, actor, tenant_id, trace_id \
+       before, after, changed_fields, actor, tenant_id, trace_id, mutation \
      FROM fraiseql.tb_entity_change_log \
      WHERE (txid, pk) > ($1::text::xid8, $2::bigint) \
        AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
@@ -532,5 +532,6 @@ fn decode(row: &tokio_postgres::Row) -> Option<ChangeEvent> {
         actor: row.try_get("actor").ok()?,
         tenant_id: row.try_get("tenant_id").ok()?,
         trace_id: row.try_get("trace_id").ok()?,
+        mutation: row.try_get("mutation").ok()?,
     })
 }

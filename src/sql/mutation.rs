@@ -276,11 +276,18 @@ pub fn build_call(
     })
 }
 
-/// Writes the change-log row of a successful mutation (the API's own write path; the row
-/// triggers are skipped with `fraiseql.skip_tracking`).
-pub const CHANGE_LOG_SQL: &str = "INSERT INTO fraiseql.tb_entity_change_log \
-     (entity, entity_id, op, after, changed_fields, actor, tenant_id, trace_id) VALUES \
-     ($1::text, $2::uuid, $3::text, $4::jsonb, $5::text[], \
+/// The mutation's entity event, inside the mutation's transaction: the row events the
+/// tracking trigger logged for the entity in this transaction get the mutation's
+/// annotation (`$6`); when there are none (the entity's table is not tracked), one row is
+/// written with what the function returned. Either way each row change is logged once.
+pub const CHANGE_LOG_SQL: &str = "WITH annotated AS ( \
+       UPDATE fraiseql.tb_entity_change_log SET mutation = $6::jsonb \
+        WHERE txid = pg_current_xact_id() AND entity = $1::text AND entity_id = $2::uuid \
+       RETURNING pk) \
+     INSERT INTO fraiseql.tb_entity_change_log \
+     (entity, entity_id, op, after, changed_fields, mutation, actor, tenant_id, trace_id) \
+     SELECT $1::text, $2::uuid, $3::text, $4::jsonb, $5::text[], $6::jsonb, \
       coalesce(nullif(current_setting('fraiseql.actor', true), ''), current_user::text), \
       nullif(current_setting('fraiseql.tenant_id', true), ''), \
-      nullif(current_setting('fraiseql.trace_id', true), ''))";
+      nullif(current_setting('fraiseql.trace_id', true), '') \
+     WHERE NOT EXISTS (SELECT 1 FROM annotated)";

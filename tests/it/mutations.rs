@@ -82,7 +82,8 @@ async fn create_update_delete_with_change_log() {
         ),
         ("Hello".into(), "World".into(), true)
     );
-    // Exactly one change-log row (the API's), not the trigger's as well.
+    // Exactly one change-log row: the tracking trigger's (the row as written, every column
+    // on INSERT), carrying what the mutation returned; the API adds no second one.
     let logs = log_rows(&db, &id).await;
     assert_eq!(logs.len(), 1, "{logs:?}");
     assert_eq!(logs[0].0, "Post");
@@ -90,7 +91,37 @@ async fn create_update_delete_with_change_log() {
     assert_eq!(logs[0].2.as_ref().unwrap()["title"], json!("Hello"));
     assert_eq!(
         logs[0].3.clone().unwrap(),
-        vec!["title", "body", "published", "rating", "tags"]
+        vec![
+            "body",
+            "created_at",
+            "fk_user",
+            "id",
+            "pk_post",
+            "published",
+            "rating",
+            "tags",
+            "title",
+            "views"
+        ]
+    );
+    let mutation: Value = db
+        .client()
+        .await
+        .query_one(
+            "SELECT mutation FROM fraiseql.tb_entity_change_log WHERE entity_id = $1",
+            &[&uuid::Uuid::parse_str(&id).unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mutation["name"], json!("createPost"));
+    assert_eq!(
+        mutation["entity"]["author"]["identifier"],
+        json!(author.identifier)
+    );
+    assert_eq!(
+        mutation["updated_fields"],
+        json!(["title", "body", "published", "rating", "tags"])
     );
     assert_eq!(
         count(&db, "SELECT count(*) FROM fraiseql.tb_entity_change_log").await,
@@ -295,4 +326,105 @@ async fn failures_commit_nothing() {
         count(&db, "SELECT count(*) FROM tb_post").await,
         posts_before + 1
     );
+}
+
+/// Every row a mutation's function writes to a tracked table is a change event, computed by
+/// the tracking trigger exactly as for a write made with psql (`before`, `after`,
+/// `changed_fields`), once per row change; the mutation's own entity is not logged twice,
+/// and its row event carries what the mutation returned.
+#[tokio::test]
+async fn writes_inside_a_mutation_are_tracked_like_any_other_write() {
+    let db = TestDb::new().await;
+    let seed = db.load_blog().await;
+    // A side effect on another tracked table: each new post raises its author's score.
+    db.batch(
+        "CREATE OR REPLACE FUNCTION fn_create_post(input jsonb) RETURNS fraiseql.mutation_response
+         LANGUAGE plpgsql AS $$
+         DECLARE v_author tb_user; v_id uuid;
+         BEGIN
+             SELECT * INTO v_author FROM tb_user WHERE id = (input ->> 'author_id')::uuid;
+             INSERT INTO tb_post (fk_user, title, body) VALUES (v_author.pk_user, input ->> 'title', input ->> 'body')
+             RETURNING id INTO v_id;
+             UPDATE tb_user SET score = score + 1 WHERE pk_user = v_author.pk_user;
+             RETURN fraiseql.mutation_ok(v_id, 'Post', (SELECT data FROM v_post WHERE id = v_id), true,
+                                         'post created', ARRAY['title', 'body']);
+         END $$;",
+    )
+    .await;
+    let engine = blog_engine();
+    let author = &seed.users[1];
+    let start = count(
+        &db,
+        "SELECT coalesce(max(pk), 0) FROM fraiseql.tb_entity_change_log",
+    )
+    .await;
+    let n = 10;
+    let mut titles = Vec::new();
+    for i in 0..n {
+        let title = format!("Order {i}");
+        let d = data(
+            &engine,
+            db.pool(),
+            CREATE,
+            json!({"input": {"authorId": author.id, "title": title, "body": "b"}}),
+        )
+        .await;
+        assert_eq!(d["createPost"]["title"], json!(title));
+        titles.push(title);
+    }
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT entity, op, before, after, changed_fields, to_jsonb(l) -> 'mutation' \
+             FROM fraiseql.tb_entity_change_log l WHERE pk > $1 ORDER BY pk",
+            &[&start],
+        )
+        .await
+        .unwrap();
+    let logged: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let of = |entity: &str| -> Vec<&tokio_postgres::Row> {
+        rows.iter()
+            .filter(|r| r.get::<_, String>(0) == entity)
+            .collect()
+    };
+    let users = of("User");
+    assert_eq!(users.len(), n, "one User UPDATE per mutation: {logged:?}");
+    for (i, u) in users.iter().enumerate() {
+        assert_eq!(u.get::<_, String>(1), "UPDATE");
+        let before: Value = u.get(2);
+        let after: Value = u.get(3);
+        let score = before["score"].as_i64().unwrap();
+        assert_eq!(score, author.score + i as i64, "before.score");
+        assert_eq!(after["score"].as_i64().unwrap(), score + 1, "after.score");
+        assert_eq!(u.get::<_, Vec<String>>(4), vec!["score"]);
+        assert_eq!(
+            u.get::<_, Option<Value>>(5).filter(|v| !v.is_null()),
+            None,
+            "not the mutation's entity"
+        );
+    }
+    let posts = of("Post");
+    assert_eq!(
+        posts.len(),
+        n,
+        "one Post INSERT per mutation, not two: {rows:?}"
+    );
+    for (p, title) in posts.iter().zip(&titles) {
+        assert_eq!(p.get::<_, String>(1), "INSERT");
+        assert_eq!(p.get::<_, Option<Value>>(2), None);
+        let after: Value = p.get(3);
+        assert_eq!(after["title"], json!(title));
+        let mutation: Value = p
+            .get::<_, Option<Value>>(5)
+            .expect("the mutation's annotation");
+        assert_eq!(mutation["name"], json!("createPost"));
+        assert_eq!(mutation["entity"]["title"], json!(title));
+        assert_eq!(
+            mutation["entity"]["author"]["identifier"],
+            json!(author.identifier)
+        );
+        assert_eq!(mutation["updated_fields"], json!(["title", "body"]));
+    }
+    assert_eq!(rows.len(), 2 * n, "nothing else was logged");
 }
