@@ -4,6 +4,7 @@
 
 use crate::common;
 
+use common::observers::HttpReceiver;
 use common::*;
 use serde_json::{Value, json};
 
@@ -328,17 +329,9 @@ async fn failures_commit_nothing() {
     );
 }
 
-/// Every row a mutation's function writes to a tracked table is a change event, computed by
-/// the tracking trigger exactly as for a write made with psql (`before`, `after`,
-/// `changed_fields`), once per row change; the mutation's own entity is not logged twice,
-/// and its row event carries what the mutation returned.
-#[tokio::test]
-async fn writes_inside_a_mutation_are_tracked_like_any_other_write() {
-    let db = TestDb::new().await;
-    let seed = db.load_blog().await;
-    // A side effect on another tracked table: each new post raises its author's score.
-    db.batch(
-        "CREATE OR REPLACE FUNCTION fn_create_post(input jsonb) RETURNS fraiseql.mutation_response
+/// `fn_create_post` with a side effect on another tracked table: each new post raises its
+/// author's score (as an order decrements a product's stock).
+const RAISE_SCORE_ON_NEW_POST: &str = "CREATE OR REPLACE FUNCTION fn_create_post(input jsonb) RETURNS fraiseql.mutation_response
          LANGUAGE plpgsql AS $$
          DECLARE v_author tb_user; v_id uuid;
          BEGIN
@@ -348,9 +341,18 @@ async fn writes_inside_a_mutation_are_tracked_like_any_other_write() {
              UPDATE tb_user SET score = score + 1 WHERE pk_user = v_author.pk_user;
              RETURN fraiseql.mutation_ok(v_id, 'Post', (SELECT data FROM v_post WHERE id = v_id), true,
                                          'post created', ARRAY['title', 'body']);
-         END $$;",
-    )
-    .await;
+         END $$;";
+
+/// Every row a mutation's function writes to a tracked table is a change event, computed by
+/// the tracking trigger exactly as for a write made with psql (`before`, `after`,
+/// `changed_fields`), once per row change; the mutation's own entity is not logged twice,
+/// and its row event carries what the mutation returned.
+#[tokio::test]
+async fn writes_inside_a_mutation_are_tracked_like_any_other_write() {
+    let db = TestDb::new().await;
+    let seed = db.load_blog().await;
+    // A side effect on another tracked table: each new post raises its author's score.
+    db.batch(RAISE_SCORE_ON_NEW_POST).await;
     let engine = blog_engine();
     let author = &seed.users[1];
     let start = count(
@@ -427,4 +429,93 @@ async fn writes_inside_a_mutation_are_tracked_like_any_other_write() {
         assert_eq!(mutation["updated_fields"], json!(["title", "body"]));
     }
     assert_eq!(rows.len(), 2 * n, "nothing else was logged");
+}
+
+/// End to end with the release binary: posts created through `/graphql` whose function
+/// raises the author's score reach an observer on `User` UPDATE with `changed(score)` once
+/// each, with `before.score` and `after.score`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutations_over_http_deliver_every_tracked_write_once() {
+    use std::time::Duration;
+
+    let db = TestDb::new().await;
+    let seed = db.load_blog().await;
+    db.batch(RAISE_SCORE_ON_NEW_POST).await;
+    let rx = HttpReceiver::start_ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fraiseql.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[graphql]
+schema = "{schema}"
+[observer_runtime]
+start_from = "beginning"
+poll_interval_ms = 200
+[[observers]]
+name = "score"
+entity = "User"
+events = ["UPDATE"]
+condition = "changed(score) && after.score > before.score"
+[[observers.actions]]
+type = "webhook"
+url = "{url}"
+"#,
+            schema = crate_path("examples/blog/schema.json").display(),
+            url = rx.url("/score")
+        ),
+    )
+    .unwrap();
+    let serve = ServeProcess::start_role(
+        &["--config", path.to_str().unwrap(), "serve"],
+        &db.url(),
+        &[],
+    )
+    .await;
+    let author = &seed.users[3];
+    let n = 10;
+    for i in 0..n {
+        let r = http()
+            .post(format!("{}/graphql", serve.base))
+            .json(&json!({
+                "query": CREATE,
+                "variables": {"input": {"authorId": author.id, "title": format!("Order {i}"), "body": "b"}}
+            }))
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        assert!(v.get("errors").is_none(), "{v}");
+    }
+    let got = rx.wait_for(n, Duration::from_secs(20)).await;
+    // Nothing more arrives later.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = if rx.len() > got.len() {
+        rx.requests()
+    } else {
+        got
+    };
+    assert_eq!(got.len(), n, "one delivery per score change");
+    let mut scores: Vec<(i64, i64)> = got
+        .iter()
+        .map(|r| {
+            let d = r.json();
+            (
+                d["before"]["score"].as_i64().unwrap(),
+                d["after"]["score"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    scores.sort();
+    let want: Vec<(i64, i64)> = (0..n as i64)
+        .map(|i| (author.score + i, author.score + i + 1))
+        .collect();
+    assert_eq!(scores, want, "before.score and after.score of each change");
+    let keys: std::collections::HashSet<_> = got
+        .iter()
+        .map(|r| r.header("idempotency-key").unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(keys.len(), n, "no delivery duplicated");
+    drop(serve);
 }
