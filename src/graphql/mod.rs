@@ -60,6 +60,8 @@ pub struct Limits {
     pub max_list_input: usize,
     /// Maximum nesting of `where` (`_and`/`_or`/`_not` and nested paths).
     pub max_filter_depth: usize,
+    /// Most conditions (one per operator) in one `where`, however they are nested.
+    pub max_filter_conditions: usize,
     /// Responses at least this large are gzip-compressed when the client accepts it.
     pub gzip_min_bytes: usize,
     /// Answer introspection queries.
@@ -83,6 +85,7 @@ impl Default for Limits {
             max_limit: 1_000,
             max_list_input: 1_000,
             max_filter_depth: 16,
+            max_filter_conditions: 1_000,
             gzip_min_bytes: 1_024,
             introspection: true,
             max_cached_statements: 500,
@@ -184,6 +187,7 @@ impl Engine {
             input: InputLimits {
                 max_list: self.limits.max_list_input,
                 max_depth: self.limits.max_filter_depth,
+                max_conditions: self.limits.max_filter_conditions,
             },
         }
     }

@@ -161,6 +161,7 @@ pub fn condition(
     operand: &Operand,
     value: Bound,
 ) -> Result<String, Mismatch> {
+    b.conditions += 1;
     let cast = |p: String, array: bool| match &operand.cast {
         Some(t) if array => format!("CAST({p} AS {t}[])"),
         Some(t) => format!("CAST({p} AS {t})"),

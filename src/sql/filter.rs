@@ -14,6 +14,9 @@ pub struct InputLimits {
     pub max_list: usize,
     /// Maximum nesting of `_and`/`_or`/`_not` and nested paths.
     pub max_depth: usize,
+    /// Most conditions (one per operator) in one `where`, whatever their nesting: the
+    /// per-list and depth bounds alone let a 1 MiB body expand into megabytes of SQL.
+    pub max_conditions: usize,
 }
 
 fn bad(msg: impl Into<String>) -> SqlError {
@@ -275,6 +278,12 @@ fn filter_sql(
                 }
             },
         };
+        if b.conditions >= limits.max_conditions {
+            return Err(SqlError::LimitExceeded(format!(
+                "`where` has more than {} conditions",
+                limits.max_conditions
+            )));
+        }
         let sql = condition(b, op, operand, bound)
             .map_err(|_| bad(format!("{what}: the value does not fit the operator")))?;
         parts.push(sql);

@@ -168,6 +168,8 @@ pub struct Statement {
 pub struct Builder {
     pub params: Vec<Param>,
     alias: usize,
+    /// Filter conditions rendered so far (see `filter::InputLimits::max_conditions`).
+    pub conditions: usize,
 }
 
 impl Builder {

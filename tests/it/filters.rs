@@ -666,3 +666,28 @@ async fn the_same_where_selects_the_same_rows_through_graphql_and_flight() {
         cases.iter().map(|(_, w)| expect_posts(&seed, w)).collect();
     assert!(distinct.len() > 15, "the cases select different row sets");
 }
+
+/// A `where` within every per-list and depth bound can still expand into a statement of
+/// megabytes: the total number of conditions is bounded too, and the refused request runs
+/// nothing.
+#[tokio::test]
+async fn a_where_with_too_many_conditions_is_refused_before_any_sql_runs() {
+    let db = TestDb::new().await;
+    db.load_blog().await;
+    let engine = blog_engine();
+    // 10 × 500 = 5,000 conditions: every list below max_list_input, depth 3.
+    let group = |g: i64| json!({"_or": (0..500).map(|i| json!({"views": {"eq": g * 500 + i}})).collect::<Vec<_>>()});
+    let filter = json!({"_and": (0..10).map(group).collect::<Vec<_>>()});
+    let v = gql(
+        &engine,
+        db.pool(),
+        "query($w: PostWhereInput) { posts(where: $w, limit: 1000) { id } }",
+        json!({ "w": filter }),
+    )
+    .await;
+    let errs = errors(&v);
+    assert_eq!(errs.len(), 1, "{v}");
+    assert_eq!(errs[0].1, "LIMIT_EXCEEDED", "{v}");
+    assert!(errs[0].0.contains("more than 1000 conditions"), "{v}");
+    assert!(v["data"].is_null() || v["data"]["posts"].is_null(), "{v}");
+}
