@@ -194,28 +194,7 @@ pub fn compile_str(text: &str, file: &str) -> Result<(CompiledSchema, Vec<Warnin
         file,
         warnings: Vec::new(),
     };
-    ctx.extra("top level", &doc.extra);
-    for (key, list) in [
-        ("interfaces", &doc.interfaces),
-        ("unions", &doc.unions),
-        ("subscriptions", &doc.subscriptions),
-    ] {
-        if !list.is_empty() {
-            ctx.warn(
-                key,
-                format!("{} {key} ignored: not supported yet", list.len()),
-            );
-        }
-    }
-    if let Some(conv) = &doc.naming_convention
-        && conv != "camelCase"
-        && conv != "snake_case"
-    {
-        ctx.warn(
-            "naming_convention",
-            format!("unknown naming convention `{conv}`; data keys are snake_case"),
-        );
-    }
+    check_document(&mut ctx, &doc);
 
     // Names first, so that types can refer to each other in any order.
     let mut seen: HashSet<String> = HashSet::new();
@@ -740,6 +719,33 @@ pub fn compile_str(text: &str, file: &str) -> Result<(CompiledSchema, Vec<Warnin
         },
         ctx.warnings,
     ))
+}
+
+/// Phase 1, the document as a whole: reads the top-level keys of `doc` and produces only
+/// warnings (unknown keys, the sections not supported yet, an unknown naming convention).
+fn check_document(ctx: &mut Ctx<'_>, doc: &AuthoringSchema) {
+    ctx.extra("top level", &doc.extra);
+    for (key, list) in [
+        ("interfaces", &doc.interfaces),
+        ("unions", &doc.unions),
+        ("subscriptions", &doc.subscriptions),
+    ] {
+        if !list.is_empty() {
+            ctx.warn(
+                key,
+                format!("{} {key} ignored: not supported yet", list.len()),
+            );
+        }
+    }
+    if let Some(conv) = &doc.naming_convention
+        && conv != "camelCase"
+        && conv != "snake_case"
+    {
+        ctx.warn(
+            "naming_convention",
+            format!("unknown naming convention `{conv}`; data keys are snake_case"),
+        );
+    }
 }
 
 fn generated_arg(name: &str, input: &str, list: bool) -> ArgDef {
