@@ -196,38 +196,7 @@ pub fn compile_str(text: &str, file: &str) -> Result<(CompiledSchema, Vec<Warnin
     };
     check_document(&mut ctx, &doc);
 
-    // Names first, so that types can refer to each other in any order.
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut names = Names {
-        objects: HashSet::new(),
-        enums: HashSet::new(),
-        inputs: HashSet::new(),
-    };
-    let mut declare = |ctx: &Ctx<'_>, context: &str, name: &str| -> Result<(), SchemaError> {
-        if RESERVED.contains(&name) || ScalarKind::from_name(name).is_some() {
-            return Err(ctx.err(context, format!("the name `{name}` is reserved")));
-        }
-        if !seen.insert(name.to_owned()) {
-            return Err(ctx.err(context, format!("the type name `{name}` is defined twice")));
-        }
-        Ok(())
-    };
-    for (i, t) in doc.types.iter().enumerate() {
-        let context = format!("types[{i}]");
-        let name = ctx.name(&context, &t.name)?;
-        declare(&ctx, &format!("types[{name}]"), &name)?;
-        names.objects.insert(name);
-    }
-    for (i, t) in doc.enums.iter().enumerate() {
-        let name = ctx.name(&format!("enums[{i}]"), &t.name)?;
-        declare(&ctx, &format!("enums[{name}]"), &name)?;
-        names.enums.insert(name);
-    }
-    for (i, t) in doc.input_types.iter().enumerate() {
-        let name = ctx.name(&format!("input_types[{i}]"), &t.name)?;
-        declare(&ctx, &format!("input_types[{name}]"), &name)?;
-        names.inputs.insert(name);
-    }
+    let names = declare_names(&ctx, &doc)?;
 
     // Enums.
     let mut enums = Vec::new();
@@ -746,6 +715,43 @@ fn check_document(ctx: &mut Ctx<'_>, doc: &AuthoringSchema) {
             format!("unknown naming convention `{conv}`; data keys are snake_case"),
         );
     }
+}
+
+/// Phase 2, names: reads the `name` of every type, enum and input type of `doc` and
+/// produces the [`Names`] that type references resolve against, so that types can refer to
+/// each other in any order. Fails on an invalid, reserved or twice-defined name.
+fn declare_names(ctx: &Ctx<'_>, doc: &AuthoringSchema) -> Result<Names, SchemaError> {
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut names = Names {
+        objects: HashSet::new(),
+        enums: HashSet::new(),
+        inputs: HashSet::new(),
+    };
+    let mut declare = |context: &str, name: &str| -> Result<(), SchemaError> {
+        if RESERVED.contains(&name) || ScalarKind::from_name(name).is_some() {
+            return Err(ctx.err(context, format!("the name `{name}` is reserved")));
+        }
+        if !seen.insert(name.to_owned()) {
+            return Err(ctx.err(context, format!("the type name `{name}` is defined twice")));
+        }
+        Ok(())
+    };
+    for (i, t) in doc.types.iter().enumerate() {
+        let name = ctx.name(&format!("types[{i}]"), &t.name)?;
+        declare(&format!("types[{name}]"), &name)?;
+        names.objects.insert(name);
+    }
+    for (i, t) in doc.enums.iter().enumerate() {
+        let name = ctx.name(&format!("enums[{i}]"), &t.name)?;
+        declare(&format!("enums[{name}]"), &name)?;
+        names.enums.insert(name);
+    }
+    for (i, t) in doc.input_types.iter().enumerate() {
+        let name = ctx.name(&format!("input_types[{i}]"), &t.name)?;
+        declare(&format!("input_types[{name}]"), &name)?;
+        names.inputs.insert(name);
+    }
+    Ok(names)
 }
 
 fn generated_arg(name: &str, input: &str, list: bool) -> ArgDef {
