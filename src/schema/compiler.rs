@@ -198,47 +198,7 @@ pub fn compile_str(text: &str, file: &str) -> Result<(CompiledSchema, Vec<Warnin
 
     let names = declare_names(&ctx, &doc)?;
 
-    // Enums.
-    let mut enums = Vec::new();
-    for e in &doc.enums {
-        let name = e.name.clone().unwrap_or_default();
-        let context = format!("enums[{name}]");
-        ctx.extra(&context, &e.extra);
-        let values = e
-            .values
-            .as_ref()
-            .ok_or_else(|| ctx.err(&context, "missing required key `values`"))?;
-        if values.is_empty() {
-            return Err(ctx.err(&context, "an enum needs at least one value"));
-        }
-        let mut out = Vec::new();
-        for (i, v) in values.iter().enumerate() {
-            let vctx = format!("{context}.values[{i}]");
-            ctx.extra(&vctx, &v.extra);
-            let vname = ctx.name(&vctx, &v.name)?;
-            if matches!(vname.as_str(), "true" | "false" | "null") {
-                return Err(ctx.err(&vctx, format!("`{vname}` cannot be an enum value")));
-            }
-            let stored = match &v.value {
-                None | Some(Value::Null) => vname.clone(),
-                Some(Value::String(s)) => s.clone(),
-                Some(other) => other.to_string(),
-            };
-            if out.iter().any(|x: &EnumValueDef| x.name == vname) {
-                return Err(ctx.err(&vctx, format!("value `{vname}` is defined twice")));
-            }
-            out.push(EnumValueDef {
-                name: vname,
-                value: stored,
-                description: v.description.clone(),
-            });
-        }
-        enums.push(EnumType {
-            name,
-            description: e.description.clone(),
-            values: out,
-        });
-    }
+    let mut enums = compile_enums(&mut ctx, &doc)?;
 
     // Object types.
     let mut types = Vec::new();
@@ -752,6 +712,53 @@ fn declare_names(ctx: &Ctx<'_>, doc: &AuthoringSchema) -> Result<Names, SchemaEr
         names.inputs.insert(name);
     }
     Ok(names)
+}
+
+/// Phase 3, enums: reads `doc.enums` and produces one [`EnumType`] per enum, in document
+/// order, with the stored value of each GraphQL value (`value`, else the name). Fails on an
+/// enum without values and on a value named twice or named `true`, `false` or `null`.
+fn compile_enums(ctx: &mut Ctx<'_>, doc: &AuthoringSchema) -> Result<Vec<EnumType>, SchemaError> {
+    let mut enums = Vec::new();
+    for e in &doc.enums {
+        let name = e.name.clone().unwrap_or_default();
+        let context = format!("enums[{name}]");
+        ctx.extra(&context, &e.extra);
+        let values = e
+            .values
+            .as_ref()
+            .ok_or_else(|| ctx.err(&context, "missing required key `values`"))?;
+        if values.is_empty() {
+            return Err(ctx.err(&context, "an enum needs at least one value"));
+        }
+        let mut out = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            let vctx = format!("{context}.values[{i}]");
+            ctx.extra(&vctx, &v.extra);
+            let vname = ctx.name(&vctx, &v.name)?;
+            if matches!(vname.as_str(), "true" | "false" | "null") {
+                return Err(ctx.err(&vctx, format!("`{vname}` cannot be an enum value")));
+            }
+            let stored = match &v.value {
+                None | Some(Value::Null) => vname.clone(),
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+            };
+            if out.iter().any(|x: &EnumValueDef| x.name == vname) {
+                return Err(ctx.err(&vctx, format!("value `{vname}` is defined twice")));
+            }
+            out.push(EnumValueDef {
+                name: vname,
+                value: stored,
+                description: v.description.clone(),
+            });
+        }
+        enums.push(EnumType {
+            name,
+            description: e.description.clone(),
+            values: out,
+        });
+    }
+    Ok(enums)
 }
 
 fn generated_arg(name: &str, input: &str, list: bool) -> ArgDef {
