@@ -200,83 +200,9 @@ pub fn compile_str(text: &str, file: &str) -> Result<(CompiledSchema, Vec<Warnin
 
     let mut enums = compile_enums(&mut ctx, &doc)?;
 
-    // Object types.
-    let mut types = Vec::new();
-    for t in &doc.types {
-        let name = t.name.clone().unwrap_or_default();
-        let context = format!("types[{name}]");
-        ctx.extra(&context, &t.extra);
-        let fields = t
-            .fields
-            .as_ref()
-            .ok_or_else(|| ctx.err(&context, "missing required key `fields`"))?;
-        if fields.is_empty() {
-            return Err(ctx.err(&context, "a type needs at least one field"));
-        }
-        let mut out: Vec<FieldDef> = Vec::new();
-        for (i, f) in fields.iter().enumerate() {
-            let fctx = match &f.name {
-                Some(n) => format!("{context}.fields[{n}]"),
-                None => format!("{context}.fields[{i}]"),
-            };
-            ctx.extra(&fctx, &f.extra);
-            let fname = ctx.name(&fctx, &f.name)?;
-            if out.iter().any(|x| x.name == fname) {
-                return Err(ctx.err(&fctx, format!("field `{fname}` is defined twice")));
-            }
-            let ty = type_ref(&ctx, &names, &fctx, f.ty.as_deref(), f.nullable, false)?;
-            out.push(FieldDef {
-                key: f
-                    .sql_column
-                    .clone()
-                    .unwrap_or_else(|| to_snake_case(&fname)),
-                name: fname,
-                ty,
-                description: f.description.clone(),
-            });
-        }
-        let sql_source = t
-            .sql_source
-            .clone()
-            .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(|| format!("v_{}", to_snake_case(&name)));
-        types.push(ObjectType {
-            where_input: format!("{name}WhereInput"),
-            order_input: format!("{name}OrderBy"),
-            name,
-            description: t.description.clone(),
-            sql_source: Some(sql_source),
-            fields: out,
-        });
-    }
+    let types = compile_object_types(&mut ctx, &doc, &names)?;
 
-    // Input types.
-    let mut input_types = Vec::new();
-    for t in &doc.input_types {
-        let name = t.name.clone().unwrap_or_default();
-        let context = format!("input_types[{name}]");
-        ctx.extra(&context, &t.extra);
-        let fields = t
-            .fields
-            .as_ref()
-            .ok_or_else(|| ctx.err(&context, "missing required key `fields`"))?;
-        if fields.is_empty() {
-            return Err(ctx.err(&context, "an input type needs at least one field"));
-        }
-        let mut out = Vec::new();
-        for (i, f) in fields.iter().enumerate() {
-            let fctx = match &f.name {
-                Some(n) => format!("{context}.fields[{n}]"),
-                None => format!("{context}.fields[{i}]"),
-            };
-            out.push(arg_def(&mut ctx, &names, &fctx, f)?);
-        }
-        input_types.push(InputType {
-            name,
-            description: t.description.clone(),
-            fields: out,
-        });
-    }
+    let input_types = compile_input_types(&mut ctx, &doc, &names)?;
 
     // Generated inputs.
     let mut generated: HashSet<String> = HashSet::new();
@@ -759,6 +685,104 @@ fn compile_enums(ctx: &mut Ctx<'_>, doc: &AuthoringSchema) -> Result<Vec<EnumTyp
         });
     }
     Ok(enums)
+}
+
+/// Phase 4, object types: reads `doc.types` and produces one [`ObjectType`] per type, in
+/// document order: each field's type reference resolved against `names` (output types), its
+/// `data` key (`sql_column`, else the snake_case name), the view (`sql_source`, else
+/// `v_<snake_case name>`) and the names of its generated where and order inputs. Fails on a
+/// type without fields, a field named twice and an unknown or malformed field type.
+fn compile_object_types(
+    ctx: &mut Ctx<'_>,
+    doc: &AuthoringSchema,
+    names: &Names,
+) -> Result<Vec<ObjectType>, SchemaError> {
+    let mut types = Vec::new();
+    for t in &doc.types {
+        let name = t.name.clone().unwrap_or_default();
+        let context = format!("types[{name}]");
+        ctx.extra(&context, &t.extra);
+        let fields = t
+            .fields
+            .as_ref()
+            .ok_or_else(|| ctx.err(&context, "missing required key `fields`"))?;
+        if fields.is_empty() {
+            return Err(ctx.err(&context, "a type needs at least one field"));
+        }
+        let mut out: Vec<FieldDef> = Vec::new();
+        for (i, f) in fields.iter().enumerate() {
+            let fctx = match &f.name {
+                Some(n) => format!("{context}.fields[{n}]"),
+                None => format!("{context}.fields[{i}]"),
+            };
+            ctx.extra(&fctx, &f.extra);
+            let fname = ctx.name(&fctx, &f.name)?;
+            if out.iter().any(|x| x.name == fname) {
+                return Err(ctx.err(&fctx, format!("field `{fname}` is defined twice")));
+            }
+            let ty = type_ref(ctx, names, &fctx, f.ty.as_deref(), f.nullable, false)?;
+            out.push(FieldDef {
+                key: f
+                    .sql_column
+                    .clone()
+                    .unwrap_or_else(|| to_snake_case(&fname)),
+                name: fname,
+                ty,
+                description: f.description.clone(),
+            });
+        }
+        let sql_source = t
+            .sql_source
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| format!("v_{}", to_snake_case(&name)));
+        types.push(ObjectType {
+            where_input: format!("{name}WhereInput"),
+            order_input: format!("{name}OrderBy"),
+            name,
+            description: t.description.clone(),
+            sql_source: Some(sql_source),
+            fields: out,
+        });
+    }
+    Ok(types)
+}
+
+/// Phase 5, input types: reads `doc.input_types` and produces one [`InputType`] per input
+/// type, in document order, each field compiled as an argument ([`arg_def`]: input type
+/// references, `data` key, checked default). Fails on an input type without fields.
+fn compile_input_types(
+    ctx: &mut Ctx<'_>,
+    doc: &AuthoringSchema,
+    names: &Names,
+) -> Result<Vec<InputType>, SchemaError> {
+    let mut input_types = Vec::new();
+    for t in &doc.input_types {
+        let name = t.name.clone().unwrap_or_default();
+        let context = format!("input_types[{name}]");
+        ctx.extra(&context, &t.extra);
+        let fields = t
+            .fields
+            .as_ref()
+            .ok_or_else(|| ctx.err(&context, "missing required key `fields`"))?;
+        if fields.is_empty() {
+            return Err(ctx.err(&context, "an input type needs at least one field"));
+        }
+        let mut out = Vec::new();
+        for (i, f) in fields.iter().enumerate() {
+            let fctx = match &f.name {
+                Some(n) => format!("{context}.fields[{n}]"),
+                None => format!("{context}.fields[{i}]"),
+            };
+            out.push(arg_def(ctx, names, &fctx, f)?);
+        }
+        input_types.push(InputType {
+            name,
+            description: t.description.clone(),
+            fields: out,
+        });
+    }
+    Ok(input_types)
 }
 
 fn generated_arg(name: &str, input: &str, list: bool) -> ArgDef {
