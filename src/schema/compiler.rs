@@ -204,141 +204,9 @@ pub fn compile_str(text: &str, file: &str) -> Result<(CompiledSchema, Vec<Warnin
 
     let input_types = compile_input_types(&mut ctx, &doc, &names)?;
 
-    // Generated inputs.
-    let mut generated: HashSet<String> = HashSet::new();
-    let mut filters: Vec<FilterInput> = Vec::new();
-    let mut where_inputs = Vec::new();
-    let mut order_inputs = Vec::new();
-    let check_generated = |ctx: &Ctx<'_>, name: &str, owner: &str| -> Result<(), SchemaError> {
-        if names.objects.contains(name) || names.enums.contains(name) || names.inputs.contains(name)
-        {
-            return Err(ctx.err(
-                format!("types[{owner}]"),
-                format!("the generated input `{name}` clashes with a type of the same name"),
-            ));
-        }
-        Ok(())
-    };
-    for t in &types {
-        let mut wfields = Vec::new();
-        let mut ofields = Vec::new();
-        for f in &t.fields {
-            match f.ty.kind {
-                NamedKind::Scalar(s) => {
-                    if s.operators().is_empty() {
-                        continue;
-                    }
-                    let fname = format!("{}Filter", s.name());
-                    if !filters.iter().any(|x| x.name == fname) {
-                        check_generated(&ctx, &fname, &t.name)?;
-                        filters.push(FilterInput {
-                            name: fname.clone(),
-                            scalar: Some(s),
-                            enum_name: None,
-                            operators: s.operators().to_vec(),
-                        });
-                    }
-                    wfields.push(WhereField {
-                        name: f.name.clone(),
-                        key: f.key.clone(),
-                        target: if f.ty.list {
-                            WhereTarget::ScalarList { filter: fname }
-                        } else {
-                            WhereTarget::Filter { filter: fname }
-                        },
-                    });
-                    if !f.ty.list && s != ScalarKind::Json {
-                        ofields.push(OrderField {
-                            name: f.name.clone(),
-                            key: f.key.clone(),
-                            scalar: Some(s),
-                        });
-                    }
-                }
-                NamedKind::Enum => {
-                    let fname = format!("{}Filter", f.ty.name);
-                    if !filters.iter().any(|x| x.name == fname) {
-                        check_generated(&ctx, &fname, &t.name)?;
-                        use Operator::*;
-                        filters.push(FilterInput {
-                            name: fname.clone(),
-                            scalar: None,
-                            enum_name: Some(f.ty.name.clone()),
-                            operators: vec![Eq, Neq, In, Nin, Isnull],
-                        });
-                    }
-                    wfields.push(WhereField {
-                        name: f.name.clone(),
-                        key: f.key.clone(),
-                        target: if f.ty.list {
-                            WhereTarget::ScalarList { filter: fname }
-                        } else {
-                            WhereTarget::Filter { filter: fname }
-                        },
-                    });
-                    if !f.ty.list {
-                        ofields.push(OrderField {
-                            name: f.name.clone(),
-                            key: f.key.clone(),
-                            scalar: None,
-                        });
-                    }
-                }
-                NamedKind::Object => {
-                    let where_input = format!("{}WhereInput", f.ty.name);
-                    wfields.push(WhereField {
-                        name: f.name.clone(),
-                        key: f.key.clone(),
-                        target: if f.ty.list {
-                            WhereTarget::List { where_input }
-                        } else {
-                            WhereTarget::Object { where_input }
-                        },
-                    });
-                }
-                NamedKind::Input => {}
-            }
-        }
-        for special in ["_and", "_or", "_not"] {
-            if t.fields.iter().any(|f| f.name == special) {
-                return Err(ctx.err(
-                    format!("types[{}].fields[{special}]", t.name),
-                    format!("`{special}` is reserved for filters"),
-                ));
-            }
-        }
-        check_generated(&ctx, &t.where_input, &t.name)?;
-        check_generated(&ctx, &t.order_input, &t.name)?;
-        generated.insert(t.where_input.clone());
-        generated.insert(t.order_input.clone());
-        where_inputs.push(WhereInput {
-            name: t.where_input.clone(),
-            type_name: t.name.clone(),
-            fields: wfields,
-        });
-        order_inputs.push(OrderInput {
-            name: t.order_input.clone(),
-            type_name: t.name.clone(),
-            fields: ofields,
-        });
-    }
-    if order_inputs.iter().any(|o| !o.fields.is_empty()) {
-        enums.push(EnumType {
-            name: "OrderDirection".into(),
-            description: Some("Sort direction.".into()),
-            values: vec![
-                EnumValueDef {
-                    name: "ASC".into(),
-                    value: "ASC".into(),
-                    description: Some("Ascending (nulls last).".into()),
-                },
-                EnumValueDef {
-                    name: "DESC".into(),
-                    value: "DESC".into(),
-                    description: Some("Descending (nulls first).".into()),
-                },
-            ],
-        });
+    let generated = generate_inputs(&ctx, &names, &types)?;
+    if let Some(direction) = order_direction(&generated.order_inputs) {
+        enums.push(direction);
     }
 
     // Queries.
@@ -559,16 +427,15 @@ pub fn compile_str(text: &str, file: &str) -> Result<(CompiledSchema, Vec<Warnin
             operation,
         });
     }
-    let _ = generated;
     Ok((
         CompiledSchema {
             version: COMPILED_SCHEMA_VERSION,
             types,
             enums,
             input_types,
-            filters,
-            where_inputs,
-            order_inputs,
+            filters: generated.filters,
+            where_inputs: generated.where_inputs,
+            order_inputs: generated.order_inputs,
             queries,
             mutations,
         },
@@ -783,6 +650,168 @@ fn compile_input_types(
         });
     }
     Ok(input_types)
+}
+
+/// What [`generate_inputs`] produces: the inputs no `schema.json` declares.
+struct GeneratedInputs {
+    filters: Vec<FilterInput>,
+    where_inputs: Vec<WhereInput>,
+    order_inputs: Vec<OrderInput>,
+}
+
+/// Phase 6, generated inputs: reads the compiled object `types` and produces the filter
+/// inputs (one per scalar or enum some field filters on, in first-use order), one
+/// `<Type>WhereInput` and one `<Type>OrderBy` per type. Fails on a field named `_and`, `_or`
+/// or `_not` and on a generated name that `names` already holds.
+fn generate_inputs(
+    ctx: &Ctx<'_>,
+    names: &Names,
+    types: &[ObjectType],
+) -> Result<GeneratedInputs, SchemaError> {
+    let mut filters: Vec<FilterInput> = Vec::new();
+    let mut where_inputs = Vec::new();
+    let mut order_inputs = Vec::new();
+    let check_generated = |ctx: &Ctx<'_>, name: &str, owner: &str| -> Result<(), SchemaError> {
+        if names.objects.contains(name) || names.enums.contains(name) || names.inputs.contains(name)
+        {
+            return Err(ctx.err(
+                format!("types[{owner}]"),
+                format!("the generated input `{name}` clashes with a type of the same name"),
+            ));
+        }
+        Ok(())
+    };
+    for t in types {
+        let mut wfields = Vec::new();
+        let mut ofields = Vec::new();
+        for f in &t.fields {
+            match f.ty.kind {
+                NamedKind::Scalar(s) => {
+                    if s.operators().is_empty() {
+                        continue;
+                    }
+                    let fname = format!("{}Filter", s.name());
+                    if !filters.iter().any(|x| x.name == fname) {
+                        check_generated(ctx, &fname, &t.name)?;
+                        filters.push(FilterInput {
+                            name: fname.clone(),
+                            scalar: Some(s),
+                            enum_name: None,
+                            operators: s.operators().to_vec(),
+                        });
+                    }
+                    wfields.push(WhereField {
+                        name: f.name.clone(),
+                        key: f.key.clone(),
+                        target: if f.ty.list {
+                            WhereTarget::ScalarList { filter: fname }
+                        } else {
+                            WhereTarget::Filter { filter: fname }
+                        },
+                    });
+                    if !f.ty.list && s != ScalarKind::Json {
+                        ofields.push(OrderField {
+                            name: f.name.clone(),
+                            key: f.key.clone(),
+                            scalar: Some(s),
+                        });
+                    }
+                }
+                NamedKind::Enum => {
+                    let fname = format!("{}Filter", f.ty.name);
+                    if !filters.iter().any(|x| x.name == fname) {
+                        check_generated(ctx, &fname, &t.name)?;
+                        use Operator::*;
+                        filters.push(FilterInput {
+                            name: fname.clone(),
+                            scalar: None,
+                            enum_name: Some(f.ty.name.clone()),
+                            operators: vec![Eq, Neq, In, Nin, Isnull],
+                        });
+                    }
+                    wfields.push(WhereField {
+                        name: f.name.clone(),
+                        key: f.key.clone(),
+                        target: if f.ty.list {
+                            WhereTarget::ScalarList { filter: fname }
+                        } else {
+                            WhereTarget::Filter { filter: fname }
+                        },
+                    });
+                    if !f.ty.list {
+                        ofields.push(OrderField {
+                            name: f.name.clone(),
+                            key: f.key.clone(),
+                            scalar: None,
+                        });
+                    }
+                }
+                NamedKind::Object => {
+                    let where_input = format!("{}WhereInput", f.ty.name);
+                    wfields.push(WhereField {
+                        name: f.name.clone(),
+                        key: f.key.clone(),
+                        target: if f.ty.list {
+                            WhereTarget::List { where_input }
+                        } else {
+                            WhereTarget::Object { where_input }
+                        },
+                    });
+                }
+                NamedKind::Input => {}
+            }
+        }
+        for special in ["_and", "_or", "_not"] {
+            if t.fields.iter().any(|f| f.name == special) {
+                return Err(ctx.err(
+                    format!("types[{}].fields[{special}]", t.name),
+                    format!("`{special}` is reserved for filters"),
+                ));
+            }
+        }
+        check_generated(ctx, &t.where_input, &t.name)?;
+        check_generated(ctx, &t.order_input, &t.name)?;
+        where_inputs.push(WhereInput {
+            name: t.where_input.clone(),
+            type_name: t.name.clone(),
+            fields: wfields,
+        });
+        order_inputs.push(OrderInput {
+            name: t.order_input.clone(),
+            type_name: t.name.clone(),
+            fields: ofields,
+        });
+    }
+    Ok(GeneratedInputs {
+        filters,
+        where_inputs,
+        order_inputs,
+    })
+}
+
+/// The `OrderDirection` enum, which the runtime defines itself: produced only when some
+/// order input of `order_inputs` has a field, so that a schema that cannot sort does not
+/// declare it.
+fn order_direction(order_inputs: &[OrderInput]) -> Option<EnumType> {
+    if !order_inputs.iter().any(|o| !o.fields.is_empty()) {
+        return None;
+    }
+    Some(EnumType {
+        name: "OrderDirection".into(),
+        description: Some("Sort direction.".into()),
+        values: vec![
+            EnumValueDef {
+                name: "ASC".into(),
+                value: "ASC".into(),
+                description: Some("Ascending (nulls last).".into()),
+            },
+            EnumValueDef {
+                name: "DESC".into(),
+                value: "DESC".into(),
+                description: Some("Descending (nulls first).".into()),
+            },
+        ],
+    })
 }
 
 fn generated_arg(name: &str, input: &str, list: bool) -> ArgDef {
