@@ -209,146 +209,7 @@ pub fn compile_str(text: &str, file: &str) -> Result<(CompiledSchema, Vec<Warnin
         enums.push(direction);
     }
 
-    // Queries.
-    let mut queries = Vec::new();
-    let mut root_names = HashSet::new();
-    for (i, q) in doc.queries.iter().enumerate() {
-        let qname = ctx.name(&format!("queries[{i}]"), &q.name)?;
-        let context = format!("queries[{qname}]");
-        ctx.extra(&context, &q.extra);
-        if let Some(a) = &q.auto_params {
-            ctx.extra(&format!("{context}.auto_params"), &a.extra);
-        }
-        if !root_names.insert(qname.clone()) {
-            return Err(ctx.err(&context, "query defined twice"));
-        }
-        let rt = q
-            .return_type
-            .as_deref()
-            .ok_or_else(|| ctx.err(&context, "missing required key `return_type`"))?;
-        let parsed = parse_type_string(rt)
-            .ok_or_else(|| ctx.err(&context, format!("`{rt}` is not a GraphQL type")))?;
-        let object = types
-            .iter()
-            .find(|t| t.name == parsed.name)
-            .ok_or_else(|| {
-                ctx.err(
-                    &context,
-                    format!(
-                        "return_type `{}` is not an object type of this schema",
-                        parsed.name
-                    ),
-                )
-            })?;
-        let returns_list = q.returns_list || parsed.list;
-        let view = q
-            .sql_source
-            .clone()
-            .filter(|s| !s.trim().is_empty())
-            .or_else(|| object.sql_source.clone())
-            .ok_or_else(|| ctx.err(&context, "missing required key `sql_source`"))?;
-        let mut arguments: Vec<QueryArg> = Vec::new();
-        for (j, a) in q.arguments.iter().enumerate() {
-            let actx = match &a.name {
-                Some(n) => format!("{context}.arguments[{n}]"),
-                None => format!("{context}.arguments[{j}]"),
-            };
-            let aname = ctx.name(&actx, &a.name)?;
-            let role = match aname.as_str() {
-                "id" => ArgRole::Id,
-                "where" => ArgRole::Where,
-                "orderBy" | "order_by" => ArgRole::OrderBy,
-                "limit" if returns_list => ArgRole::Limit,
-                "offset" if returns_list => ArgRole::Offset,
-                _ => ArgRole::Equals,
-            };
-            let def = match role {
-                ArgRole::Where => generated_arg(&aname, &object.where_input, false),
-                ArgRole::OrderBy => generated_arg(&aname, &object.order_input, true),
-                _ => {
-                    let mut def = arg_def(&mut ctx, &names, &actx, a)?;
-                    if role == ArgRole::Equals {
-                        let field = object.field(&aname).ok_or_else(|| {
-                            ctx.err(
-                                &actx,
-                                format!(
-                                    "argument `{aname}` matches no field of `{}` (arguments other than id/where/orderBy/limit/offset filter on the field of the same name)",
-                                    object.name
-                                ),
-                            )
-                        })?;
-                        def.key = field.key.clone();
-                    }
-                    if matches!(role, ArgRole::Limit | ArgRole::Offset)
-                        && def.ty.kind != NamedKind::Scalar(ScalarKind::Int)
-                    {
-                        return Err(ctx.err(&actx, format!("`{aname}` must be an Int")));
-                    }
-                    def
-                }
-            };
-            if arguments.iter().any(|x| x.arg.name == def.name) {
-                return Err(ctx.err(&actx, "argument defined twice"));
-            }
-            arguments.push(QueryArg { arg: def, role });
-        }
-        let auto = q.auto_params.as_ref();
-        if returns_list {
-            let has = |args: &Vec<QueryArg>, r: ArgRole| args.iter().any(|a| a.role == r);
-            if auto.is_some_and(|a| a.r#where) && !has(&arguments, ArgRole::Where) {
-                arguments.push(QueryArg {
-                    arg: generated_arg("where", &object.where_input, false),
-                    role: ArgRole::Where,
-                });
-            }
-            if auto.is_some_and(|a| a.order_by) && !has(&arguments, ArgRole::OrderBy) {
-                arguments.push(QueryArg {
-                    arg: generated_arg("orderBy", &object.order_input, true),
-                    role: ArgRole::OrderBy,
-                });
-            }
-            for (on, role, name) in [
-                (auto.is_some_and(|a| a.limit), ArgRole::Limit, "limit"),
-                (auto.is_some_and(|a| a.offset), ArgRole::Offset, "offset"),
-            ] {
-                if on && !has(&arguments, role) {
-                    arguments.push(QueryArg {
-                        arg: ArgDef {
-                            name: name.into(),
-                            key: name.into(),
-                            ty: TypeRef {
-                                name: "Int".into(),
-                                kind: NamedKind::Scalar(ScalarKind::Int),
-                                nullable: true,
-                                list: false,
-                                item_nullable: false,
-                            },
-                            default: None,
-                            description: None,
-                        },
-                        role,
-                    });
-                }
-            }
-        } else if auto.is_some_and(|a| a.r#where || a.order_by || a.limit || a.offset) {
-            ctx.warn(
-                &context,
-                "auto_params ignored: the query does not return a list",
-            );
-        }
-        queries.push(QueryField {
-            name: qname,
-            description: q.description.clone(),
-            return_type: object.name.clone(),
-            returns_list,
-            nullable: q.nullable.unwrap_or(!returns_list) && !parsed.bang,
-            arguments,
-            view,
-        });
-    }
-    if queries.is_empty() {
-        return Err(ctx.err("queries", "the schema needs at least one query"));
-    }
+    let queries = compile_queries(&mut ctx, &doc, &names, &types)?;
 
     // Mutations.
     let mut mutations = Vec::new();
@@ -812,6 +673,197 @@ fn order_direction(order_inputs: &[OrderInput]) -> Option<EnumType> {
             },
         ],
     })
+}
+
+/// Phase 7, queries: reads `doc.queries` and produces one [`QueryField`] per query, in
+/// document order ([`compile_query`]), resolved against `names` and the compiled object
+/// `types`. Fails on a query named twice and on a schema without queries.
+fn compile_queries(
+    ctx: &mut Ctx<'_>,
+    doc: &AuthoringSchema,
+    names: &Names,
+    types: &[ObjectType],
+) -> Result<Vec<QueryField>, SchemaError> {
+    let mut queries = Vec::new();
+    let mut root_names = HashSet::new();
+    for (i, q) in doc.queries.iter().enumerate() {
+        let qname = ctx.name(&format!("queries[{i}]"), &q.name)?;
+        let context = format!("queries[{qname}]");
+        ctx.extra(&context, &q.extra);
+        if let Some(a) = &q.auto_params {
+            ctx.extra(&format!("{context}.auto_params"), &a.extra);
+        }
+        if !root_names.insert(qname.clone()) {
+            return Err(ctx.err(&context, "query defined twice"));
+        }
+        queries.push(compile_query(ctx, names, types, &context, qname, q)?);
+    }
+    if queries.is_empty() {
+        return Err(ctx.err("queries", "the schema needs at least one query"));
+    }
+    Ok(queries)
+}
+
+/// One query named `name`: its return type must be one of the object `types`; the view is
+/// the query's `sql_source`, else the type's. The declared arguments come first, in order
+/// ([`query_argument`]), then those `auto_params` adds ([`auto_arguments`]).
+fn compile_query(
+    ctx: &mut Ctx<'_>,
+    names: &Names,
+    types: &[ObjectType],
+    context: &str,
+    name: String,
+    q: &AuthoringQuery,
+) -> Result<QueryField, SchemaError> {
+    let rt = q
+        .return_type
+        .as_deref()
+        .ok_or_else(|| ctx.err(context, "missing required key `return_type`"))?;
+    let parsed = parse_type_string(rt)
+        .ok_or_else(|| ctx.err(context, format!("`{rt}` is not a GraphQL type")))?;
+    let object = types
+        .iter()
+        .find(|t| t.name == parsed.name)
+        .ok_or_else(|| {
+            ctx.err(
+                context,
+                format!(
+                    "return_type `{}` is not an object type of this schema",
+                    parsed.name
+                ),
+            )
+        })?;
+    let returns_list = q.returns_list || parsed.list;
+    let view = q
+        .sql_source
+        .clone()
+        .filter(|s| !s.trim().is_empty())
+        .or_else(|| object.sql_source.clone())
+        .ok_or_else(|| ctx.err(context, "missing required key `sql_source`"))?;
+    let mut arguments: Vec<QueryArg> = Vec::new();
+    for (j, a) in q.arguments.iter().enumerate() {
+        let actx = match &a.name {
+            Some(n) => format!("{context}.arguments[{n}]"),
+            None => format!("{context}.arguments[{j}]"),
+        };
+        let arg = query_argument(ctx, names, object, &actx, returns_list, a)?;
+        if arguments.iter().any(|x| x.arg.name == arg.arg.name) {
+            return Err(ctx.err(&actx, "argument defined twice"));
+        }
+        arguments.push(arg);
+    }
+    if returns_list {
+        auto_arguments(object, q.auto_params.as_ref(), &mut arguments);
+    } else if q
+        .auto_params
+        .as_ref()
+        .is_some_and(|a| a.r#where || a.order_by || a.limit || a.offset)
+    {
+        ctx.warn(
+            context,
+            "auto_params ignored: the query does not return a list",
+        );
+    }
+    Ok(QueryField {
+        name,
+        description: q.description.clone(),
+        return_type: object.name.clone(),
+        returns_list,
+        nullable: q.nullable.unwrap_or(!returns_list) && !parsed.bang,
+        arguments,
+        view,
+    })
+}
+
+/// One declared argument of a query returning `object`: its role comes from its name
+/// (`limit` and `offset` only on a list query); `where` and `orderBy` take the object's
+/// generated inputs whatever type they declare, and any other argument filters on the field
+/// of the same name, whose `data` key it takes.
+fn query_argument(
+    ctx: &mut Ctx<'_>,
+    names: &Names,
+    object: &ObjectType,
+    context: &str,
+    returns_list: bool,
+    a: &AuthoringField,
+) -> Result<QueryArg, SchemaError> {
+    let aname = ctx.name(context, &a.name)?;
+    let role = match aname.as_str() {
+        "id" => ArgRole::Id,
+        "where" => ArgRole::Where,
+        "orderBy" | "order_by" => ArgRole::OrderBy,
+        "limit" if returns_list => ArgRole::Limit,
+        "offset" if returns_list => ArgRole::Offset,
+        _ => ArgRole::Equals,
+    };
+    let def = match role {
+        ArgRole::Where => generated_arg(&aname, &object.where_input, false),
+        ArgRole::OrderBy => generated_arg(&aname, &object.order_input, true),
+        _ => {
+            let mut def = arg_def(ctx, names, context, a)?;
+            if role == ArgRole::Equals {
+                let field = object.field(&aname).ok_or_else(|| {
+                    ctx.err(
+                        context,
+                        format!(
+                            "argument `{aname}` matches no field of `{}` (arguments other than id/where/orderBy/limit/offset filter on the field of the same name)",
+                            object.name
+                        ),
+                    )
+                })?;
+                def.key = field.key.clone();
+            }
+            if matches!(role, ArgRole::Limit | ArgRole::Offset)
+                && def.ty.kind != NamedKind::Scalar(ScalarKind::Int)
+            {
+                return Err(ctx.err(context, format!("`{aname}` must be an Int")));
+            }
+            def
+        }
+    };
+    Ok(QueryArg { arg: def, role })
+}
+
+/// The arguments `auto` turns on for a list query returning `object`, appended to
+/// `arguments` in the order where, orderBy, limit, offset; a role already declared is not
+/// added again.
+fn auto_arguments(object: &ObjectType, auto: Option<&AutoParams>, arguments: &mut Vec<QueryArg>) {
+    let has = |args: &Vec<QueryArg>, r: ArgRole| args.iter().any(|a| a.role == r);
+    if auto.is_some_and(|a| a.r#where) && !has(arguments, ArgRole::Where) {
+        arguments.push(QueryArg {
+            arg: generated_arg("where", &object.where_input, false),
+            role: ArgRole::Where,
+        });
+    }
+    if auto.is_some_and(|a| a.order_by) && !has(arguments, ArgRole::OrderBy) {
+        arguments.push(QueryArg {
+            arg: generated_arg("orderBy", &object.order_input, true),
+            role: ArgRole::OrderBy,
+        });
+    }
+    for (on, role, name) in [
+        (auto.is_some_and(|a| a.limit), ArgRole::Limit, "limit"),
+        (auto.is_some_and(|a| a.offset), ArgRole::Offset, "offset"),
+    ] {
+        if on && !has(arguments, role) {
+            arguments.push(QueryArg {
+                arg: ArgDef {
+                    name: name.into(),
+                    key: name.into(),
+                    ty: TypeRef {
+                        name: "Int".into(),
+                        kind: NamedKind::Scalar(ScalarKind::Int),
+                        nullable: true,
+                        list: false,
+                        item_nullable: false,
+                    },
+                    default: None,
+                    description: None,
+                },
+                role,
+            });
+        }
+    }
 }
 
 fn generated_arg(name: &str, input: &str, list: bool) -> ArgDef {
