@@ -188,125 +188,44 @@ fn type_ref(
 }
 
 /// Compiles the text of an authoring `schema.json`; `file` names it in errors.
+///
+/// The phases run in this order, each reading what the earlier ones produced; the first
+/// error stops compilation, and the warnings come in the order the phases find them.
 pub fn compile_str(text: &str, file: &str) -> Result<(CompiledSchema, Vec<Warning>), SchemaError> {
-    let doc: AuthoringSchema = serde_json::from_str(text).map_err(|e| json_error(file, &e))?;
     let mut ctx = Ctx {
         file,
         warnings: Vec::new(),
     };
-    check_document(&mut ctx, &doc);
-
+    let doc = parse_document(&mut ctx, text)?;
     let names = declare_names(&ctx, &doc)?;
-
     let mut enums = compile_enums(&mut ctx, &doc)?;
-
     let types = compile_object_types(&mut ctx, &doc, &names)?;
-
     let input_types = compile_input_types(&mut ctx, &doc, &names)?;
-
     let generated = generate_inputs(&ctx, &names, &types)?;
     if let Some(direction) = order_direction(&generated.order_inputs) {
         enums.push(direction);
     }
-
     let queries = compile_queries(&mut ctx, &doc, &names, &types)?;
-
-    // Mutations.
-    let mut mutations = Vec::new();
-    let mut mutation_names = HashSet::new();
-    for (i, m) in doc.mutations.iter().enumerate() {
-        let mname = ctx.name(&format!("mutations[{i}]"), &m.name)?;
-        let context = format!("mutations[{mname}]");
-        ctx.extra(&context, &m.extra);
-        if !mutation_names.insert(mname.clone()) {
-            return Err(ctx.err(&context, "mutation defined twice"));
-        }
-        let rt = m
-            .return_type
-            .as_deref()
-            .ok_or_else(|| ctx.err(&context, "missing required key `return_type`"))?;
-        let parsed = parse_type_string(rt)
-            .ok_or_else(|| ctx.err(&context, format!("`{rt}` is not a GraphQL type")))?;
-        if !names.objects.contains(&parsed.name) {
-            return Err(ctx.err(
-                &context,
-                format!(
-                    "return_type `{}` is not an object type of this schema",
-                    parsed.name
-                ),
-            ));
-        }
-        let function = m
-            .sql_source
-            .clone()
-            .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| ctx.err(&context, "missing required key `sql_source` (the function)"))?;
-        let operation = match m
-            .operation
-            .as_deref()
-            .map(str::to_ascii_uppercase)
-            .as_deref()
-        {
-            Some("CREATE") | Some("INSERT") => MutationOperation::Create,
-            Some("UPDATE") => MutationOperation::Update,
-            Some("DELETE") => MutationOperation::Delete,
-            Some("FUNCTION") => MutationOperation::Function,
-            Some("CUSTOM") => MutationOperation::Custom,
-            None => {
-                ctx.warn(&context, "no `operation`; CUSTOM assumed");
-                MutationOperation::Custom
-            }
-            Some(other) => {
-                return Err(ctx.err(
-                    &context,
-                    format!(
-                        "unknown operation `{other}` (CREATE, UPDATE, DELETE, FUNCTION or CUSTOM)"
-                    ),
-                ));
-            }
-        };
-        let mut arguments: Vec<ArgDef> = Vec::new();
-        for (j, a) in m.arguments.iter().enumerate() {
-            let actx = match &a.name {
-                Some(n) => format!("{context}.arguments[{n}]"),
-                None => format!("{context}.arguments[{j}]"),
-            };
-            let def = arg_def(&mut ctx, &names, &actx, a)?;
-            if arguments.iter().any(|x| x.name == def.name) {
-                return Err(ctx.err(&actx, "argument defined twice"));
-            }
-            arguments.push(def);
-        }
-        mutations.push(MutationField {
-            name: mname,
-            description: m.description.clone(),
-            return_type: parsed.name,
-            returns_list: m.returns_list || parsed.list,
-            nullable: m.nullable.unwrap_or(true) && !parsed.bang,
-            arguments,
-            function,
-            operation,
-        });
-    }
-    Ok((
-        CompiledSchema {
-            version: COMPILED_SCHEMA_VERSION,
-            types,
-            enums,
-            input_types,
-            filters: generated.filters,
-            where_inputs: generated.where_inputs,
-            order_inputs: generated.order_inputs,
-            queries,
-            mutations,
-        },
-        ctx.warnings,
-    ))
+    let mutations = compile_mutations(&mut ctx, &doc, &names)?;
+    let schema = CompiledSchema {
+        version: COMPILED_SCHEMA_VERSION,
+        types,
+        enums,
+        input_types,
+        filters: generated.filters,
+        where_inputs: generated.where_inputs,
+        order_inputs: generated.order_inputs,
+        queries,
+        mutations,
+    };
+    Ok((schema, ctx.warnings))
 }
 
-/// Phase 1, the document as a whole: reads the top-level keys of `doc` and produces only
-/// warnings (unknown keys, the sections not supported yet, an unknown naming convention).
-fn check_document(ctx: &mut Ctx<'_>, doc: &AuthoringSchema) {
+/// Phase 1, the document: parses `text` into the [`AuthoringSchema`] every later phase
+/// reads, and warns about its top-level keys (unknown keys, the sections not supported yet,
+/// an unknown naming convention). Fails only on text that is not a `schema.json`.
+fn parse_document(ctx: &mut Ctx<'_>, text: &str) -> Result<AuthoringSchema, SchemaError> {
+    let doc: AuthoringSchema = serde_json::from_str(text).map_err(|e| json_error(ctx.file, &e))?;
     ctx.extra("top level", &doc.extra);
     for (key, list) in [
         ("interfaces", &doc.interfaces),
@@ -329,6 +248,7 @@ fn check_document(ctx: &mut Ctx<'_>, doc: &AuthoringSchema) {
             format!("unknown naming convention `{conv}`; data keys are snake_case"),
         );
     }
+    Ok(doc)
 }
 
 /// Phase 2, names: reads the `name` of every type, enum and input type of `doc` and
@@ -864,6 +784,108 @@ fn auto_arguments(object: &ObjectType, auto: Option<&AutoParams>, arguments: &mu
             });
         }
     }
+}
+
+/// Phase 8, mutations: reads `doc.mutations` and produces one [`MutationField`] per
+/// mutation, in document order ([`compile_mutation`]). Fails on a mutation named twice.
+fn compile_mutations(
+    ctx: &mut Ctx<'_>,
+    doc: &AuthoringSchema,
+    names: &Names,
+) -> Result<Vec<MutationField>, SchemaError> {
+    let mut mutations = Vec::new();
+    let mut mutation_names = HashSet::new();
+    for (i, m) in doc.mutations.iter().enumerate() {
+        let mname = ctx.name(&format!("mutations[{i}]"), &m.name)?;
+        let context = format!("mutations[{mname}]");
+        ctx.extra(&context, &m.extra);
+        if !mutation_names.insert(mname.clone()) {
+            return Err(ctx.err(&context, "mutation defined twice"));
+        }
+        mutations.push(compile_mutation(ctx, names, &context, mname, m)?);
+    }
+    Ok(mutations)
+}
+
+/// One mutation named `name`: its return type must be an object type of `names`, its
+/// `sql_source` names the function, its operation is checked ([`mutation_operation`]) and
+/// its arguments are compiled in order ([`arg_def`]).
+fn compile_mutation(
+    ctx: &mut Ctx<'_>,
+    names: &Names,
+    context: &str,
+    name: String,
+    m: &AuthoringMutation,
+) -> Result<MutationField, SchemaError> {
+    let rt = m
+        .return_type
+        .as_deref()
+        .ok_or_else(|| ctx.err(context, "missing required key `return_type`"))?;
+    let parsed = parse_type_string(rt)
+        .ok_or_else(|| ctx.err(context, format!("`{rt}` is not a GraphQL type")))?;
+    if !names.objects.contains(&parsed.name) {
+        return Err(ctx.err(
+            context,
+            format!(
+                "return_type `{}` is not an object type of this schema",
+                parsed.name
+            ),
+        ));
+    }
+    let function = m
+        .sql_source
+        .clone()
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| ctx.err(context, "missing required key `sql_source` (the function)"))?;
+    let operation = mutation_operation(ctx, context, m.operation.as_deref())?;
+    let mut arguments: Vec<ArgDef> = Vec::new();
+    for (j, a) in m.arguments.iter().enumerate() {
+        let actx = match &a.name {
+            Some(n) => format!("{context}.arguments[{n}]"),
+            None => format!("{context}.arguments[{j}]"),
+        };
+        let def = arg_def(ctx, names, &actx, a)?;
+        if arguments.iter().any(|x| x.name == def.name) {
+            return Err(ctx.err(&actx, "argument defined twice"));
+        }
+        arguments.push(def);
+    }
+    Ok(MutationField {
+        name,
+        description: m.description.clone(),
+        return_type: parsed.name,
+        returns_list: m.returns_list || parsed.list,
+        nullable: m.nullable.unwrap_or(true) && !parsed.bang,
+        arguments,
+        function,
+        operation,
+    })
+}
+
+/// A mutation's `operation`, case-insensitive (`INSERT` is `CREATE`); none is `CUSTOM`,
+/// with a warning.
+fn mutation_operation(
+    ctx: &mut Ctx<'_>,
+    context: &str,
+    operation: Option<&str>,
+) -> Result<MutationOperation, SchemaError> {
+    Ok(match operation.map(str::to_ascii_uppercase).as_deref() {
+        Some("CREATE") | Some("INSERT") => MutationOperation::Create,
+        Some("UPDATE") => MutationOperation::Update,
+        Some("DELETE") => MutationOperation::Delete,
+        Some("FUNCTION") => MutationOperation::Function,
+        Some("CUSTOM") => MutationOperation::Custom,
+        None => {
+            ctx.warn(context, "no `operation`; CUSTOM assumed");
+            MutationOperation::Custom
+        }
+        Some(other) => {
+            return Err(ctx.err(
+                context,
+                format!("unknown operation `{other}` (CREATE, UPDATE, DELETE, FUNCTION or CUSTOM)"),
+            ));
+        }
+    })
 }
 
 fn generated_arg(name: &str, input: &str, list: bool) -> ArgDef {
