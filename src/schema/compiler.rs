@@ -75,6 +75,31 @@ impl Ctx<'_> {
             );
         }
     }
+    /// The name and the context of an item of `section` whose name [`declare_names`] has
+    /// checked; warns about its unknown keys.
+    fn item(&mut self, section: &str, name: &Option<String>, extra: &Extra) -> (String, String) {
+        let name = name.clone().unwrap_or_default();
+        let context = format!("{section}[{name}]");
+        self.extra(&context, extra);
+        (name, context)
+    }
+    /// The list under the required key `key` of the item at `context`; `empty` is the error
+    /// for an empty one.
+    fn required<'l, T>(
+        &self,
+        context: &str,
+        key: &str,
+        list: &'l Option<Vec<T>>,
+        empty: &str,
+    ) -> Result<&'l [T], SchemaError> {
+        let list = list
+            .as_deref()
+            .ok_or_else(|| self.err(context, format!("missing required key `{key}`")))?;
+        if list.is_empty() {
+            return Err(self.err(context, empty));
+        }
+        Ok(list)
+    }
     fn name(&self, context: &str, name: &Option<String>) -> Result<String, SchemaError> {
         let name = name
             .as_deref()
@@ -86,6 +111,15 @@ impl Ctx<'_> {
             ));
         }
         Ok(name.to_owned())
+    }
+}
+
+/// Where a member (field, argument) of the item at `context` is: by its name, else by its
+/// position `i` in `section`.
+fn member_context(context: &str, section: &str, i: usize, name: &Option<String>) -> String {
+    match name {
+        Some(n) => format!("{context}.{section}[{n}]"),
+        None => format!("{context}.{section}[{i}]"),
     }
 }
 
@@ -206,7 +240,7 @@ pub fn compile_str(text: &str, file: &str) -> Result<(CompiledSchema, Vec<Warnin
         enums.push(direction);
     }
     let queries = compile_queries(&mut ctx, &doc, &names, &types)?;
-    let mutations = compile_mutations(&mut ctx, &doc, &names)?;
+    let mutations = compile_mutations(&mut ctx, &doc, &names, &types)?;
     let schema = CompiledSchema {
         version: COMPILED_SCHEMA_VERSION,
         types,
@@ -256,36 +290,47 @@ fn parse_document(ctx: &mut Ctx<'_>, text: &str) -> Result<AuthoringSchema, Sche
 /// each other in any order. Fails on an invalid, reserved or twice-defined name.
 fn declare_names(ctx: &Ctx<'_>, doc: &AuthoringSchema) -> Result<Names, SchemaError> {
     let mut seen: HashSet<String> = HashSet::new();
-    let mut names = Names {
-        objects: HashSet::new(),
-        enums: HashSet::new(),
-        inputs: HashSet::new(),
-    };
-    let mut declare = |context: &str, name: &str| -> Result<(), SchemaError> {
-        if RESERVED.contains(&name) || ScalarKind::from_name(name).is_some() {
-            return Err(ctx.err(context, format!("the name `{name}` is reserved")));
+    let (mut objects, mut enums, mut inputs) = (HashSet::new(), HashSet::new(), HashSet::new());
+    let sections: [(&str, Vec<&Option<String>>, &mut HashSet<String>); 3] = [
+        (
+            "types",
+            doc.types.iter().map(|t| &t.name).collect(),
+            &mut objects,
+        ),
+        (
+            "enums",
+            doc.enums.iter().map(|e| &e.name).collect(),
+            &mut enums,
+        ),
+        (
+            "input_types",
+            doc.input_types.iter().map(|t| &t.name).collect(),
+            &mut inputs,
+        ),
+    ];
+    for (section, declared, set) in sections {
+        for (i, name) in declared.into_iter().enumerate() {
+            let name = ctx.name(&format!("{section}[{i}]"), name)?;
+            if RESERVED.contains(&name.as_str()) || ScalarKind::from_name(&name).is_some() {
+                return Err(ctx.err(
+                    format!("{section}[{name}]"),
+                    format!("the name `{name}` is reserved"),
+                ));
+            }
+            if !seen.insert(name.clone()) {
+                return Err(ctx.err(
+                    format!("{section}[{name}]"),
+                    format!("the type name `{name}` is defined twice"),
+                ));
+            }
+            set.insert(name);
         }
-        if !seen.insert(name.to_owned()) {
-            return Err(ctx.err(context, format!("the type name `{name}` is defined twice")));
-        }
-        Ok(())
-    };
-    for (i, t) in doc.types.iter().enumerate() {
-        let name = ctx.name(&format!("types[{i}]"), &t.name)?;
-        declare(&format!("types[{name}]"), &name)?;
-        names.objects.insert(name);
     }
-    for (i, t) in doc.enums.iter().enumerate() {
-        let name = ctx.name(&format!("enums[{i}]"), &t.name)?;
-        declare(&format!("enums[{name}]"), &name)?;
-        names.enums.insert(name);
-    }
-    for (i, t) in doc.input_types.iter().enumerate() {
-        let name = ctx.name(&format!("input_types[{i}]"), &t.name)?;
-        declare(&format!("input_types[{name}]"), &name)?;
-        names.inputs.insert(name);
-    }
-    Ok(names)
+    Ok(Names {
+        objects,
+        enums,
+        inputs,
+    })
 }
 
 /// Phase 3, enums: reads `doc.enums` and produces one [`EnumType`] per enum, in document
@@ -294,16 +339,13 @@ fn declare_names(ctx: &Ctx<'_>, doc: &AuthoringSchema) -> Result<Names, SchemaEr
 fn compile_enums(ctx: &mut Ctx<'_>, doc: &AuthoringSchema) -> Result<Vec<EnumType>, SchemaError> {
     let mut enums = Vec::new();
     for e in &doc.enums {
-        let name = e.name.clone().unwrap_or_default();
-        let context = format!("enums[{name}]");
-        ctx.extra(&context, &e.extra);
-        let values = e
-            .values
-            .as_ref()
-            .ok_or_else(|| ctx.err(&context, "missing required key `values`"))?;
-        if values.is_empty() {
-            return Err(ctx.err(&context, "an enum needs at least one value"));
-        }
+        let (name, context) = ctx.item("enums", &e.name, &e.extra);
+        let values = ctx.required(
+            &context,
+            "values",
+            &e.values,
+            "an enum needs at least one value",
+        )?;
         let mut out = Vec::new();
         for (i, v) in values.iter().enumerate() {
             let vctx = format!("{context}.values[{i}]");
@@ -347,22 +389,16 @@ fn compile_object_types(
 ) -> Result<Vec<ObjectType>, SchemaError> {
     let mut types = Vec::new();
     for t in &doc.types {
-        let name = t.name.clone().unwrap_or_default();
-        let context = format!("types[{name}]");
-        ctx.extra(&context, &t.extra);
-        let fields = t
-            .fields
-            .as_ref()
-            .ok_or_else(|| ctx.err(&context, "missing required key `fields`"))?;
-        if fields.is_empty() {
-            return Err(ctx.err(&context, "a type needs at least one field"));
-        }
+        let (name, context) = ctx.item("types", &t.name, &t.extra);
+        let fields = ctx.required(
+            &context,
+            "fields",
+            &t.fields,
+            "a type needs at least one field",
+        )?;
         let mut out: Vec<FieldDef> = Vec::new();
         for (i, f) in fields.iter().enumerate() {
-            let fctx = match &f.name {
-                Some(n) => format!("{context}.fields[{n}]"),
-                None => format!("{context}.fields[{i}]"),
-            };
+            let fctx = member_context(&context, "fields", i, &f.name);
             ctx.extra(&fctx, &f.extra);
             let fname = ctx.name(&fctx, &f.name)?;
             if out.iter().any(|x| x.name == fname) {
@@ -406,22 +442,16 @@ fn compile_input_types(
 ) -> Result<Vec<InputType>, SchemaError> {
     let mut input_types = Vec::new();
     for t in &doc.input_types {
-        let name = t.name.clone().unwrap_or_default();
-        let context = format!("input_types[{name}]");
-        ctx.extra(&context, &t.extra);
-        let fields = t
-            .fields
-            .as_ref()
-            .ok_or_else(|| ctx.err(&context, "missing required key `fields`"))?;
-        if fields.is_empty() {
-            return Err(ctx.err(&context, "an input type needs at least one field"));
-        }
+        let (name, context) = ctx.item("input_types", &t.name, &t.extra);
+        let fields = ctx.required(
+            &context,
+            "fields",
+            &t.fields,
+            "an input type needs at least one field",
+        )?;
         let mut out = Vec::new();
         for (i, f) in fields.iter().enumerate() {
-            let fctx = match &f.name {
-                Some(n) => format!("{context}.fields[{n}]"),
-                None => format!("{context}.fields[{i}]"),
-            };
+            let fctx = member_context(&context, "fields", i, &f.name);
             out.push(arg_def(ctx, names, &fctx, f)?);
         }
         input_types.push(InputType {
@@ -467,19 +497,14 @@ fn generate_inputs(
         let mut ofields = Vec::new();
         for f in &t.fields {
             match f.ty.kind {
-                NamedKind::Scalar(s) => {
-                    if s.operators().is_empty() {
+                NamedKind::Scalar(_) | NamedKind::Enum => {
+                    let Some(filter) = filter_input(&f.ty) else {
                         continue;
-                    }
-                    let fname = format!("{}Filter", s.name());
+                    };
+                    let fname = filter.name.clone();
                     if !filters.iter().any(|x| x.name == fname) {
                         check_generated(ctx, &fname, &t.name)?;
-                        filters.push(FilterInput {
-                            name: fname.clone(),
-                            scalar: Some(s),
-                            enum_name: None,
-                            operators: s.operators().to_vec(),
-                        });
+                        filters.push(filter);
                     }
                     wfields.push(WhereField {
                         name: f.name.clone(),
@@ -490,40 +515,15 @@ fn generate_inputs(
                             WhereTarget::Filter { filter: fname }
                         },
                     });
-                    if !f.ty.list && s != ScalarKind::Json {
+                    let scalar = match f.ty.kind {
+                        NamedKind::Scalar(s) => Some(s),
+                        _ => None,
+                    };
+                    if !f.ty.list && scalar != Some(ScalarKind::Json) {
                         ofields.push(OrderField {
                             name: f.name.clone(),
                             key: f.key.clone(),
-                            scalar: Some(s),
-                        });
-                    }
-                }
-                NamedKind::Enum => {
-                    let fname = format!("{}Filter", f.ty.name);
-                    if !filters.iter().any(|x| x.name == fname) {
-                        check_generated(ctx, &fname, &t.name)?;
-                        use Operator::*;
-                        filters.push(FilterInput {
-                            name: fname.clone(),
-                            scalar: None,
-                            enum_name: Some(f.ty.name.clone()),
-                            operators: vec![Eq, Neq, In, Nin, Isnull],
-                        });
-                    }
-                    wfields.push(WhereField {
-                        name: f.name.clone(),
-                        key: f.key.clone(),
-                        target: if f.ty.list {
-                            WhereTarget::ScalarList { filter: fname }
-                        } else {
-                            WhereTarget::Filter { filter: fname }
-                        },
-                    });
-                    if !f.ty.list {
-                        ofields.push(OrderField {
-                            name: f.name.clone(),
-                            key: f.key.clone(),
-                            scalar: None,
+                            scalar,
                         });
                     }
                 }
@@ -568,6 +568,30 @@ fn generate_inputs(
         where_inputs,
         order_inputs,
     })
+}
+
+/// The filter input a field of type `ty` filters with: `<Scalar>Filter` with the scalar's
+/// operators, `<Enum>Filter` with equality, membership and null tests; none for a scalar
+/// without operators and for object and input types.
+fn filter_input(ty: &TypeRef) -> Option<FilterInput> {
+    match ty.kind {
+        NamedKind::Scalar(s) if !s.operators().is_empty() => Some(FilterInput {
+            name: format!("{}Filter", s.name()),
+            scalar: Some(s),
+            enum_name: None,
+            operators: s.operators().to_vec(),
+        }),
+        NamedKind::Enum => {
+            use Operator::*;
+            Some(FilterInput {
+                name: format!("{}Filter", ty.name),
+                scalar: None,
+                enum_name: Some(ty.name.clone()),
+                operators: vec![Eq, Neq, In, Nin, Isnull],
+            })
+        }
+        _ => None,
+    }
 }
 
 /// The `OrderDirection` enum, which the runtime defines itself: produced only when some
@@ -635,24 +659,7 @@ fn compile_query(
     name: String,
     q: &AuthoringQuery,
 ) -> Result<QueryField, SchemaError> {
-    let rt = q
-        .return_type
-        .as_deref()
-        .ok_or_else(|| ctx.err(context, "missing required key `return_type`"))?;
-    let parsed = parse_type_string(rt)
-        .ok_or_else(|| ctx.err(context, format!("`{rt}` is not a GraphQL type")))?;
-    let object = types
-        .iter()
-        .find(|t| t.name == parsed.name)
-        .ok_or_else(|| {
-            ctx.err(
-                context,
-                format!(
-                    "return_type `{}` is not an object type of this schema",
-                    parsed.name
-                ),
-            )
-        })?;
+    let (parsed, object) = return_type(ctx, context, q.return_type.as_deref(), types)?;
     let returns_list = q.returns_list || parsed.list;
     let view = q
         .sql_source
@@ -660,18 +667,13 @@ fn compile_query(
         .filter(|s| !s.trim().is_empty())
         .or_else(|| object.sql_source.clone())
         .ok_or_else(|| ctx.err(context, "missing required key `sql_source`"))?;
-    let mut arguments: Vec<QueryArg> = Vec::new();
-    for (j, a) in q.arguments.iter().enumerate() {
-        let actx = match &a.name {
-            Some(n) => format!("{context}.arguments[{n}]"),
-            None => format!("{context}.arguments[{j}]"),
-        };
-        let arg = query_argument(ctx, names, object, &actx, returns_list, a)?;
-        if arguments.iter().any(|x| x.arg.name == arg.arg.name) {
-            return Err(ctx.err(&actx, "argument defined twice"));
-        }
-        arguments.push(arg);
-    }
+    let mut arguments = root_arguments(
+        ctx,
+        context,
+        &q.arguments,
+        |a: &QueryArg| &a.arg.name,
+        |ctx, actx, a| query_argument(ctx, names, object, actx, returns_list, a),
+    )?;
     if returns_list {
         auto_arguments(object, q.auto_params.as_ref(), &mut arguments);
     } else if q
@@ -792,6 +794,7 @@ fn compile_mutations(
     ctx: &mut Ctx<'_>,
     doc: &AuthoringSchema,
     names: &Names,
+    types: &[ObjectType],
 ) -> Result<Vec<MutationField>, SchemaError> {
     let mut mutations = Vec::new();
     let mut mutation_names = HashSet::new();
@@ -802,7 +805,7 @@ fn compile_mutations(
         if !mutation_names.insert(mname.clone()) {
             return Err(ctx.err(&context, "mutation defined twice"));
         }
-        mutations.push(compile_mutation(ctx, names, &context, mname, m)?);
+        mutations.push(compile_mutation(ctx, names, types, &context, mname, m)?);
     }
     Ok(mutations)
 }
@@ -813,43 +816,25 @@ fn compile_mutations(
 fn compile_mutation(
     ctx: &mut Ctx<'_>,
     names: &Names,
+    types: &[ObjectType],
     context: &str,
     name: String,
     m: &AuthoringMutation,
 ) -> Result<MutationField, SchemaError> {
-    let rt = m
-        .return_type
-        .as_deref()
-        .ok_or_else(|| ctx.err(context, "missing required key `return_type`"))?;
-    let parsed = parse_type_string(rt)
-        .ok_or_else(|| ctx.err(context, format!("`{rt}` is not a GraphQL type")))?;
-    if !names.objects.contains(&parsed.name) {
-        return Err(ctx.err(
-            context,
-            format!(
-                "return_type `{}` is not an object type of this schema",
-                parsed.name
-            ),
-        ));
-    }
+    let (parsed, _) = return_type(ctx, context, m.return_type.as_deref(), types)?;
     let function = m
         .sql_source
         .clone()
         .filter(|s| !s.trim().is_empty())
         .ok_or_else(|| ctx.err(context, "missing required key `sql_source` (the function)"))?;
     let operation = mutation_operation(ctx, context, m.operation.as_deref())?;
-    let mut arguments: Vec<ArgDef> = Vec::new();
-    for (j, a) in m.arguments.iter().enumerate() {
-        let actx = match &a.name {
-            Some(n) => format!("{context}.arguments[{n}]"),
-            None => format!("{context}.arguments[{j}]"),
-        };
-        let def = arg_def(ctx, names, &actx, a)?;
-        if arguments.iter().any(|x| x.name == def.name) {
-            return Err(ctx.err(&actx, "argument defined twice"));
-        }
-        arguments.push(def);
-    }
+    let arguments = root_arguments(
+        ctx,
+        context,
+        &m.arguments,
+        |a: &ArgDef| &a.name,
+        |ctx, actx, a| arg_def(ctx, names, actx, a),
+    )?;
     Ok(MutationField {
         name,
         description: m.description.clone(),
@@ -860,6 +845,53 @@ fn compile_mutation(
         function,
         operation,
     })
+}
+
+/// The `return_type` of the root field at `context`, which must name one of the object
+/// `types` (a list or a non-null type of it); the parsed type string and that type.
+fn return_type<'t>(
+    ctx: &Ctx<'_>,
+    context: &str,
+    rt: Option<&str>,
+    types: &'t [ObjectType],
+) -> Result<(ParsedType, &'t ObjectType), SchemaError> {
+    let rt = rt.ok_or_else(|| ctx.err(context, "missing required key `return_type`"))?;
+    let parsed = parse_type_string(rt)
+        .ok_or_else(|| ctx.err(context, format!("`{rt}` is not a GraphQL type")))?;
+    let object = types
+        .iter()
+        .find(|t| t.name == parsed.name)
+        .ok_or_else(|| {
+            ctx.err(
+                context,
+                format!(
+                    "return_type `{}` is not an object type of this schema",
+                    parsed.name
+                ),
+            )
+        })?;
+    Ok((parsed, object))
+}
+
+/// The declared `arguments` of the root field at `context`, each compiled by `compile` in
+/// order; fails on two arguments of the same name (`name_of`).
+fn root_arguments<'a, T>(
+    ctx: &mut Ctx<'a>,
+    context: &str,
+    arguments: &[AuthoringField],
+    name_of: impl Fn(&T) -> &str,
+    mut compile: impl FnMut(&mut Ctx<'a>, &str, &AuthoringField) -> Result<T, SchemaError>,
+) -> Result<Vec<T>, SchemaError> {
+    let mut out: Vec<T> = Vec::new();
+    for (j, a) in arguments.iter().enumerate() {
+        let actx = member_context(context, "arguments", j, &a.name);
+        let arg = compile(ctx, &actx, a)?;
+        if out.iter().any(|x| name_of(x) == name_of(&arg)) {
+            return Err(ctx.err(&actx, "argument defined twice"));
+        }
+        out.push(arg);
+    }
+    Ok(out)
 }
 
 /// A mutation's `operation`, case-insensitive (`INSERT` is `CREATE`); none is `CUSTOM`,
