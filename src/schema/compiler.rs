@@ -291,20 +291,20 @@ fn parse_document(ctx: &mut Ctx<'_>, text: &str) -> Result<AuthoringSchema, Sche
 fn declare_names(ctx: &Ctx<'_>, doc: &AuthoringSchema) -> Result<Names, SchemaError> {
     let mut seen: HashSet<String> = HashSet::new();
     let (mut objects, mut enums, mut inputs) = (HashSet::new(), HashSet::new(), HashSet::new());
-    let sections: [(&str, Vec<&Option<String>>, &mut HashSet<String>); 3] = [
+    let sections = [
         (
             "types",
-            doc.types.iter().map(|t| &t.name).collect(),
+            doc.types.iter().map(|t| &t.name).collect::<Vec<_>>(),
             &mut objects,
         ),
         (
             "enums",
-            doc.enums.iter().map(|e| &e.name).collect(),
+            doc.enums.iter().map(|e| &e.name).collect::<Vec<_>>(),
             &mut enums,
         ),
         (
             "input_types",
-            doc.input_types.iter().map(|t| &t.name).collect(),
+            doc.input_types.iter().map(|t| &t.name).collect::<Vec<_>>(),
             &mut inputs,
         ),
     ];
