@@ -1,6 +1,13 @@
 //! The compiler: authoring `schema.json` → [`CompiledSchema`]. It checks every name and type
 //! reference, maps GraphQL names to `data` keys (camelCase → snake_case), and generates the
 //! filter, `<Type>WhereInput` and `<Type>OrderBy` inputs and the automatic query arguments.
+//!
+//! [`compile_str`] runs named phases in order, each a function that reads the document and
+//! what the earlier phases produced: [`parse_document`] → [`declare_names`] →
+//! [`compile_enums`] → [`compile_object_types`] → [`compile_input_types`] →
+//! [`generate_inputs`] (and [`order_direction`]) → [`compile_queries`] →
+//! [`compile_mutations`] → assembly. [`Ctx`] carries the file name and the warnings through
+//! all of them.
 
 use std::collections::HashSet;
 
@@ -47,6 +54,8 @@ fn valid_graphql_name(name: &str) -> bool {
 /// Names the runtime defines itself.
 const RESERVED: &[&str] = &["Query", "Mutation", "Subscription", "OrderDirection"];
 
+/// What every phase shares: the file that errors and warnings name, and the warnings found
+/// so far, in the order found.
 struct Ctx<'a> {
     file: &'a str,
     warnings: Vec<Warning>,
@@ -165,6 +174,7 @@ fn parse_type_string(s: &str) -> Option<ParsedType> {
     }
 }
 
+/// The declared type names by kind, which type references resolve against.
 struct Names {
     objects: HashSet<String>,
     enums: HashSet<String>,
