@@ -3,10 +3,10 @@
 //! filter, `<Type>WhereInput` and `<Type>OrderBy` inputs and the automatic query arguments.
 //!
 //! [`compile_str`] runs named phases in order, each a function that reads the document and
-//! what the earlier phases produced: [`parse_document`] → [`declare_names`] →
-//! [`compile_enums`] → [`compile_object_types`] → [`compile_input_types`] →
-//! [`generate_inputs`] (and [`order_direction`]) → [`compile_queries`] →
-//! [`compile_mutations`] → assembly. [`Ctx`] carries the file name and the warnings through
+//! what the earlier phases produced: `parse_document` → `declare_names` →
+//! `compile_enums` → `compile_object_types` → `compile_input_types` →
+//! `generate_inputs` (and `order_direction`) → `compile_queries` →
+//! `compile_mutations` → assembly. `Ctx` carries the file name and the warnings through
 //! all of them.
 
 use std::collections::HashSet;
