@@ -182,6 +182,16 @@ struct Names {
 }
 
 impl Names {
+    /// Fails when the input `name` generated for object type `owner` is already declared.
+    fn check_generated(&self, ctx: &Ctx<'_>, name: &str, owner: &str) -> Result<(), SchemaError> {
+        if self.objects.contains(name) || self.enums.contains(name) || self.inputs.contains(name) {
+            return Err(ctx.err(
+                format!("types[{owner}]"),
+                format!("the generated input `{name}` clashes with a type of the same name"),
+            ));
+        }
+        Ok(())
+    }
     fn kind(&self, name: &str, input: bool) -> Option<NamedKind> {
         if let Some(s) = ScalarKind::from_name(name) {
             return Some(NamedKind::Scalar(s));
@@ -492,66 +502,8 @@ fn generate_inputs(
     let mut filters: Vec<FilterInput> = Vec::new();
     let mut where_inputs = Vec::new();
     let mut order_inputs = Vec::new();
-    let check_generated = |ctx: &Ctx<'_>, name: &str, owner: &str| -> Result<(), SchemaError> {
-        if names.objects.contains(name) || names.enums.contains(name) || names.inputs.contains(name)
-        {
-            return Err(ctx.err(
-                format!("types[{owner}]"),
-                format!("the generated input `{name}` clashes with a type of the same name"),
-            ));
-        }
-        Ok(())
-    };
     for t in types {
-        let mut wfields = Vec::new();
-        let mut ofields = Vec::new();
-        for f in &t.fields {
-            match f.ty.kind {
-                NamedKind::Scalar(_) | NamedKind::Enum => {
-                    let Some(filter) = filter_input(&f.ty) else {
-                        continue;
-                    };
-                    let fname = filter.name.clone();
-                    if !filters.iter().any(|x| x.name == fname) {
-                        check_generated(ctx, &fname, &t.name)?;
-                        filters.push(filter);
-                    }
-                    wfields.push(WhereField {
-                        name: f.name.clone(),
-                        key: f.key.clone(),
-                        target: if f.ty.list {
-                            WhereTarget::ScalarList { filter: fname }
-                        } else {
-                            WhereTarget::Filter { filter: fname }
-                        },
-                    });
-                    let scalar = match f.ty.kind {
-                        NamedKind::Scalar(s) => Some(s),
-                        _ => None,
-                    };
-                    if !f.ty.list && scalar != Some(ScalarKind::Json) {
-                        ofields.push(OrderField {
-                            name: f.name.clone(),
-                            key: f.key.clone(),
-                            scalar,
-                        });
-                    }
-                }
-                NamedKind::Object => {
-                    let where_input = format!("{}WhereInput", f.ty.name);
-                    wfields.push(WhereField {
-                        name: f.name.clone(),
-                        key: f.key.clone(),
-                        target: if f.ty.list {
-                            WhereTarget::List { where_input }
-                        } else {
-                            WhereTarget::Object { where_input }
-                        },
-                    });
-                }
-                NamedKind::Input => {}
-            }
-        }
+        let (wfields, ofields) = where_and_order_fields(ctx, names, t, &mut filters)?;
         for special in ["_and", "_or", "_not"] {
             if t.fields.iter().any(|f| f.name == special) {
                 return Err(ctx.err(
@@ -560,8 +512,8 @@ fn generate_inputs(
                 ));
             }
         }
-        check_generated(ctx, &t.where_input, &t.name)?;
-        check_generated(ctx, &t.order_input, &t.name)?;
+        names.check_generated(ctx, &t.where_input, &t.name)?;
+        names.check_generated(ctx, &t.order_input, &t.name)?;
         where_inputs.push(WhereInput {
             name: t.where_input.clone(),
             type_name: t.name.clone(),
@@ -578,6 +530,68 @@ fn generate_inputs(
         where_inputs,
         order_inputs,
     })
+}
+
+/// The where and order fields of object type `t`, in field order: a scalar or enum field
+/// filters with its filter input (added to `filters` on first use) and sorts unless it is a
+/// list or JSON; an object field filters with that type's where input; a scalar without
+/// operators and an input-typed field get neither.
+fn where_and_order_fields(
+    ctx: &Ctx<'_>,
+    names: &Names,
+    t: &ObjectType,
+    filters: &mut Vec<FilterInput>,
+) -> Result<(Vec<WhereField>, Vec<OrderField>), SchemaError> {
+    let mut wfields = Vec::new();
+    let mut ofields = Vec::new();
+    for f in &t.fields {
+        match f.ty.kind {
+            NamedKind::Scalar(_) | NamedKind::Enum => {
+                let Some(filter) = filter_input(&f.ty) else {
+                    continue;
+                };
+                let fname = filter.name.clone();
+                if !filters.iter().any(|x| x.name == fname) {
+                    names.check_generated(ctx, &fname, &t.name)?;
+                    filters.push(filter);
+                }
+                wfields.push(WhereField {
+                    name: f.name.clone(),
+                    key: f.key.clone(),
+                    target: if f.ty.list {
+                        WhereTarget::ScalarList { filter: fname }
+                    } else {
+                        WhereTarget::Filter { filter: fname }
+                    },
+                });
+                let scalar = match f.ty.kind {
+                    NamedKind::Scalar(s) => Some(s),
+                    _ => None,
+                };
+                if !f.ty.list && scalar != Some(ScalarKind::Json) {
+                    ofields.push(OrderField {
+                        name: f.name.clone(),
+                        key: f.key.clone(),
+                        scalar,
+                    });
+                }
+            }
+            NamedKind::Object => {
+                let where_input = format!("{}WhereInput", f.ty.name);
+                wfields.push(WhereField {
+                    name: f.name.clone(),
+                    key: f.key.clone(),
+                    target: if f.ty.list {
+                        WhereTarget::List { where_input }
+                    } else {
+                        WhereTarget::Object { where_input }
+                    },
+                });
+            }
+            NamedKind::Input => {}
+        }
+    }
+    Ok((wfields, ofields))
 }
 
 /// The filter input a field of type `ty` filters with: `<Scalar>Filter` with the scalar's
