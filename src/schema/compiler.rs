@@ -1,6 +1,13 @@
 //! The compiler: authoring `schema.json` → [`CompiledSchema`]. It checks every name and type
 //! reference, maps GraphQL names to `data` keys (camelCase → snake_case), and generates the
 //! filter, `<Type>WhereInput` and `<Type>OrderBy` inputs and the automatic query arguments.
+//!
+//! [`compile_str`] runs named phases in order, each a function that reads the document and
+//! what the earlier phases produced: `parse_document` → `declare_names` →
+//! `compile_enums` → `compile_object_types` → `compile_input_types` →
+//! `generate_inputs` (and `order_direction`) → `compile_queries` →
+//! `compile_mutations` → assembly. `Ctx` carries the file name and the warnings through
+//! all of them.
 
 use std::collections::HashSet;
 
@@ -47,6 +54,8 @@ fn valid_graphql_name(name: &str) -> bool {
 /// Names the runtime defines itself.
 const RESERVED: &[&str] = &["Query", "Mutation", "Subscription", "OrderDirection"];
 
+/// What every phase shares: the file that errors and warnings name, and the warnings found
+/// so far, in the order found.
 struct Ctx<'a> {
     file: &'a str,
     warnings: Vec<Warning>,
@@ -75,6 +84,31 @@ impl Ctx<'_> {
             );
         }
     }
+    /// The name and the context of an item of `section` whose name [`declare_names`] has
+    /// checked; warns about its unknown keys.
+    fn item(&mut self, section: &str, name: &Option<String>, extra: &Extra) -> (String, String) {
+        let name = name.clone().unwrap_or_default();
+        let context = format!("{section}[{name}]");
+        self.extra(&context, extra);
+        (name, context)
+    }
+    /// The list under the required key `key` of the item at `context`; `empty` is the error
+    /// for an empty one.
+    fn required<'l, T>(
+        &self,
+        context: &str,
+        key: &str,
+        list: &'l Option<Vec<T>>,
+        empty: &str,
+    ) -> Result<&'l [T], SchemaError> {
+        let list = list
+            .as_deref()
+            .ok_or_else(|| self.err(context, format!("missing required key `{key}`")))?;
+        if list.is_empty() {
+            return Err(self.err(context, empty));
+        }
+        Ok(list)
+    }
     fn name(&self, context: &str, name: &Option<String>) -> Result<String, SchemaError> {
         let name = name
             .as_deref()
@@ -86,6 +120,15 @@ impl Ctx<'_> {
             ));
         }
         Ok(name.to_owned())
+    }
+}
+
+/// Where a member (field, argument) of the item at `context` is: by its name, else by its
+/// position `i` in `section`.
+fn member_context(context: &str, section: &str, i: usize, name: &Option<String>) -> String {
+    match name {
+        Some(n) => format!("{context}.{section}[{n}]"),
+        None => format!("{context}.{section}[{i}]"),
     }
 }
 
@@ -131,6 +174,7 @@ fn parse_type_string(s: &str) -> Option<ParsedType> {
     }
 }
 
+/// The declared type names by kind, which type references resolve against.
 struct Names {
     objects: HashSet<String>,
     enums: HashSet<String>,
@@ -138,6 +182,16 @@ struct Names {
 }
 
 impl Names {
+    /// Fails when the input `name` generated for object type `owner` is already declared.
+    fn check_generated(&self, ctx: &Ctx<'_>, name: &str, owner: &str) -> Result<(), SchemaError> {
+        if self.objects.contains(name) || self.enums.contains(name) || self.inputs.contains(name) {
+            return Err(ctx.err(
+                format!("types[{owner}]"),
+                format!("the generated input `{name}` clashes with a type of the same name"),
+            ));
+        }
+        Ok(())
+    }
     fn kind(&self, name: &str, input: bool) -> Option<NamedKind> {
         if let Some(s) = ScalarKind::from_name(name) {
             return Some(NamedKind::Scalar(s));
@@ -188,12 +242,44 @@ fn type_ref(
 }
 
 /// Compiles the text of an authoring `schema.json`; `file` names it in errors.
+///
+/// The phases run in this order, each reading what the earlier ones produced; the first
+/// error stops compilation, and the warnings come in the order the phases find them.
 pub fn compile_str(text: &str, file: &str) -> Result<(CompiledSchema, Vec<Warning>), SchemaError> {
-    let doc: AuthoringSchema = serde_json::from_str(text).map_err(|e| json_error(file, &e))?;
     let mut ctx = Ctx {
         file,
         warnings: Vec::new(),
     };
+    let doc = parse_document(&mut ctx, text)?;
+    let names = declare_names(&ctx, &doc)?;
+    let mut enums = compile_enums(&mut ctx, &doc)?;
+    let types = compile_object_types(&mut ctx, &doc, &names)?;
+    let input_types = compile_input_types(&mut ctx, &doc, &names)?;
+    let generated = generate_inputs(&ctx, &names, &types)?;
+    if let Some(direction) = order_direction(&generated.order_inputs) {
+        enums.push(direction);
+    }
+    let queries = compile_queries(&mut ctx, &doc, &names, &types)?;
+    let mutations = compile_mutations(&mut ctx, &doc, &names, &types)?;
+    let schema = CompiledSchema {
+        version: COMPILED_SCHEMA_VERSION,
+        types,
+        enums,
+        input_types,
+        filters: generated.filters,
+        where_inputs: generated.where_inputs,
+        order_inputs: generated.order_inputs,
+        queries,
+        mutations,
+    };
+    Ok((schema, ctx.warnings))
+}
+
+/// Phase 1, the document: parses `text` into the [`AuthoringSchema`] every later phase
+/// reads, and warns about its top-level keys (unknown keys, the sections not supported yet,
+/// an unknown naming convention). Fails only on text that is not a `schema.json`.
+fn parse_document(ctx: &mut Ctx<'_>, text: &str) -> Result<AuthoringSchema, SchemaError> {
+    let doc: AuthoringSchema = serde_json::from_str(text).map_err(|e| json_error(ctx.file, &e))?;
     ctx.extra("top level", &doc.extra);
     for (key, list) in [
         ("interfaces", &doc.interfaces),
@@ -216,53 +302,70 @@ pub fn compile_str(text: &str, file: &str) -> Result<(CompiledSchema, Vec<Warnin
             format!("unknown naming convention `{conv}`; data keys are snake_case"),
         );
     }
+    Ok(doc)
+}
 
-    // Names first, so that types can refer to each other in any order.
+/// Phase 2, names: reads the `name` of every type, enum and input type of `doc` and
+/// produces the [`Names`] that type references resolve against, so that types can refer to
+/// each other in any order. Fails on an invalid, reserved or twice-defined name.
+fn declare_names(ctx: &Ctx<'_>, doc: &AuthoringSchema) -> Result<Names, SchemaError> {
     let mut seen: HashSet<String> = HashSet::new();
-    let mut names = Names {
-        objects: HashSet::new(),
-        enums: HashSet::new(),
-        inputs: HashSet::new(),
-    };
-    let mut declare = |ctx: &Ctx<'_>, context: &str, name: &str| -> Result<(), SchemaError> {
-        if RESERVED.contains(&name) || ScalarKind::from_name(name).is_some() {
-            return Err(ctx.err(context, format!("the name `{name}` is reserved")));
+    let (mut objects, mut enums, mut inputs) = (HashSet::new(), HashSet::new(), HashSet::new());
+    let sections = [
+        (
+            "types",
+            doc.types.iter().map(|t| &t.name).collect::<Vec<_>>(),
+            &mut objects,
+        ),
+        (
+            "enums",
+            doc.enums.iter().map(|e| &e.name).collect::<Vec<_>>(),
+            &mut enums,
+        ),
+        (
+            "input_types",
+            doc.input_types.iter().map(|t| &t.name).collect::<Vec<_>>(),
+            &mut inputs,
+        ),
+    ];
+    for (section, declared, set) in sections {
+        for (i, name) in declared.into_iter().enumerate() {
+            let name = ctx.name(&format!("{section}[{i}]"), name)?;
+            if RESERVED.contains(&name.as_str()) || ScalarKind::from_name(&name).is_some() {
+                return Err(ctx.err(
+                    format!("{section}[{name}]"),
+                    format!("the name `{name}` is reserved"),
+                ));
+            }
+            if !seen.insert(name.clone()) {
+                return Err(ctx.err(
+                    format!("{section}[{name}]"),
+                    format!("the type name `{name}` is defined twice"),
+                ));
+            }
+            set.insert(name);
         }
-        if !seen.insert(name.to_owned()) {
-            return Err(ctx.err(context, format!("the type name `{name}` is defined twice")));
-        }
-        Ok(())
-    };
-    for (i, t) in doc.types.iter().enumerate() {
-        let context = format!("types[{i}]");
-        let name = ctx.name(&context, &t.name)?;
-        declare(&ctx, &format!("types[{name}]"), &name)?;
-        names.objects.insert(name);
     }
-    for (i, t) in doc.enums.iter().enumerate() {
-        let name = ctx.name(&format!("enums[{i}]"), &t.name)?;
-        declare(&ctx, &format!("enums[{name}]"), &name)?;
-        names.enums.insert(name);
-    }
-    for (i, t) in doc.input_types.iter().enumerate() {
-        let name = ctx.name(&format!("input_types[{i}]"), &t.name)?;
-        declare(&ctx, &format!("input_types[{name}]"), &name)?;
-        names.inputs.insert(name);
-    }
+    Ok(Names {
+        objects,
+        enums,
+        inputs,
+    })
+}
 
-    // Enums.
+/// Phase 3, enums: reads `doc.enums` and produces one [`EnumType`] per enum, in document
+/// order, with the stored value of each GraphQL value (`value`, else the name). Fails on an
+/// enum without values and on a value named twice or named `true`, `false` or `null`.
+fn compile_enums(ctx: &mut Ctx<'_>, doc: &AuthoringSchema) -> Result<Vec<EnumType>, SchemaError> {
     let mut enums = Vec::new();
     for e in &doc.enums {
-        let name = e.name.clone().unwrap_or_default();
-        let context = format!("enums[{name}]");
-        ctx.extra(&context, &e.extra);
-        let values = e
-            .values
-            .as_ref()
-            .ok_or_else(|| ctx.err(&context, "missing required key `values`"))?;
-        if values.is_empty() {
-            return Err(ctx.err(&context, "an enum needs at least one value"));
-        }
+        let (name, context) = ctx.item("enums", &e.name, &e.extra);
+        let values = ctx.required(
+            &context,
+            "values",
+            &e.values,
+            "an enum needs at least one value",
+        )?;
         let mut out = Vec::new();
         for (i, v) in values.iter().enumerate() {
             let vctx = format!("{context}.values[{i}]");
@@ -291,32 +394,37 @@ pub fn compile_str(text: &str, file: &str) -> Result<(CompiledSchema, Vec<Warnin
             values: out,
         });
     }
+    Ok(enums)
+}
 
-    // Object types.
+/// Phase 4, object types: reads `doc.types` and produces one [`ObjectType`] per type, in
+/// document order: each field's type reference resolved against `names` (output types), its
+/// `data` key (`sql_column`, else the snake_case name), the view (`sql_source`, else
+/// `v_<snake_case name>`) and the names of its generated where and order inputs. Fails on a
+/// type without fields, a field named twice and an unknown or malformed field type.
+fn compile_object_types(
+    ctx: &mut Ctx<'_>,
+    doc: &AuthoringSchema,
+    names: &Names,
+) -> Result<Vec<ObjectType>, SchemaError> {
     let mut types = Vec::new();
     for t in &doc.types {
-        let name = t.name.clone().unwrap_or_default();
-        let context = format!("types[{name}]");
-        ctx.extra(&context, &t.extra);
-        let fields = t
-            .fields
-            .as_ref()
-            .ok_or_else(|| ctx.err(&context, "missing required key `fields`"))?;
-        if fields.is_empty() {
-            return Err(ctx.err(&context, "a type needs at least one field"));
-        }
+        let (name, context) = ctx.item("types", &t.name, &t.extra);
+        let fields = ctx.required(
+            &context,
+            "fields",
+            &t.fields,
+            "a type needs at least one field",
+        )?;
         let mut out: Vec<FieldDef> = Vec::new();
         for (i, f) in fields.iter().enumerate() {
-            let fctx = match &f.name {
-                Some(n) => format!("{context}.fields[{n}]"),
-                None => format!("{context}.fields[{i}]"),
-            };
+            let fctx = member_context(&context, "fields", i, &f.name);
             ctx.extra(&fctx, &f.extra);
             let fname = ctx.name(&fctx, &f.name)?;
             if out.iter().any(|x| x.name == fname) {
                 return Err(ctx.err(&fctx, format!("field `{fname}` is defined twice")));
             }
-            let ty = type_ref(&ctx, &names, &fctx, f.ty.as_deref(), f.nullable, false)?;
+            let ty = type_ref(ctx, names, &fctx, f.ty.as_deref(), f.nullable, false)?;
             out.push(FieldDef {
                 key: f
                     .sql_column
@@ -341,27 +449,30 @@ pub fn compile_str(text: &str, file: &str) -> Result<(CompiledSchema, Vec<Warnin
             fields: out,
         });
     }
+    Ok(types)
+}
 
-    // Input types.
+/// Phase 5, input types: reads `doc.input_types` and produces one [`InputType`] per input
+/// type, in document order, each field compiled as an argument ([`arg_def`]: input type
+/// references, `data` key, checked default). Fails on an input type without fields.
+fn compile_input_types(
+    ctx: &mut Ctx<'_>,
+    doc: &AuthoringSchema,
+    names: &Names,
+) -> Result<Vec<InputType>, SchemaError> {
     let mut input_types = Vec::new();
     for t in &doc.input_types {
-        let name = t.name.clone().unwrap_or_default();
-        let context = format!("input_types[{name}]");
-        ctx.extra(&context, &t.extra);
-        let fields = t
-            .fields
-            .as_ref()
-            .ok_or_else(|| ctx.err(&context, "missing required key `fields`"))?;
-        if fields.is_empty() {
-            return Err(ctx.err(&context, "an input type needs at least one field"));
-        }
+        let (name, context) = ctx.item("input_types", &t.name, &t.extra);
+        let fields = ctx.required(
+            &context,
+            "fields",
+            &t.fields,
+            "an input type needs at least one field",
+        )?;
         let mut out = Vec::new();
         for (i, f) in fields.iter().enumerate() {
-            let fctx = match &f.name {
-                Some(n) => format!("{context}.fields[{n}]"),
-                None => format!("{context}.fields[{i}]"),
-            };
-            out.push(arg_def(&mut ctx, &names, &fctx, f)?);
+            let fctx = member_context(&context, "fields", i, &f.name);
+            out.push(arg_def(ctx, names, &fctx, f)?);
         }
         input_types.push(InputType {
             name,
@@ -369,102 +480,30 @@ pub fn compile_str(text: &str, file: &str) -> Result<(CompiledSchema, Vec<Warnin
             fields: out,
         });
     }
+    Ok(input_types)
+}
 
-    // Generated inputs.
-    let mut generated: HashSet<String> = HashSet::new();
+/// What [`generate_inputs`] produces: the inputs no `schema.json` declares.
+struct GeneratedInputs {
+    filters: Vec<FilterInput>,
+    where_inputs: Vec<WhereInput>,
+    order_inputs: Vec<OrderInput>,
+}
+
+/// Phase 6, generated inputs: reads the compiled object `types` and produces the filter
+/// inputs (one per scalar or enum some field filters on, in first-use order), one
+/// `<Type>WhereInput` and one `<Type>OrderBy` per type. Fails on a field named `_and`, `_or`
+/// or `_not` and on a generated name that `names` already holds.
+fn generate_inputs(
+    ctx: &Ctx<'_>,
+    names: &Names,
+    types: &[ObjectType],
+) -> Result<GeneratedInputs, SchemaError> {
     let mut filters: Vec<FilterInput> = Vec::new();
     let mut where_inputs = Vec::new();
     let mut order_inputs = Vec::new();
-    let check_generated = |ctx: &Ctx<'_>, name: &str, owner: &str| -> Result<(), SchemaError> {
-        if names.objects.contains(name) || names.enums.contains(name) || names.inputs.contains(name)
-        {
-            return Err(ctx.err(
-                format!("types[{owner}]"),
-                format!("the generated input `{name}` clashes with a type of the same name"),
-            ));
-        }
-        Ok(())
-    };
-    for t in &types {
-        let mut wfields = Vec::new();
-        let mut ofields = Vec::new();
-        for f in &t.fields {
-            match f.ty.kind {
-                NamedKind::Scalar(s) => {
-                    if s.operators().is_empty() {
-                        continue;
-                    }
-                    let fname = format!("{}Filter", s.name());
-                    if !filters.iter().any(|x| x.name == fname) {
-                        check_generated(&ctx, &fname, &t.name)?;
-                        filters.push(FilterInput {
-                            name: fname.clone(),
-                            scalar: Some(s),
-                            enum_name: None,
-                            operators: s.operators().to_vec(),
-                        });
-                    }
-                    wfields.push(WhereField {
-                        name: f.name.clone(),
-                        key: f.key.clone(),
-                        target: if f.ty.list {
-                            WhereTarget::ScalarList { filter: fname }
-                        } else {
-                            WhereTarget::Filter { filter: fname }
-                        },
-                    });
-                    if !f.ty.list && s != ScalarKind::Json {
-                        ofields.push(OrderField {
-                            name: f.name.clone(),
-                            key: f.key.clone(),
-                            scalar: Some(s),
-                        });
-                    }
-                }
-                NamedKind::Enum => {
-                    let fname = format!("{}Filter", f.ty.name);
-                    if !filters.iter().any(|x| x.name == fname) {
-                        check_generated(&ctx, &fname, &t.name)?;
-                        use Operator::*;
-                        filters.push(FilterInput {
-                            name: fname.clone(),
-                            scalar: None,
-                            enum_name: Some(f.ty.name.clone()),
-                            operators: vec![Eq, Neq, In, Nin, Isnull],
-                        });
-                    }
-                    wfields.push(WhereField {
-                        name: f.name.clone(),
-                        key: f.key.clone(),
-                        target: if f.ty.list {
-                            WhereTarget::ScalarList { filter: fname }
-                        } else {
-                            WhereTarget::Filter { filter: fname }
-                        },
-                    });
-                    if !f.ty.list {
-                        ofields.push(OrderField {
-                            name: f.name.clone(),
-                            key: f.key.clone(),
-                            scalar: None,
-                        });
-                    }
-                }
-                NamedKind::Object => {
-                    let where_input = format!("{}WhereInput", f.ty.name);
-                    wfields.push(WhereField {
-                        name: f.name.clone(),
-                        key: f.key.clone(),
-                        target: if f.ty.list {
-                            WhereTarget::List { where_input }
-                        } else {
-                            WhereTarget::Object { where_input }
-                        },
-                    });
-                }
-                NamedKind::Input => {}
-            }
-        }
+    for t in types {
+        let (wfields, ofields) = where_and_order_fields(ctx, names, t, &mut filters)?;
         for special in ["_and", "_or", "_not"] {
             if t.fields.iter().any(|f| f.name == special) {
                 return Err(ctx.err(
@@ -473,10 +512,8 @@ pub fn compile_str(text: &str, file: &str) -> Result<(CompiledSchema, Vec<Warnin
                 ));
             }
         }
-        check_generated(&ctx, &t.where_input, &t.name)?;
-        check_generated(&ctx, &t.order_input, &t.name)?;
-        generated.insert(t.where_input.clone());
-        generated.insert(t.order_input.clone());
+        names.check_generated(ctx, &t.where_input, &t.name)?;
+        names.check_generated(ctx, &t.order_input, &t.name)?;
         where_inputs.push(WhereInput {
             name: t.where_input.clone(),
             type_name: t.name.clone(),
@@ -488,26 +525,133 @@ pub fn compile_str(text: &str, file: &str) -> Result<(CompiledSchema, Vec<Warnin
             fields: ofields,
         });
     }
-    if order_inputs.iter().any(|o| !o.fields.is_empty()) {
-        enums.push(EnumType {
-            name: "OrderDirection".into(),
-            description: Some("Sort direction.".into()),
-            values: vec![
-                EnumValueDef {
-                    name: "ASC".into(),
-                    value: "ASC".into(),
-                    description: Some("Ascending (nulls last).".into()),
-                },
-                EnumValueDef {
-                    name: "DESC".into(),
-                    value: "DESC".into(),
-                    description: Some("Descending (nulls first).".into()),
-                },
-            ],
-        });
-    }
+    Ok(GeneratedInputs {
+        filters,
+        where_inputs,
+        order_inputs,
+    })
+}
 
-    // Queries.
+/// The where and order fields of object type `t`, in field order: a scalar or enum field
+/// filters with its filter input (added to `filters` on first use) and sorts unless it is a
+/// list or JSON; an object field filters with that type's where input; a scalar without
+/// operators and an input-typed field get neither.
+fn where_and_order_fields(
+    ctx: &Ctx<'_>,
+    names: &Names,
+    t: &ObjectType,
+    filters: &mut Vec<FilterInput>,
+) -> Result<(Vec<WhereField>, Vec<OrderField>), SchemaError> {
+    let mut wfields = Vec::new();
+    let mut ofields = Vec::new();
+    for f in &t.fields {
+        match f.ty.kind {
+            NamedKind::Scalar(_) | NamedKind::Enum => {
+                let Some(filter) = filter_input(&f.ty) else {
+                    continue;
+                };
+                let fname = filter.name.clone();
+                if !filters.iter().any(|x| x.name == fname) {
+                    names.check_generated(ctx, &fname, &t.name)?;
+                    filters.push(filter);
+                }
+                wfields.push(WhereField {
+                    name: f.name.clone(),
+                    key: f.key.clone(),
+                    target: if f.ty.list {
+                        WhereTarget::ScalarList { filter: fname }
+                    } else {
+                        WhereTarget::Filter { filter: fname }
+                    },
+                });
+                let scalar = match f.ty.kind {
+                    NamedKind::Scalar(s) => Some(s),
+                    _ => None,
+                };
+                if !f.ty.list && scalar != Some(ScalarKind::Json) {
+                    ofields.push(OrderField {
+                        name: f.name.clone(),
+                        key: f.key.clone(),
+                        scalar,
+                    });
+                }
+            }
+            NamedKind::Object => {
+                let where_input = format!("{}WhereInput", f.ty.name);
+                wfields.push(WhereField {
+                    name: f.name.clone(),
+                    key: f.key.clone(),
+                    target: if f.ty.list {
+                        WhereTarget::List { where_input }
+                    } else {
+                        WhereTarget::Object { where_input }
+                    },
+                });
+            }
+            NamedKind::Input => {}
+        }
+    }
+    Ok((wfields, ofields))
+}
+
+/// The filter input a field of type `ty` filters with: `<Scalar>Filter` with the scalar's
+/// operators, `<Enum>Filter` with equality, membership and null tests; none for a scalar
+/// without operators and for object and input types.
+fn filter_input(ty: &TypeRef) -> Option<FilterInput> {
+    match ty.kind {
+        NamedKind::Scalar(s) if !s.operators().is_empty() => Some(FilterInput {
+            name: format!("{}Filter", s.name()),
+            scalar: Some(s),
+            enum_name: None,
+            operators: s.operators().to_vec(),
+        }),
+        NamedKind::Enum => {
+            use Operator::*;
+            Some(FilterInput {
+                name: format!("{}Filter", ty.name),
+                scalar: None,
+                enum_name: Some(ty.name.clone()),
+                operators: vec![Eq, Neq, In, Nin, Isnull],
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The `OrderDirection` enum, which the runtime defines itself: produced only when some
+/// order input of `order_inputs` has a field, so that a schema that cannot sort does not
+/// declare it.
+fn order_direction(order_inputs: &[OrderInput]) -> Option<EnumType> {
+    if !order_inputs.iter().any(|o| !o.fields.is_empty()) {
+        return None;
+    }
+    Some(EnumType {
+        name: "OrderDirection".into(),
+        description: Some("Sort direction.".into()),
+        values: vec![
+            EnumValueDef {
+                name: "ASC".into(),
+                value: "ASC".into(),
+                description: Some("Ascending (nulls last).".into()),
+            },
+            EnumValueDef {
+                name: "DESC".into(),
+                value: "DESC".into(),
+                description: Some("Descending (nulls first).".into()),
+            },
+        ],
+    })
+}
+
+/// Phase 7, queries: reads `doc.queries` and produces one [`QueryField`] per query, in
+/// document order ([`compile_query`]), resolved against `names` and the compiled object
+/// `types`. Fails on a query named twice and on a schema without queries.
+fn compile_queries(
+    ctx: &mut Ctx<'_>,
+    doc: &AuthoringSchema,
+    names: &Names,
+    types: &[ObjectType],
+) -> Result<Vec<QueryField>, SchemaError> {
     let mut queries = Vec::new();
     let mut root_names = HashSet::new();
     for (i, q) in doc.queries.iter().enumerate() {
@@ -520,135 +664,162 @@ pub fn compile_str(text: &str, file: &str) -> Result<(CompiledSchema, Vec<Warnin
         if !root_names.insert(qname.clone()) {
             return Err(ctx.err(&context, "query defined twice"));
         }
-        let rt = q
-            .return_type
-            .as_deref()
-            .ok_or_else(|| ctx.err(&context, "missing required key `return_type`"))?;
-        let parsed = parse_type_string(rt)
-            .ok_or_else(|| ctx.err(&context, format!("`{rt}` is not a GraphQL type")))?;
-        let object = types
-            .iter()
-            .find(|t| t.name == parsed.name)
-            .ok_or_else(|| {
-                ctx.err(
-                    &context,
-                    format!(
-                        "return_type `{}` is not an object type of this schema",
-                        parsed.name
-                    ),
-                )
-            })?;
-        let returns_list = q.returns_list || parsed.list;
-        let view = q
-            .sql_source
-            .clone()
-            .filter(|s| !s.trim().is_empty())
-            .or_else(|| object.sql_source.clone())
-            .ok_or_else(|| ctx.err(&context, "missing required key `sql_source`"))?;
-        let mut arguments: Vec<QueryArg> = Vec::new();
-        for (j, a) in q.arguments.iter().enumerate() {
-            let actx = match &a.name {
-                Some(n) => format!("{context}.arguments[{n}]"),
-                None => format!("{context}.arguments[{j}]"),
-            };
-            let aname = ctx.name(&actx, &a.name)?;
-            let role = match aname.as_str() {
-                "id" => ArgRole::Id,
-                "where" => ArgRole::Where,
-                "orderBy" | "order_by" => ArgRole::OrderBy,
-                "limit" if returns_list => ArgRole::Limit,
-                "offset" if returns_list => ArgRole::Offset,
-                _ => ArgRole::Equals,
-            };
-            let def = match role {
-                ArgRole::Where => generated_arg(&aname, &object.where_input, false),
-                ArgRole::OrderBy => generated_arg(&aname, &object.order_input, true),
-                _ => {
-                    let mut def = arg_def(&mut ctx, &names, &actx, a)?;
-                    if role == ArgRole::Equals {
-                        let field = object.field(&aname).ok_or_else(|| {
-                            ctx.err(
-                                &actx,
-                                format!(
-                                    "argument `{aname}` matches no field of `{}` (arguments other than id/where/orderBy/limit/offset filter on the field of the same name)",
-                                    object.name
-                                ),
-                            )
-                        })?;
-                        def.key = field.key.clone();
-                    }
-                    if matches!(role, ArgRole::Limit | ArgRole::Offset)
-                        && def.ty.kind != NamedKind::Scalar(ScalarKind::Int)
-                    {
-                        return Err(ctx.err(&actx, format!("`{aname}` must be an Int")));
-                    }
-                    def
-                }
-            };
-            if arguments.iter().any(|x| x.arg.name == def.name) {
-                return Err(ctx.err(&actx, "argument defined twice"));
-            }
-            arguments.push(QueryArg { arg: def, role });
-        }
-        let auto = q.auto_params.as_ref();
-        if returns_list {
-            let has = |args: &Vec<QueryArg>, r: ArgRole| args.iter().any(|a| a.role == r);
-            if auto.is_some_and(|a| a.r#where) && !has(&arguments, ArgRole::Where) {
-                arguments.push(QueryArg {
-                    arg: generated_arg("where", &object.where_input, false),
-                    role: ArgRole::Where,
-                });
-            }
-            if auto.is_some_and(|a| a.order_by) && !has(&arguments, ArgRole::OrderBy) {
-                arguments.push(QueryArg {
-                    arg: generated_arg("orderBy", &object.order_input, true),
-                    role: ArgRole::OrderBy,
-                });
-            }
-            for (on, role, name) in [
-                (auto.is_some_and(|a| a.limit), ArgRole::Limit, "limit"),
-                (auto.is_some_and(|a| a.offset), ArgRole::Offset, "offset"),
-            ] {
-                if on && !has(&arguments, role) {
-                    arguments.push(QueryArg {
-                        arg: ArgDef {
-                            name: name.into(),
-                            key: name.into(),
-                            ty: TypeRef {
-                                name: "Int".into(),
-                                kind: NamedKind::Scalar(ScalarKind::Int),
-                                nullable: true,
-                                list: false,
-                                item_nullable: false,
-                            },
-                            default: None,
-                            description: None,
-                        },
-                        role,
-                    });
-                }
-            }
-        } else if auto.is_some_and(|a| a.r#where || a.order_by || a.limit || a.offset) {
-            ctx.warn(
-                &context,
-                "auto_params ignored: the query does not return a list",
-            );
-        }
-        queries.push(QueryField {
-            name: qname,
-            description: q.description.clone(),
-            return_type: object.name.clone(),
-            returns_list,
-            nullable: q.nullable.unwrap_or(!returns_list) && !parsed.bang,
-            arguments,
-            view,
-        });
+        queries.push(compile_query(ctx, names, types, &context, qname, q)?);
     }
     if queries.is_empty() {
         return Err(ctx.err("queries", "the schema needs at least one query"));
     }
+    Ok(queries)
+}
 
-    // Mutations.
+/// One query named `name`: its return type must be one of the object `types`; the view is
+/// the query's `sql_source`, else the type's. The declared arguments come first, in order
+/// ([`query_argument`]), then those `auto_params` adds ([`auto_arguments`]).
+fn compile_query(
+    ctx: &mut Ctx<'_>,
+    names: &Names,
+    types: &[ObjectType],
+    context: &str,
+    name: String,
+    q: &AuthoringQuery,
+) -> Result<QueryField, SchemaError> {
+    let (parsed, object) = return_type(ctx, context, q.return_type.as_deref(), types)?;
+    let returns_list = q.returns_list || parsed.list;
+    let view = q
+        .sql_source
+        .clone()
+        .filter(|s| !s.trim().is_empty())
+        .or_else(|| object.sql_source.clone())
+        .ok_or_else(|| ctx.err(context, "missing required key `sql_source`"))?;
+    let mut arguments = root_arguments(
+        ctx,
+        context,
+        &q.arguments,
+        |a: &QueryArg| &a.arg.name,
+        |ctx, actx, a| query_argument(ctx, names, object, actx, returns_list, a),
+    )?;
+    if returns_list {
+        auto_arguments(object, q.auto_params.as_ref(), &mut arguments);
+    } else if q
+        .auto_params
+        .as_ref()
+        .is_some_and(|a| a.r#where || a.order_by || a.limit || a.offset)
+    {
+        ctx.warn(
+            context,
+            "auto_params ignored: the query does not return a list",
+        );
+    }
+    Ok(QueryField {
+        name,
+        description: q.description.clone(),
+        return_type: object.name.clone(),
+        returns_list,
+        nullable: q.nullable.unwrap_or(!returns_list) && !parsed.bang,
+        arguments,
+        view,
+    })
+}
+
+/// One declared argument of a query returning `object`: its role comes from its name
+/// (`limit` and `offset` only on a list query); `where` and `orderBy` take the object's
+/// generated inputs whatever type they declare, and any other argument filters on the field
+/// of the same name, whose `data` key it takes.
+fn query_argument(
+    ctx: &mut Ctx<'_>,
+    names: &Names,
+    object: &ObjectType,
+    context: &str,
+    returns_list: bool,
+    a: &AuthoringField,
+) -> Result<QueryArg, SchemaError> {
+    let aname = ctx.name(context, &a.name)?;
+    let role = match aname.as_str() {
+        "id" => ArgRole::Id,
+        "where" => ArgRole::Where,
+        "orderBy" | "order_by" => ArgRole::OrderBy,
+        "limit" if returns_list => ArgRole::Limit,
+        "offset" if returns_list => ArgRole::Offset,
+        _ => ArgRole::Equals,
+    };
+    let def = match role {
+        ArgRole::Where => generated_arg(&aname, &object.where_input, false),
+        ArgRole::OrderBy => generated_arg(&aname, &object.order_input, true),
+        _ => {
+            let mut def = arg_def(ctx, names, context, a)?;
+            if role == ArgRole::Equals {
+                let field = object.field(&aname).ok_or_else(|| {
+                    ctx.err(
+                        context,
+                        format!(
+                            "argument `{aname}` matches no field of `{}` (arguments other than id/where/orderBy/limit/offset filter on the field of the same name)",
+                            object.name
+                        ),
+                    )
+                })?;
+                def.key = field.key.clone();
+            }
+            if matches!(role, ArgRole::Limit | ArgRole::Offset)
+                && def.ty.kind != NamedKind::Scalar(ScalarKind::Int)
+            {
+                return Err(ctx.err(context, format!("`{aname}` must be an Int")));
+            }
+            def
+        }
+    };
+    Ok(QueryArg { arg: def, role })
+}
+
+/// The arguments `auto` turns on for a list query returning `object`, appended to
+/// `arguments` in the order where, orderBy, limit, offset; a role already declared is not
+/// added again.
+fn auto_arguments(object: &ObjectType, auto: Option<&AutoParams>, arguments: &mut Vec<QueryArg>) {
+    let has = |args: &Vec<QueryArg>, r: ArgRole| args.iter().any(|a| a.role == r);
+    if auto.is_some_and(|a| a.r#where) && !has(arguments, ArgRole::Where) {
+        arguments.push(QueryArg {
+            arg: generated_arg("where", &object.where_input, false),
+            role: ArgRole::Where,
+        });
+    }
+    if auto.is_some_and(|a| a.order_by) && !has(arguments, ArgRole::OrderBy) {
+        arguments.push(QueryArg {
+            arg: generated_arg("orderBy", &object.order_input, true),
+            role: ArgRole::OrderBy,
+        });
+    }
+    for (on, role, name) in [
+        (auto.is_some_and(|a| a.limit), ArgRole::Limit, "limit"),
+        (auto.is_some_and(|a| a.offset), ArgRole::Offset, "offset"),
+    ] {
+        if on && !has(arguments, role) {
+            arguments.push(QueryArg {
+                arg: ArgDef {
+                    name: name.into(),
+                    key: name.into(),
+                    ty: TypeRef {
+                        name: "Int".into(),
+                        kind: NamedKind::Scalar(ScalarKind::Int),
+                        nullable: true,
+                        list: false,
+                        item_nullable: false,
+                    },
+                    default: None,
+                    description: None,
+                },
+                role,
+            });
+        }
+    }
+}
+
+/// Phase 8, mutations: reads `doc.mutations` and produces one [`MutationField`] per
+/// mutation, in document order ([`compile_mutation`]). Fails on a mutation named twice.
+fn compile_mutations(
+    ctx: &mut Ctx<'_>,
+    doc: &AuthoringSchema,
+    names: &Names,
+    types: &[ObjectType],
+) -> Result<Vec<MutationField>, SchemaError> {
     let mut mutations = Vec::new();
     let mut mutation_names = HashSet::new();
     for (i, m) in doc.mutations.iter().enumerate() {
@@ -658,88 +829,119 @@ pub fn compile_str(text: &str, file: &str) -> Result<(CompiledSchema, Vec<Warnin
         if !mutation_names.insert(mname.clone()) {
             return Err(ctx.err(&context, "mutation defined twice"));
         }
-        let rt = m
-            .return_type
-            .as_deref()
-            .ok_or_else(|| ctx.err(&context, "missing required key `return_type`"))?;
-        let parsed = parse_type_string(rt)
-            .ok_or_else(|| ctx.err(&context, format!("`{rt}` is not a GraphQL type")))?;
-        if !names.objects.contains(&parsed.name) {
-            return Err(ctx.err(
-                &context,
+        mutations.push(compile_mutation(ctx, names, types, &context, mname, m)?);
+    }
+    Ok(mutations)
+}
+
+/// One mutation named `name`: its return type must be an object type of `names`, its
+/// `sql_source` names the function, its operation is checked ([`mutation_operation`]) and
+/// its arguments are compiled in order ([`arg_def`]).
+fn compile_mutation(
+    ctx: &mut Ctx<'_>,
+    names: &Names,
+    types: &[ObjectType],
+    context: &str,
+    name: String,
+    m: &AuthoringMutation,
+) -> Result<MutationField, SchemaError> {
+    let (parsed, _) = return_type(ctx, context, m.return_type.as_deref(), types)?;
+    let function = m
+        .sql_source
+        .clone()
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| ctx.err(context, "missing required key `sql_source` (the function)"))?;
+    let operation = mutation_operation(ctx, context, m.operation.as_deref())?;
+    let arguments = root_arguments(
+        ctx,
+        context,
+        &m.arguments,
+        |a: &ArgDef| &a.name,
+        |ctx, actx, a| arg_def(ctx, names, actx, a),
+    )?;
+    Ok(MutationField {
+        name,
+        description: m.description.clone(),
+        return_type: parsed.name,
+        returns_list: m.returns_list || parsed.list,
+        nullable: m.nullable.unwrap_or(true) && !parsed.bang,
+        arguments,
+        function,
+        operation,
+    })
+}
+
+/// The `return_type` of the root field at `context`, which must name one of the object
+/// `types` (a list or a non-null type of it); the parsed type string and that type.
+fn return_type<'t>(
+    ctx: &Ctx<'_>,
+    context: &str,
+    rt: Option<&str>,
+    types: &'t [ObjectType],
+) -> Result<(ParsedType, &'t ObjectType), SchemaError> {
+    let rt = rt.ok_or_else(|| ctx.err(context, "missing required key `return_type`"))?;
+    let parsed = parse_type_string(rt)
+        .ok_or_else(|| ctx.err(context, format!("`{rt}` is not a GraphQL type")))?;
+    let object = types
+        .iter()
+        .find(|t| t.name == parsed.name)
+        .ok_or_else(|| {
+            ctx.err(
+                context,
                 format!(
                     "return_type `{}` is not an object type of this schema",
                     parsed.name
                 ),
+            )
+        })?;
+    Ok((parsed, object))
+}
+
+/// The declared `arguments` of the root field at `context`, each compiled by `compile` in
+/// order; fails on two arguments of the same name (`name_of`).
+fn root_arguments<'a, T>(
+    ctx: &mut Ctx<'a>,
+    context: &str,
+    arguments: &[AuthoringField],
+    name_of: impl Fn(&T) -> &str,
+    mut compile: impl FnMut(&mut Ctx<'a>, &str, &AuthoringField) -> Result<T, SchemaError>,
+) -> Result<Vec<T>, SchemaError> {
+    let mut out: Vec<T> = Vec::new();
+    for (j, a) in arguments.iter().enumerate() {
+        let actx = member_context(context, "arguments", j, &a.name);
+        let arg = compile(ctx, &actx, a)?;
+        if out.iter().any(|x| name_of(x) == name_of(&arg)) {
+            return Err(ctx.err(&actx, "argument defined twice"));
+        }
+        out.push(arg);
+    }
+    Ok(out)
+}
+
+/// A mutation's `operation`, case-insensitive (`INSERT` is `CREATE`); none is `CUSTOM`,
+/// with a warning.
+fn mutation_operation(
+    ctx: &mut Ctx<'_>,
+    context: &str,
+    operation: Option<&str>,
+) -> Result<MutationOperation, SchemaError> {
+    Ok(match operation.map(str::to_ascii_uppercase).as_deref() {
+        Some("CREATE") | Some("INSERT") => MutationOperation::Create,
+        Some("UPDATE") => MutationOperation::Update,
+        Some("DELETE") => MutationOperation::Delete,
+        Some("FUNCTION") => MutationOperation::Function,
+        Some("CUSTOM") => MutationOperation::Custom,
+        None => {
+            ctx.warn(context, "no `operation`; CUSTOM assumed");
+            MutationOperation::Custom
+        }
+        Some(other) => {
+            return Err(ctx.err(
+                context,
+                format!("unknown operation `{other}` (CREATE, UPDATE, DELETE, FUNCTION or CUSTOM)"),
             ));
         }
-        let function = m
-            .sql_source
-            .clone()
-            .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| ctx.err(&context, "missing required key `sql_source` (the function)"))?;
-        let operation = match m
-            .operation
-            .as_deref()
-            .map(str::to_ascii_uppercase)
-            .as_deref()
-        {
-            Some("CREATE") | Some("INSERT") => MutationOperation::Create,
-            Some("UPDATE") => MutationOperation::Update,
-            Some("DELETE") => MutationOperation::Delete,
-            Some("FUNCTION") => MutationOperation::Function,
-            Some("CUSTOM") => MutationOperation::Custom,
-            None => {
-                ctx.warn(&context, "no `operation`; CUSTOM assumed");
-                MutationOperation::Custom
-            }
-            Some(other) => {
-                return Err(ctx.err(
-                    &context,
-                    format!(
-                        "unknown operation `{other}` (CREATE, UPDATE, DELETE, FUNCTION or CUSTOM)"
-                    ),
-                ));
-            }
-        };
-        let mut arguments: Vec<ArgDef> = Vec::new();
-        for (j, a) in m.arguments.iter().enumerate() {
-            let actx = match &a.name {
-                Some(n) => format!("{context}.arguments[{n}]"),
-                None => format!("{context}.arguments[{j}]"),
-            };
-            let def = arg_def(&mut ctx, &names, &actx, a)?;
-            if arguments.iter().any(|x| x.name == def.name) {
-                return Err(ctx.err(&actx, "argument defined twice"));
-            }
-            arguments.push(def);
-        }
-        mutations.push(MutationField {
-            name: mname,
-            description: m.description.clone(),
-            return_type: parsed.name,
-            returns_list: m.returns_list || parsed.list,
-            nullable: m.nullable.unwrap_or(true) && !parsed.bang,
-            arguments,
-            function,
-            operation,
-        });
-    }
-    let _ = generated;
-    Ok((
-        CompiledSchema {
-            version: COMPILED_SCHEMA_VERSION,
-            types,
-            enums,
-            input_types,
-            filters,
-            where_inputs,
-            order_inputs,
-            queries,
-            mutations,
-        },
-        ctx.warnings,
-    ))
+    })
 }
 
 fn generated_arg(name: &str, input: &str, list: bool) -> ArgDef {
