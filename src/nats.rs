@@ -288,37 +288,72 @@ fn validate_subject_prefix(prefix: &str) -> Result<(), String> {
 /// `update`, `delete`), which is also its `Display`; parsing a token accepts any letter case.
 pub use crate::observers::config::ChangeOp;
 
-/// Entity names are identifiers: ASCII letters, digits, `_` and `-`, at most 128 bytes.
-/// Nothing is rewritten: two distinct names must never share a subject.
-fn validate_entity(entity: &str) -> Result<(), NatsError> {
-    let ok = !entity.is_empty()
+/// Entity names that are identifiers (ASCII letters, digits, `_` and `-`, at most 128 bytes)
+/// are their own subject token.
+fn is_identifier(entity: &str) -> bool {
+    !entity.is_empty()
         && entity.len() <= 128
         && entity
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(NatsError::InvalidSubject(format!(
-            "entity `{}` is not an identifier (ASCII letters, digits, `_`, `-`; 1-128 bytes)",
-            entity.escape_debug()
-        )))
-    }
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// `<prefix>.<entity>.<op>`, each part validated.
+/// Longest entity name that can be encoded into a token (hex doubles it; the subject must
+/// stay well inside the server's control-line limit).
+const MAX_ENCODED_ENTITY: usize = 1024;
+
+/// The subject token of an entity: the name itself when it is an identifier, else `~`
+/// followed by the name's UTF-8 bytes in lower-case hex. `~` never starts an identifier, so
+/// two distinct names never share a token, and every change can be published (a change
+/// that could not be would hold the reader's checkpoint back forever or be lost).
+fn entity_token(entity: &str) -> Result<String, NatsError> {
+    if is_identifier(entity) {
+        return Ok(entity.to_owned());
+    }
+    if entity.is_empty() || entity.len() > MAX_ENCODED_ENTITY {
+        return Err(NatsError::InvalidSubject(format!(
+            "entity name of {} bytes (1 to {MAX_ENCODED_ENTITY} are published)",
+            entity.len()
+        )));
+    }
+    let mut token = String::with_capacity(1 + 2 * entity.len());
+    token.push('~');
+    for b in entity.bytes() {
+        token.push_str(&format!("{b:02x}"));
+    }
+    Ok(token)
+}
+
+/// The entity a subject token names (see [`entity_token`]).
+fn entity_from_token(token: &str) -> Option<String> {
+    let Some(hex) = token.strip_prefix('~') else {
+        return is_identifier(token).then(|| token.to_owned());
+    };
+    if hex.is_empty() || hex.len() % 2 != 0 || hex.len() > 2 * MAX_ENCODED_ENTITY {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok().filter(|e| !is_identifier(e))
+}
+
+/// `<prefix>.<entity token>.<op>`, each part validated.
 pub fn subject(prefix: &str, entity: &str, op: ChangeOp) -> Result<String, NatsError> {
     validate_subject_prefix(prefix).map_err(NatsError::InvalidSubject)?;
-    validate_entity(entity)?;
-    Ok(format!("{prefix}.{entity}.{}", op.subject_token()))
+    Ok(format!(
+        "{prefix}.{}.{}",
+        entity_token(entity)?,
+        op.subject_token()
+    ))
 }
 
-/// Splits `<prefix>.<entity>.<op>` back into entity and op.
+/// Splits `<prefix>.<entity token>.<op>` back into entity and op.
 fn parse_subject(prefix: &str, subject: &str) -> Option<(String, ChangeOp)> {
     let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
-    let (entity, op) = rest.split_once('.')?;
-    validate_entity(entity).ok()?;
-    Some((entity.to_string(), op.parse().ok()?))
+    let (token, op) = rest.split_once('.')?;
+    Some((entity_from_token(token)?, op.parse().ok()?))
 }
 
 fn validate_msg_id(msg_id: &str) -> Result<(), NatsError> {
@@ -1286,9 +1321,21 @@ mod tests {
             subject("fraiseql.changes", "Post", ChangeOp::Insert).ok(),
             Some("fraiseql.changes.Post.insert".to_string())
         );
-        assert!(subject("fraiseql.changes", "po st", ChangeOp::Insert).is_err());
-        assert!(subject("fraiseql.changes", "a.b", ChangeOp::Insert).is_err());
-        assert!(subject("fraiseql.changes", "*", ChangeOp::Insert).is_err());
+        // Names outside the subject alphabet are encoded, never rewritten into another name.
+        for name in ["po st", "a.b", "*", ">", "~4142", "Ordér"] {
+            let s = subject("fraiseql.changes", name, ChangeOp::Insert).unwrap();
+            assert!(s.starts_with("fraiseql.changes.~"), "{s}");
+            assert_eq!(s.matches('.').count(), 3, "{s}");
+            assert_eq!(
+                parse_subject("fraiseql.changes", &s),
+                Some((name.to_string(), ChangeOp::Insert))
+            );
+        }
+        assert!(subject("fraiseql.changes", "", ChangeOp::Insert).is_err());
+        assert!(subject("fraiseql.changes", &"x ".repeat(600), ChangeOp::Insert).is_err());
+        // A token that decodes to an identifier is not canonical: refused.
+        assert_eq!(parse_subject("p", "p.~706f7374.insert"), None);
+        assert_eq!(parse_subject("p", "p.~zz.insert"), None);
         assert!(subject("fraiseql.>", "post", ChangeOp::Insert).is_err());
         assert!(subject("a..b", "post", ChangeOp::Insert).is_err());
         assert_eq!(

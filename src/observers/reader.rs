@@ -468,8 +468,9 @@ pub async fn read_checkpoint(
 
 impl Reader {
     /// Publishes the batch's changes to JetStream (message id = the change's id), returning
-    /// once JetStream stored every one of them; `false` when shutdown came first. A change
-    /// whose entity cannot be a subject token is counted as failed and not published.
+    /// once JetStream stored every one of them; `false` when shutdown came first. Every
+    /// change is published (entity names outside the subject alphabet are encoded), so the
+    /// checkpoint never passes one that JetStream did not store.
     async fn publish(
         &self,
         bus: &crate::nats::EventBus,

@@ -226,3 +226,59 @@ async fn two_instances_share_the_events_of_the_durable_consumer() {
     assert!(by_a > 0.0 && by_b > 0.0, "both instances took events");
     assert!(by_a + by_b >= CHANGES as f64);
 }
+
+/// An entity whose name cannot be a subject token as it is (here `Order Line`) is still
+/// published — under an encoded token — and the reader never moves past it unpublished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_an_entity_outside_the_subject_alphabet_is_published_not_skipped() {
+    let nats = test_config(SHARED_URL);
+    let db = TestDb::new().await;
+    db.create_posts().await;
+    let rx = HttpReceiver::start_ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, &rx.url("/hook"), &nats, None);
+    let serve = ServeProcess::start_role(&["--config", &config, "serve"], &db.url(), &[]).await;
+    db.batch(
+        "INSERT INTO fraiseql.tb_entity_change_log (entity, entity_id, op, after) \
+         VALUES ('Order Line', gen_random_uuid(), 'INSERT', '{\"qty\": 2}')",
+    )
+    .await;
+    db.insert_post("after it", true).await;
+    rx.wait_for(1, Duration::from_secs(10)).await;
+    let got = async {
+        let bus = connect(&nats).await;
+        let consumer = bus.consumer().await.unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.len() < 2 && Instant::now() < deadline {
+            got.extend(
+                consumer
+                    .fetch(10, Duration::from_millis(500))
+                    .await
+                    .unwrap(),
+            );
+        }
+        got
+    }
+    .await;
+    delete_stream(&nats.url, &nats.stream).await;
+    drop(serve);
+    let entities: Vec<String> = got
+        .iter()
+        .map(|d| {
+            let ev: serde_json::Value = serde_json::from_slice(&d.payload).unwrap();
+            ev["entity"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        entities,
+        vec!["Order Line", "Post"],
+        "both published, in order"
+    );
+    let token = &got[0].subject[nats.subject_prefix.len() + 1..];
+    assert_eq!(token, "~4f72646572204c696e65.insert");
+    assert_eq!(
+        got[0].entity, "Order Line",
+        "the consumer decodes the token"
+    );
+}
