@@ -61,6 +61,23 @@ fn write_config(
     path.to_str().unwrap().to_string()
 }
 
+/// Reads up to `n` messages of the stream through its durable consumer (10 s at most).
+async fn fetch(nats: &NatsConfig, n: usize) -> Vec<fraiseql::nats::Delivery> {
+    let bus = connect(nats).await;
+    let consumer = bus.consumer().await.unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < n && Instant::now() < deadline {
+        got.extend(
+            consumer
+                .fetch(10, Duration::from_millis(500))
+                .await
+                .unwrap(),
+        );
+    }
+    got
+}
+
 fn distinct_keys(rx: &HttpReceiver) -> HashSet<String> {
     rx.requests()
         .iter()
@@ -145,22 +162,7 @@ async fn reader_publishes_each_change_to_entity_op_subject_with_its_id() {
     db.insert_post("two", false).await;
     rx.wait_for(2, Duration::from_secs(10)).await;
 
-    let result = async {
-        let bus = connect(&nats).await;
-        let consumer = bus.consumer().await.unwrap();
-        let mut got = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while got.len() < 2 && Instant::now() < deadline {
-            got.extend(
-                consumer
-                    .fetch(10, Duration::from_millis(500))
-                    .await
-                    .unwrap(),
-            );
-        }
-        got
-    }
-    .await;
+    let result = fetch(&nats, 2).await;
     let ids: Vec<(i64, String)> = db
         .client()
         .await
@@ -245,22 +247,7 @@ async fn a_change_of_an_entity_outside_the_subject_alphabet_is_published_not_ski
     .await;
     db.insert_post("after it", true).await;
     rx.wait_for(1, Duration::from_secs(10)).await;
-    let got = async {
-        let bus = connect(&nats).await;
-        let consumer = bus.consumer().await.unwrap();
-        let mut got = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while got.len() < 2 && Instant::now() < deadline {
-            got.extend(
-                consumer
-                    .fetch(10, Duration::from_millis(500))
-                    .await
-                    .unwrap(),
-            );
-        }
-        got
-    }
-    .await;
+    let got = fetch(&nats, 2).await;
     delete_stream(&nats.url, &nats.stream).await;
     drop(serve);
     let entities: Vec<String> = got
