@@ -802,6 +802,11 @@ impl EventBus {
         }
     }
 
+    /// The largest message the connected server accepts (`max_payload`, 1 MiB by default).
+    pub fn max_payload(&self) -> usize {
+        self.inner.client.server_info().max_payload
+    }
+
     fn prepare(
         &self,
         entity: &str,

@@ -38,6 +38,11 @@ pub struct ChangeEvent {
     /// What the API mutation that caused this row change returned, for its own entity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mutation: Option<Value>,
+    /// A reference published in place of a change too large for one NATS message: the
+    /// row images (`before`, `after`, `mutation`) are left out and read from the change
+    /// log by `pk` (see `observers::nats_source`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 impl ChangeEvent {

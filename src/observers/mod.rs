@@ -128,6 +128,7 @@ impl ObserverRuntimeBuilder {
             QueueHandles::memory(self.settings.queue_capacity, dead_letters.clone())
         });
         Ok(ObserverRuntime {
+            pool: self.pool.clone(),
             dedup: Arc::new(PgDedup::new(
                 self.pool.clone(),
                 Duration::from_secs(self.settings.dedup_window_secs),
@@ -155,6 +156,8 @@ pub struct ObserverRuntime {
     tls_ca_file: String,
     dead_letters: PgDeadLetters,
     dedup: Arc<dyn DedupStore>,
+    /// The shared pool, for reading a change a NATS reference points to.
+    pool: Pool,
 }
 
 impl ObserverRuntime {
@@ -260,6 +263,7 @@ impl ObserverRuntime {
             tasks.spawn(nats_source::run(
                 nats.clone(),
                 nats_source::dispatcher(&dispatcher),
+                self.pool.clone(),
                 shutdown.clone(),
             ));
         }

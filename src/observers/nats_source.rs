@@ -12,6 +12,9 @@
 //! or after the NATS server itself restarted), so its jobs are marked `replay`: a job whose
 //! key already succeeded within the dedup window is not run again, and a job still queued
 //! absorbs the duplicate at enqueue (idempotent by key).
+//!
+//! A change larger than the server's `max_payload` arrives as a reference (`truncated`, no
+//! row images): the source reads the full change from the change log by its `pk`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +29,12 @@ use crate::nats::{EventBus, NatsConfig};
 
 /// Runs until `shutdown`. Unacknowledged messages in hand at shutdown are redelivered to
 /// another instance after `ack_wait_ms`.
-pub async fn run(config: NatsConfig, dispatcher: Dispatcher, shutdown: CancellationToken) {
+pub async fn run(
+    config: NatsConfig,
+    dispatcher: Dispatcher,
+    pool: deadpool_postgres::Pool,
+    shutdown: CancellationToken,
+) {
     let bus = match EventBus::connect(&config, &shutdown).await {
         Ok(bus) => bus,
         Err(e) => {
@@ -92,6 +100,28 @@ pub async fn run(config: NatsConfig, dispatcher: Dispatcher, shutdown: Cancellat
                     }
                     continue;
                 }
+            };
+            let ev = if ev.truncated {
+                // A change too large for one message: the full row is in the change log.
+                match super::reader::load_change(&pool, ev.pk).await {
+                    Ok(Some(full)) => full,
+                    Ok(None) => {
+                        warn!(
+                            pk = ev.pk,
+                            "a truncated NATS event's change is no longer in the change log; dropped"
+                        );
+                        dispatcher.metrics.events_failed.inc();
+                        let _ = d.ack().await;
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(pk = ev.pk, error = %e, "reading a truncated NATS event's change failed; redelivering");
+                        let _ = d.nak(Some(Duration::from_secs(1))).await;
+                        continue;
+                    }
+                }
+            } else {
+                ev
             };
             match dispatcher
                 .dispatch(Cursor::default(), &ev, true, &shutdown)

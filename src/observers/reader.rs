@@ -62,6 +62,8 @@ pub enum ReaderError {
     Nats(#[from] crate::nats::NatsError),
     #[error("{0}")]
     Connect(String),
+    #[error("no database connection: {0}")]
+    Pool(String),
 }
 
 pub struct Reader {
@@ -74,6 +76,27 @@ pub struct Reader {
     /// `database.tls_ca_file`: the session is encrypted like the pool's connections.
     pub tls_ca_file: String,
 }
+
+/// One change by its pk: what a consumer of a truncated NATS reference reads.
+const ONE_SQL: &str = "SELECT pk, txid::text AS txid, id, occurred_at, entity, entity_id, op, \
+       before, after, changed_fields, actor, tenant_id, trace_id, mutation \
+     FROM fraiseql.tb_entity_change_log WHERE pk = $1";
+
+/// The full change behind a truncated reference; `None` when it is gone (pruned).
+pub async fn load_change(
+    pool: &deadpool_postgres::Pool,
+    pk: i64,
+) -> Result<Option<ChangeEvent>, ReaderError> {
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| ReaderError::Pool(e.to_string()))?;
+    let row = client.query_opt(ONE_SQL, &[&pk]).await?;
+    Ok(row.as_ref().and_then(decode))
+}
+
+/// Bytes of a message's max_payload kept for its headers and subject.
+const PUBLISH_HEADROOM: usize = 4096;
 
 const READ_SQL: &str = "SELECT pk, txid::text AS txid, id, occurred_at, entity, entity_id, op, \
        before, after, changed_fields, actor, tenant_id, trace_id, mutation \
@@ -486,7 +509,7 @@ impl Reader {
                 self.dispatcher.metrics.events_failed.inc();
                 continue;
             }
-            let payload = match serde_json::to_vec(ev) {
+            let mut payload = match serde_json::to_vec(ev) {
                 Ok(p) => p,
                 Err(e) => {
                     warn!(pk = ev.pk, error = %e, "change not published to NATS");
@@ -494,6 +517,25 @@ impl Reader {
                     continue;
                 }
             };
+            // Too large for one message (the server's max_payload, less room for the
+            // headers): a reference instead, which consumers complete from the change log.
+            // Retrying the full payload could never succeed and would hold every change
+            // behind it.
+            if payload.len() > bus.max_payload().saturating_sub(PUBLISH_HEADROOM) {
+                let reference = ChangeEvent {
+                    before: None,
+                    after: None,
+                    mutation: None,
+                    truncated: true,
+                    ..ev.clone()
+                };
+                payload = serde_json::to_vec(&reference).unwrap_or_default();
+                warn!(
+                    pk = ev.pk,
+                    bytes = payload.len(),
+                    "change larger than NATS max_payload; published as a reference"
+                );
+            }
             items.push(crate::nats::OutgoingEvent {
                 entity: ev.entity.clone(),
                 op,
@@ -534,5 +576,6 @@ fn decode(row: &tokio_postgres::Row) -> Option<ChangeEvent> {
         tenant_id: row.try_get("tenant_id").ok()?,
         trace_id: row.try_get("trace_id").ok()?,
         mutation: row.try_get("mutation").ok()?,
+        truncated: false,
     })
 }

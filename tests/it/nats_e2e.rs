@@ -269,3 +269,47 @@ async fn a_change_of_an_entity_outside_the_subject_alphabet_is_published_not_ski
         "the consumer decodes the token"
     );
 }
+
+/// A change larger than the server's `max_payload` (a 2 MiB row; 1 MiB by default) is
+/// published as a reference the consumers complete from the change log: it reaches its
+/// observer whole, and the changes behind it are not held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_larger_than_max_payload_is_delivered_whole_and_blocks_nothing() {
+    let nats = test_config(SHARED_URL);
+    let db = TestDb::new().await;
+    db.create_posts().await;
+    let cleanup = Cleanup::new(REDIS_URL);
+    let prefix = cleanup.prefix();
+    let rx = HttpReceiver::start_ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, &rx.url("/hook"), &nats, Some(&prefix));
+    let serve = ServeProcess::start_role(&["--config", &config, "serve"], &db.url(), &[]).await;
+    db.batch(
+        "INSERT INTO fraiseql.tb_entity_change_log (entity, entity_id, op, after) \
+         VALUES ('Post', gen_random_uuid(), 'INSERT', \
+                 jsonb_build_object('title', 'big', 'blob', repeat('x', 2097152)))",
+    )
+    .await;
+    db.insert_post("small, after it", true).await;
+    let got = rx.wait_for(2, Duration::from_secs(20)).await;
+    delete_stream(&nats.url, &nats.stream).await;
+    drop(serve);
+    let mut titles: Vec<(String, usize)> = got
+        .iter()
+        .map(|r| {
+            let d = r.json();
+            (
+                d["after"]["title"].as_str().unwrap_or_default().to_owned(),
+                d["after"]["blob"].as_str().map_or(0, str::len),
+            )
+        })
+        .collect();
+    titles.sort();
+    assert_eq!(
+        titles,
+        vec![
+            ("big".to_owned(), 2_097_152),
+            ("small, after it".to_owned(), 0)
+        ]
+    );
+}
