@@ -2,7 +2,9 @@
 //!
 //! Each job becomes one bulk item: `index` with document id = the change's entity id and the
 //! `after` image as the document, or `delete` on DELETE (a 404 for a missing document counts
-//! as done). Jobs are batched: workers hand their item to a per-action batcher task over a
+//! as done). Every item carries the change-log position as its external version
+//! (`version_type=external`), and a 409 version conflict counts as done: a newer change of
+//! the document is already indexed. Jobs are batched: workers hand their item to a per-action batcher task over a
 //! bounded channel and wait for that item's own result; the batcher sends one `_bulk`
 //! request per `batch_size` items or `flush_interval_ms`, whichever comes first, and maps
 //! the per-item statuses back (429/5xx retryable, other 4xx permanent). So one bad document
@@ -155,7 +157,16 @@ impl SearchAction {
             },
         };
         let delete = ev["op"] == "DELETE";
-        let meta = serde_json::json!({ "_index": self.index, "_id": id });
+        // The change-log position as an external version: the changes of one row are
+        // logged in commit order, so a retried or reordered write of an older change is
+        // refused by the cluster (409) instead of overwriting a newer document, and a late
+        // index cannot resurrect a delete while its tombstone lives (`index.gc_deletes`).
+        let meta = serde_json::json!({
+            "_index": self.index,
+            "_id": id,
+            "version": job.change_pk,
+            "version_type": "external",
+        });
         let mut lines = String::new();
         if delete {
             lines.push_str(&serde_json::json!({ "delete": meta }).to_string());
@@ -263,7 +274,8 @@ async fn flush(inner: &Inner, batch: &[Item]) -> Vec<Result<(), ActionError>> {
                 .cloned()
                 .unwrap_or_default();
             let status = r["status"].as_u64().unwrap_or(0);
-            if (200..300).contains(&status) || (item.delete && status == 404) {
+            // 409: the cluster holds this version or a newer one, so this write is applied.
+            if (200..300).contains(&status) || status == 409 || (item.delete && status == 404) {
                 return Ok(());
             }
             let message = format!("_bulk item failed with status {status}: {}", r["error"]);

@@ -552,6 +552,117 @@ index = "posts"
     running.stop().await;
 }
 
+/// A retried write must not overwrite a newer document: `_bulk` items carry the change-log
+/// position as an external version, and a version conflict (409) means "a newer version is
+/// already there", i.e. done. The receiver keeps documents with Elasticsearch's external
+/// versioning rules (a write without a version always wins) and refuses the first write of
+/// the older change once (503), so its retry arrives after the newer one.
+#[tokio::test]
+async fn a_retried_search_write_never_overwrites_a_newer_document() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    let db = TestDb::new().await;
+    db.create_posts().await;
+    /// Document id → (external version, document).
+    type Docs = HashMap<String, (Option<u64>, serde_json::Value)>;
+    let docs: Arc<Mutex<Docs>> = Arc::default();
+    let refused = Arc::new(Mutex::new(false));
+    let (store, once) = (docs.clone(), refused.clone());
+    let rx = HttpReceiver::with(move |req| {
+        let lines: Vec<serde_json::Value> = req
+            .body
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let mut items = Vec::new();
+        let mut i = 0;
+        while i < lines.len() {
+            let (kind, meta) = lines[i].as_object().unwrap().iter().next().unwrap();
+            let id = meta["_id"].as_str().unwrap().to_owned();
+            let doc = (kind == "index").then(|| lines[i + 1].clone());
+            i += if doc.is_some() { 2 } else { 1 };
+            if doc.as_ref().is_some_and(|d| d["title"] == "v1") && !*once.lock().unwrap() {
+                *once.lock().unwrap() = true;
+                items.push(serde_json::json!({kind: {"_id": id, "status": 503}}));
+                continue;
+            }
+            let version = meta["version"].as_u64();
+            assert!(
+                version.is_none() || meta["version_type"] == "external",
+                "a version is external: {meta}"
+            );
+            let mut store = store.lock().unwrap();
+            let current = store.get(&id).and_then(|(v, _)| *v);
+            if let (Some(v), Some(c)) = (version, current)
+                && v <= c
+            {
+                items.push(serde_json::json!({kind: {"_id": id, "status": 409,
+                    "error": {"type": "version_conflict_engine_exception"}}}));
+                continue;
+            }
+            store.insert(
+                id.clone(),
+                (version, doc.unwrap_or(serde_json::Value::Null)),
+            );
+            items.push(serde_json::json!({kind: {"_id": id, "status": 200}}));
+        }
+        Reply {
+            status: 200,
+            headers: vec![],
+            body: serde_json::json!({"errors": true, "items": items}).to_string(),
+        }
+    })
+    .await;
+    let running = start(
+        &db,
+        &format!(
+            r#"{RUNTIME}
+[[observers]]
+name = "idx"
+entity = "Post"
+events = ["UPDATE"]
+retry = {{ max_attempts = 5, backoff = "fixed", initial_delay_ms = 500 }}
+[[observers.actions]]
+type = "search"
+url = "{}"
+index = "posts"
+batch_size = 1
+"#,
+            rx.url("")
+        ),
+        &[],
+    );
+    let id = db.insert_post("v0", true).await;
+    let client = db.client().await;
+    client
+        .execute("UPDATE tb_post SET title = 'v1' WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    client
+        .execute("UPDATE tb_post SET title = 'v2' WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    // Both changes done (the refused one retried once): three requests in all.
+    eventually(Duration::from_secs(10), "three _bulk requests", || async {
+        rx.len() >= 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stored = docs.lock().unwrap().get(&id.to_string()).cloned();
+    assert_eq!(
+        stored.map(|(_, d)| d["title"].clone()),
+        Some(serde_json::json!("v2")),
+        "the newer document stays"
+    );
+    assert_eq!(
+        db.dead_letter_count().await,
+        0,
+        "a version conflict is done"
+    );
+    running.stop().await;
+}
+
 #[tokio::test]
 async fn cache_invalidation_is_published_on_a_notify_channel() {
     let db = TestDb::new().await;
