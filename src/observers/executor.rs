@@ -3,7 +3,9 @@
 //! ([`crate::queue::pump`] over Redis).
 //!
 //! For each job:
-//! 1. a job marked `replay` (its change may have been dispatched before) is skipped when its
+//! 1. a job that may have run before (marked `replay`: its change may have been dispatched
+//!    before, it was reclaimed after its worker's lease expired, or handed back at shutdown;
+//!    or one with earlier attempts, whose last ack may have been lost) is skipped when its
 //!    idempotency key already succeeded within the dedup window; fresh jobs skip the lookup;
 //! 2. the action runs; on success the key is recorded as succeeded → [`Outcome::Ack`];
 //! 3. a retryable error with attempts left → [`Outcome::Retry`] after the observer's backoff
@@ -50,10 +52,10 @@ impl JobExecutor {
         };
         let action_type = action.type_name();
 
-        let seen = if job.replay {
+        let seen = if job.replay || job.attempts > 0 {
             self.dedup.already_succeeded(&job.key).await
         } else {
-            // Never dispatched before: it cannot have succeeded.
+            // Never handed to a worker before: it cannot have succeeded.
             Ok(false)
         };
         match seen {

@@ -59,9 +59,11 @@ pub struct Job {
     /// resolve (delete) the dead letter and a new failure updates the same row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_id: Option<i64>,
-    /// The change may have been dispatched before (it is at or below the reader's
-    /// dispatch high-water mark, or the job comes from the dead-letter store): the worker
-    /// consults the dedup store before running it. Fresh changes skip that lookup.
+    /// The job may have run before: its change is at or below the reader's dispatch
+    /// high-water mark, it comes from the dead-letter store, it was reclaimed from a worker
+    /// whose reservation expired (the Redis backend sets it on reserve), or it was handed back
+    /// at shutdown. The worker consults the dedup store before running it (as it does for a
+    /// job with `attempts > 0`). Fresh jobs skip that lookup.
     #[serde(default)]
     pub replay: bool,
 }

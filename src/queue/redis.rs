@@ -745,9 +745,12 @@ impl RedisQueue {
                     self.give_up_on_reclaimed(Reservation { job, receipt }, reclaims)
                         .await?;
                 }
-                Ok(job) => {
+                Ok(mut job) => {
                     if reclaims > 0 {
                         self.metrics.reclaimed.inc();
+                        // The worker that lost it may have run it to success and died before
+                        // its (batched) ack: the executor consults the dedup window.
+                        job.replay = true;
                     }
                     reserved.push(Reservation { job, receipt })
                 }
