@@ -94,6 +94,18 @@ impl ActionConfig {
             ActionConfig::Cache(_) => "cache",
         }
     }
+
+    /// The action's own time limit (`timeout_ms`); `None` for `cache` (one local `NOTIFY`).
+    pub fn timeout_ms(&self) -> Option<u64> {
+        match self {
+            ActionConfig::Webhook(c) => Some(c.timeout_ms),
+            ActionConfig::Slack(c) => Some(c.timeout_ms),
+            ActionConfig::Email(c) => Some(c.timeout_ms),
+            ActionConfig::Search(c) => Some(c.timeout_ms),
+            ActionConfig::Nats(c) => Some(c.timeout_ms),
+            ActionConfig::Cache(_) => None,
+        }
+    }
 }
 
 /// A config problem in one action: the key and what was expected.

@@ -253,6 +253,20 @@ pub trait BatchQueue: Queue {
     /// Hands reservations back by receipt, the stored job unchanged (a draining worker's
     /// unfinished jobs). Unknown receipts are ignored.
     async fn release_receipts(&self, receipts: &[String]) -> Result<(), QueueError>;
+
+    /// How long a reservation stays owned without news from its holder (the visibility
+    /// timeout); `None` when it never expires. The pump extends running jobs' reservations
+    /// well within it.
+    fn lease(&self) -> Option<Duration>;
+
+    /// Extends the reservations `receipts` by a full [`BatchQueue::lease`] from now, in one
+    /// round trip (per backend batch). Returns the receipts that were no longer ours;
+    /// `Ok(None)` when the backend stayed unreachable until `deadline`.
+    async fn extend_receipts(
+        &self,
+        receipts: &[String],
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<Vec<String>>, QueueError>;
 }
 
 /// Capability: the backend is a service of its own; readiness depends on reaching it.
