@@ -95,6 +95,36 @@ impl ActionConfig {
         }
     }
 
+    /// The explicit `name` key, when set.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            ActionConfig::Webhook(c) => c.name.as_deref(),
+            ActionConfig::Slack(c) => c.name.as_deref(),
+            ActionConfig::Email(c) => c.name.as_deref(),
+            ActionConfig::Search(c) => c.name.as_deref(),
+            ActionConfig::Nats(c) => c.name.as_deref(),
+            ActionConfig::Cache(c) => c.name.as_deref(),
+        }
+    }
+
+    /// The action's identity within its observer, carried by its jobs: the `name` key, or
+    /// `<type>-<16 hex digits>` from a SHA-256 of the type and the settings as canonical JSON
+    /// (keys sorted), so it does not depend on the action's position nor on key order in
+    /// the file. Identical unnamed actions of one observer share it; the matcher tells them
+    /// apart ([`crate::observers::matcher`]).
+    pub fn identity(&self) -> String {
+        if let Some(n) = self.name() {
+            return n.to_owned();
+        }
+        use sha2::Digest;
+        let value = serde_json::to_value(self).unwrap_or_default();
+        let mut canonical = String::new();
+        canonical_json(&value, &mut canonical);
+        let digest = sha2::Sha256::digest(canonical.as_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}-{hex}", self.type_name())
+    }
+
     /// The action's own time limit (`timeout_ms`); `None` for `cache` (one local `NOTIFY`).
     pub fn timeout_ms(&self) -> Option<u64> {
         match self {
@@ -105,6 +135,37 @@ impl ActionConfig {
             ActionConfig::Nats(c) => Some(c.timeout_ms),
             ActionConfig::Cache(_) => None,
         }
+    }
+}
+
+/// `value` as JSON with every object's keys in sorted order, whatever serde_json's map keeps.
+fn canonical_json(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical_json(&map[k], out);
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(v, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
     }
 }
 
