@@ -570,4 +570,22 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon"), None);
     }
+
+    #[test]
+    fn action_identity_is_the_name_or_a_hash_of_type_and_settings() {
+        let parse = |t: &str| -> ActionConfig { toml::from_str(t).unwrap() };
+        let a = parse("type = \"webhook\"\nurl = \"http://h/a\"\ntimeout_ms = 5\n");
+        let same = parse("timeout_ms = 5\nurl = \"http://h/a\"\ntype = \"webhook\"\n");
+        let other = parse("type = \"webhook\"\nurl = \"http://h/b\"\ntimeout_ms = 5\n");
+        let named = parse("type = \"webhook\"\nname = \"hook\"\nurl = \"http://h/b\"\n");
+        let id = a.identity();
+        assert!(
+            id.starts_with("webhook-") && id.len() == "webhook-".len() + 16,
+            "{id}"
+        );
+        assert_eq!(same.identity(), id, "key order does not matter");
+        assert_ne!(other.identity(), id, "settings do");
+        assert_eq!(named.identity(), "hook");
+        assert_eq!(named.name(), Some("hook"));
+    }
 }

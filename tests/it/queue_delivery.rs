@@ -245,3 +245,113 @@ async fn a_reclaimed_job_that_already_succeeded_is_not_run_again() {
     assert_eq!(reclaimed, 1, "B got the job by reclaiming it");
     assert_eq!(rx.len(), 1, "the action was not called a second time");
 }
+
+/// `exec` with another `observer_runtime.unknown_action_retry_ms`.
+fn with_unknown_retry(exec: &JobExecutor, retry: Duration) -> Arc<JobExecutor> {
+    Arc::new(JobExecutor {
+        observers: exec.observers.clone(),
+        dedup: exec.dedup.clone(),
+        metrics: exec.metrics.clone(),
+        unknown_action_retry: retry,
+    })
+}
+
+async fn dead_letters(prefix: &str) -> Vec<serde_json::Value> {
+    let mut conn = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let raw: Vec<String> = redis::cmd("HVALS")
+        .arg(format!("{prefix}:dead"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    raw.iter()
+        .map(|j| serde_json::from_str(j).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_action_waits_for_a_worker_that_knows_it_then_dead_letters() {
+    let db = TestDb::new().await;
+    let cleanup = Cleanup::new(REDIS_URL);
+    let prefix = cleanup.prefix();
+    let rx = HttpReceiver::start_ok().await;
+    let webhook = format!(
+        "[[observers.actions]]\ntype = \"webhook\"\nurl = \"{}\"\n",
+        rx.url("/webhook")
+    );
+    let slack = format!(
+        "[[observers.actions]]\ntype = \"slack\"\nurl = \"{}\"\ntext = \"new post\"\n",
+        rx.url("/slack")
+    );
+    let limit = Duration::from_millis(4000);
+    // The new version adds the slack action; an old worker (webhook only) is still running.
+    let new = with_unknown_retry(
+        &executor(&db, &observer(&format!("{webhook}{slack}"))),
+        limit,
+    );
+    let old = with_unknown_retry(&executor(&db, &observer(&webhook)), limit);
+    let q = redis_queue(&prefix, 30_000).await;
+    let mut jobs = new.observers.jobs_for(&change(1));
+    // A job queued by a version without identities runs by position.
+    let mut legacy = new.observers.jobs_for(&change(2)).remove(0);
+    legacy.action_id = None;
+    jobs.push(legacy);
+    // A job for an action no version here has.
+    let mut gone = new.observers.jobs_for(&change(3)).remove(1);
+    gone.action_id = Some("slack-0000000000000000".into());
+    jobs.push(gone);
+    q.enqueue_many(&jobs).await.unwrap();
+
+    let stop_old = CancellationToken::new();
+    let p_old = spawn_pump(q.clone(), old, stop_old.clone());
+    common::observers::eventually(
+        Duration::from_secs(10),
+        "the old worker ran the webhooks",
+        || async { rx.len() == 2 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        dead_letters(&prefix).await.is_empty(),
+        "the old worker does not dead-letter the new action's job"
+    );
+    assert_eq!(q.depth().await.unwrap(), 2, "the slack jobs wait");
+
+    // The old worker is replaced by one of the new version, which runs the job the old one
+    // could not.
+    stop_old.cancel();
+    p_old.await.unwrap();
+    let stop = CancellationToken::new();
+    let p_new = spawn_pump(q.clone(), new, stop.clone());
+    let requests = rx.wait_for(3, Duration::from_secs(10)).await;
+    common::observers::eventually(
+        Duration::from_secs(10),
+        "the unknown action's job dead-lettered",
+        || async { !dead_letters(&prefix).await.is_empty() },
+    )
+    .await;
+    stop.cancel();
+    p_new.await.unwrap();
+
+    let paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
+    let dead = dead_letters(&prefix).await;
+    eprintln!("calls {paths:?}; dead letters {dead:#?}");
+    assert_eq!(requests.len(), 3);
+    assert_eq!(paths.iter().filter(|p| **p == "/webhook").count(), 2);
+    assert_eq!(paths.iter().filter(|p| **p == "/slack").count(), 1);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["change_pk"], 3);
+    assert_eq!(dead[0]["attempts"], 1, "waiting spent no attempts");
+    let last = dead[0]["errors"].as_array().unwrap().last().unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        last.contains("slack-0000000000000000") && last.contains("unknown_action_retry_ms"),
+        "{last}"
+    );
+    assert_eq!(q.depth().await.unwrap(), 0);
+}
