@@ -92,23 +92,49 @@ retry = {{ max_attempts = 3, backoff = "fixed", initial_delay_ms = 50 }}
     )
 }
 
+/// A database, a Redis prefix, a receiver, and two actions calling it (`/webhook` and
+/// `/slack`) as `[[observers.actions]]` tables.
+struct Setup {
+    db: TestDb,
+    _cleanup: Cleanup,
+    prefix: String,
+    rx: Arc<HttpReceiver>,
+    webhook: String,
+    slack: String,
+}
+
+impl Setup {
+    async fn new() -> Setup {
+        let db = TestDb::new().await;
+        let cleanup = Cleanup::new(REDIS_URL);
+        let prefix = cleanup.prefix();
+        let rx = HttpReceiver::start_ok().await;
+        let webhook = format!(
+            "[[observers.actions]]\ntype = \"webhook\"\nurl = \"{}\"\n",
+            rx.url("/webhook")
+        );
+        let slack = format!(
+            "[[observers.actions]]\ntype = \"slack\"\nurl = \"{}\"\ntext = \"new post\"\n",
+            rx.url("/slack")
+        );
+        Setup {
+            db,
+            _cleanup: cleanup,
+            prefix,
+            rx,
+            webhook,
+            slack,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_run_their_own_action_when_the_actions_are_reordered() {
-    let db = TestDb::new().await;
-    let cleanup = Cleanup::new(REDIS_URL);
-    let prefix = cleanup.prefix();
-    let rx = HttpReceiver::start_ok().await;
-    let webhook = format!(
-        "[[observers.actions]]\ntype = \"webhook\"\nurl = \"{}\"\n",
-        rx.url("/webhook")
-    );
-    let slack = format!(
-        "[[observers.actions]]\ntype = \"slack\"\nurl = \"{}\"\ntext = \"new post\"\n",
-        rx.url("/slack")
-    );
+    let s = Setup::new().await;
+    let (db, prefix, rx, webhook, slack) = (&s.db, &s.prefix, &s.rx, &s.webhook, &s.slack);
     // Version 1 queues the jobs: webhook first, slack second.
-    let v1 = executor(&db, &observer(&format!("{webhook}{slack}")));
-    let q = redis_queue(&prefix, 30_000).await;
+    let v1 = executor(db, &observer(&format!("{webhook}{slack}")));
+    let q = redis_queue(prefix, 30_000).await;
     let jobs: Vec<_> = (1..=5)
         .flat_map(|pk| v1.observers.jobs_for(&change(pk)))
         .collect();
@@ -116,7 +142,7 @@ async fn jobs_run_their_own_action_when_the_actions_are_reordered() {
     q.enqueue_many(&jobs).await.unwrap();
 
     // Version 2 runs them: the same actions, slack first.
-    let v2 = executor(&db, &observer(&format!("{slack}{webhook}")));
+    let v2 = executor(db, &observer(&format!("{slack}{webhook}")));
     let stop = CancellationToken::new();
     let pump = spawn_pump(q.clone(), v2, stop.clone());
     let requests = rx.wait_for(10, Duration::from_secs(20)).await;
@@ -274,26 +300,16 @@ async fn dead_letters(prefix: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_action_waits_for_a_worker_that_knows_it_then_dead_letters() {
-    let db = TestDb::new().await;
-    let cleanup = Cleanup::new(REDIS_URL);
-    let prefix = cleanup.prefix();
-    let rx = HttpReceiver::start_ok().await;
-    let webhook = format!(
-        "[[observers.actions]]\ntype = \"webhook\"\nurl = \"{}\"\n",
-        rx.url("/webhook")
-    );
-    let slack = format!(
-        "[[observers.actions]]\ntype = \"slack\"\nurl = \"{}\"\ntext = \"new post\"\n",
-        rx.url("/slack")
-    );
+    let s = Setup::new().await;
+    let (db, prefix, rx, webhook, slack) = (&s.db, &s.prefix, &s.rx, &s.webhook, &s.slack);
     let limit = Duration::from_millis(4000);
     // The new version adds the slack action; an old worker (webhook only) is still running.
     let new = with_unknown_retry(
-        &executor(&db, &observer(&format!("{webhook}{slack}"))),
+        &executor(db, &observer(&format!("{webhook}{slack}"))),
         limit,
     );
-    let old = with_unknown_retry(&executor(&db, &observer(&webhook)), limit);
-    let q = redis_queue(&prefix, 30_000).await;
+    let old = with_unknown_retry(&executor(db, &observer(webhook)), limit);
+    let q = redis_queue(prefix, 30_000).await;
     let mut jobs = new.observers.jobs_for(&change(1));
     // A job queued by a version without identities runs by position.
     let mut legacy = new.observers.jobs_for(&change(2)).remove(0);
@@ -315,7 +331,7 @@ async fn an_unknown_action_waits_for_a_worker_that_knows_it_then_dead_letters() 
     .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(
-        dead_letters(&prefix).await.is_empty(),
+        dead_letters(prefix).await.is_empty(),
         "the old worker does not dead-letter the new action's job"
     );
     assert_eq!(q.depth().await.unwrap(), 2, "the slack jobs wait");
@@ -330,14 +346,14 @@ async fn an_unknown_action_waits_for_a_worker_that_knows_it_then_dead_letters() 
     common::observers::eventually(
         Duration::from_secs(10),
         "the unknown action's job dead-lettered",
-        || async { !dead_letters(&prefix).await.is_empty() },
+        || async { !dead_letters(prefix).await.is_empty() },
     )
     .await;
     stop.cancel();
     p_new.await.unwrap();
 
     let paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
-    let dead = dead_letters(&prefix).await;
+    let dead = dead_letters(prefix).await;
     eprintln!("calls {paths:?}; dead letters {dead:#?}");
     assert_eq!(requests.len(), 3);
     assert_eq!(paths.iter().filter(|p| **p == "/webhook").count(), 2);
