@@ -4,8 +4,10 @@
 //! parsed condition and built actions (templates compiled, secrets read), reporting every
 //! problem at once. The reader decodes each change-log row into a [`ChangeEvent`] and asks
 //! [`CompiledObservers::jobs_for`] for the jobs to enqueue: one per action of every observer
-//! whose entity, operation and condition match. Workers find the action for a job with
-//! [`CompiledObservers::action`].
+//! whose entity, operation and condition match; each job carries its action's identity.
+//! Workers find the action for a job with [`CompiledObservers::action_for`]: by that
+//! identity, so a reordered config (or another config version) never runs a job as
+//! another action.
 
 use std::collections::HashMap;
 use std::sync::Arc;
