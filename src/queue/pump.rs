@@ -189,6 +189,11 @@ where
                         let receipt = receipt.clone();
                         async move { (receipt, h(job).await) }
                     });
+                    if leases.is_empty() {
+                        // Busy again after idling: the first heartbeat is due one period
+                        // after this reservation, not at once for the ticks missed meanwhile.
+                        beat_timer.reset();
+                    }
                     leases.insert(task.id(), receipt);
                 }
             }
