@@ -274,7 +274,39 @@ impl Config {
                  are queued, and only the Redis queue keeps them if this process dies",
             ));
         }
-        Ok(())
+        self.visibility_covers_actions()
+    }
+
+    /// With the Redis queue a reservation expires after `queue.visibility_timeout_ms` unless
+    /// the worker's heartbeat extends it; a lease shorter than an action's own time limit
+    /// would hand a running job to a second worker as soon as one heartbeat is late.
+    fn visibility_covers_actions(&self) -> Result<(), Invalid> {
+        if self.queue.backend != crate::queue::config::QueueBackend::Redis {
+            return Ok(());
+        }
+        let longest = self
+            .observers
+            .iter()
+            .flat_map(|o| {
+                o.actions
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(i, a)| Some((a.timeout_ms()?, o.name.as_str(), i)))
+            })
+            .max_by_key(|(t, _, _)| *t);
+        match longest {
+            Some((timeout, observer, i)) if timeout > self.queue.visibility_timeout_ms => {
+                Err(Invalid::new(
+                    "queue.visibility_timeout_ms",
+                    format!(
+                        "expected at least the longest action timeout: observer \"{observer}\" \
+                         actions[{i}].timeout_ms is {timeout}, queue.visibility_timeout_ms is {}",
+                        self.queue.visibility_timeout_ms
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// [`Config::validate`] plus what `roles` need beyond it: a role refuses to start, and
@@ -585,6 +617,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.database.url, "postgres://b@h/y");
+    }
+
+    #[test]
+    fn a_visibility_timeout_shorter_than_an_action_timeout_is_refused() {
+        let observers = "[[observers]]\nname = \"hook\"\nentity = \"Post\"\n\
+                         [[observers.actions]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/h\"\n\
+                         timeout_ms = 5000\n";
+        let redis = |vt: u64| {
+            format!("[queue]\nbackend = \"redis\"\nvisibility_timeout_ms = {vt}\n{observers}")
+        };
+        let e = load(&redis(1000), &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("queue.visibility_timeout_ms")
+                && e.contains("actions[0].timeout_ms is 5000")
+                && e.contains("\"hook\""),
+            "{e}"
+        );
+        load(&redis(5000), &[]).unwrap();
+        // The memory queue has no visibility timeout.
+        load(
+            &format!("[queue]\nvisibility_timeout_ms = 1000\n{observers}"),
+            &[],
+        )
+        .unwrap();
     }
 
     #[test]

@@ -18,6 +18,11 @@ fn default_channel() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
+    /// Stable identity of this action within its observer (letters, digits, `-`, `_`, `.`):
+    /// queued jobs name the action they were made for, so reordering the actions or editing
+    /// this one keeps them running it. Default: the type and a hash of the settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(default = "default_channel")]
     pub channel: String,
 }

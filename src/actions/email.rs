@@ -31,6 +31,11 @@ pub enum SmtpTls {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailConfig {
+    /// Stable identity of this action within its observer (letters, digits, `-`, `_`, `.`):
+    /// queued jobs name the action they were made for, so reordering the actions or editing
+    /// this one keeps them running it. Default: the type and a hash of the settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub host: String,
     /// Default: 25 for `none`, 587 for `starttls`, 465 for `tls`.
     #[serde(default)]

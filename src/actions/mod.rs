@@ -94,6 +94,79 @@ impl ActionConfig {
             ActionConfig::Cache(_) => "cache",
         }
     }
+
+    /// The explicit `name` key, when set.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            ActionConfig::Webhook(c) => c.name.as_deref(),
+            ActionConfig::Slack(c) => c.name.as_deref(),
+            ActionConfig::Email(c) => c.name.as_deref(),
+            ActionConfig::Search(c) => c.name.as_deref(),
+            ActionConfig::Nats(c) => c.name.as_deref(),
+            ActionConfig::Cache(c) => c.name.as_deref(),
+        }
+    }
+
+    /// The action's identity within its observer, carried by its jobs: the `name` key, or
+    /// `<type>-<16 hex digits>` from a SHA-256 of the type and the settings as canonical JSON
+    /// (keys sorted), so it does not depend on the action's position nor on key order in
+    /// the file. Identical unnamed actions of one observer share it; the matcher tells them
+    /// apart ([`crate::observers::matcher`]).
+    pub fn identity(&self) -> String {
+        if let Some(n) = self.name() {
+            return n.to_owned();
+        }
+        use sha2::Digest;
+        let value = serde_json::to_value(self).unwrap_or_default();
+        let mut canonical = String::new();
+        canonical_json(&value, &mut canonical);
+        let digest = sha2::Sha256::digest(canonical.as_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}-{hex}", self.type_name())
+    }
+
+    /// The action's own time limit (`timeout_ms`); `None` for `cache` (one local `NOTIFY`).
+    pub fn timeout_ms(&self) -> Option<u64> {
+        match self {
+            ActionConfig::Webhook(c) => Some(c.timeout_ms),
+            ActionConfig::Slack(c) => Some(c.timeout_ms),
+            ActionConfig::Email(c) => Some(c.timeout_ms),
+            ActionConfig::Search(c) => Some(c.timeout_ms),
+            ActionConfig::Nats(c) => Some(c.timeout_ms),
+            ActionConfig::Cache(_) => None,
+        }
+    }
+}
+
+/// `value` as JSON with every object's keys in sorted order, whatever serde_json's map keeps.
+fn canonical_json(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical_json(&map[k], out);
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(v, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
 }
 
 /// A config problem in one action: the key and what was expected.
@@ -496,5 +569,23 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn action_identity_is_the_name_or_a_hash_of_type_and_settings() {
+        let parse = |t: &str| -> ActionConfig { toml::from_str(t).unwrap() };
+        let a = parse("type = \"webhook\"\nurl = \"http://h/a\"\ntimeout_ms = 5\n");
+        let same = parse("timeout_ms = 5\nurl = \"http://h/a\"\ntype = \"webhook\"\n");
+        let other = parse("type = \"webhook\"\nurl = \"http://h/b\"\ntimeout_ms = 5\n");
+        let named = parse("type = \"webhook\"\nname = \"hook\"\nurl = \"http://h/b\"\n");
+        let id = a.identity();
+        assert!(
+            id.starts_with("webhook-") && id.len() == "webhook-".len() + 16,
+            "{id}"
+        );
+        assert_eq!(same.identity(), id, "key order does not matter");
+        assert_ne!(other.identity(), id, "settings do");
+        assert_eq!(named.identity(), "hook");
+        assert_eq!(named.name(), Some("hook"));
     }
 }

@@ -31,6 +31,11 @@ fn default_true() -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsActionConfig {
+    /// Stable identity of this action within its observer (letters, digits, `-`, `_`, `.`):
+    /// queued jobs name the action they were made for, so reordering the actions or editing
+    /// this one keeps them running it. Default: the type and a hash of the settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Server URL(s) as `[nats] url` takes them (`nats://host:4222`, `tls://`,
     /// `user:password@` or `token@`); use `url_env` when it carries credentials.
     #[serde(default)]

@@ -34,6 +34,11 @@ fn default_flush_interval_ms() -> u64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SearchConfig {
+    /// Stable identity of this action within its observer (letters, digits, `-`, `_`, `.`):
+    /// queued jobs name the action they were made for, so reordering the actions or editing
+    /// this one keeps them running it. Default: the type and a hash of the settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Base URL of the cluster, e.g. `http://127.0.0.1:9200`; `/_bulk` is appended.
     pub url: String,
     pub index: String,

@@ -15,6 +15,11 @@ use crate::queue::Job;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlackConfig {
+    /// Stable identity of this action within its observer (letters, digits, `-`, `_`, `.`):
+    /// queued jobs name the action they were made for, so reordering the actions or editing
+    /// this one keeps them running it. Default: the type and a hash of the settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Environment variable holding the incoming-webhook URL (preferred: it is a secret).
     #[serde(default)]
     pub url_env: Option<String>,

@@ -208,6 +208,10 @@ pub struct ObserverSettings {
     pub run_reader: bool,
     /// Run action workers in this process.
     pub run_workers: bool,
+    /// A job whose observer or action this process does not know (another config version
+    /// queued it, e.g. during a rolling deploy) is retried with backoff for this long before
+    /// it is dead-lettered (0 = at once).
+    pub unknown_action_retry_ms: u64,
 }
 
 impl Default for ObserverSettings {
@@ -226,6 +230,7 @@ impl Default for ObserverSettings {
             dlq_retry_lease_secs: 600,
             run_reader: true,
             run_workers: true,
+            unknown_action_retry_ms: 600_000,
         }
     }
 }
@@ -401,6 +406,20 @@ pub(crate) fn validate_into(
                     r.initial_delay_ms, r.max_delay_ms
                 ),
             );
+        }
+        for (ai, a) in o.actions.iter().enumerate() {
+            if let Some(n) = a.name()
+                && (n.is_empty()
+                    || !n
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+            {
+                p.push(
+                    &who,
+                    format!("actions[{ai}].name"),
+                    "expected a non-empty name of letters, digits, `-`, `_` or `.`",
+                );
+            }
         }
         if o.actions.is_empty() {
             p.push(

@@ -3,7 +3,9 @@
 //! ([`crate::queue::pump`] over Redis).
 //!
 //! For each job:
-//! 1. a job marked `replay` (its change may have been dispatched before) is skipped when its
+//! 1. a job that may have run before (marked `replay`: its change may have been dispatched
+//!    before, it was reclaimed after its worker's lease expired, or handed back at shutdown;
+//!    or one with earlier attempts, whose last ack may have been lost) is skipped when its
 //!    idempotency key already succeeded within the dedup window; fresh jobs skip the lookup;
 //! 2. the action runs; on success the key is recorded as succeeded → [`Outcome::Ack`];
 //! 3. a retryable error with attempts left → [`Outcome::Retry`] after the observer's backoff
@@ -12,48 +14,61 @@
 //!    error. Permanent errors are not retried (a 400 stays a 400): `fraiseql dlq retry`
 //!    re-runs them once fixed.
 //!
-//! The caller applies the outcome to its queue; a job whose observer or action disappeared
-//! from the configuration since it was queued is dead-lettered with that reason.
+//! The caller applies the outcome to its queue. A job runs the action it was made for, found
+//! by the action's identity (jobs of older versions, without one: by position, when the
+//! type matches), never merely whatever sits at its index now. A job whose observer or
+//! action this process does not know — queued by another config version, e.g. during a
+//! rolling deploy — is retried with backoff (without spending its attempts) for
+//! `observer_runtime.unknown_action_retry_ms` after it first met an unknown action, so that
+//! a worker of the new version picks it up; then it is dead-lettered with that reason.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tracing::{debug, warn};
 
 use super::matcher::CompiledObservers;
 use crate::metrics::JobMetrics;
+use crate::queue::backoff::{Backoff, RetryPolicy};
 use crate::queue::dedup::DedupStore;
 use crate::queue::{Job, Outcome};
+
+/// Opens every error recorded for a job whose action was unknown: the first one dates the
+/// start of its wait.
+const UNKNOWN_ACTION: &str = "unknown action: ";
+
+/// Waits between looks for an unknown action: 1 s doubling to a minute, with jitter.
+const UNKNOWN_ACTION_BACKOFF: RetryPolicy = RetryPolicy {
+    max_attempts: u32::MAX,
+    backoff: Backoff::Exponential,
+    initial_delay: Duration::from_secs(1),
+    max_delay: Duration::from_secs(60),
+    jitter: true,
+};
 
 pub struct JobExecutor {
     pub observers: Arc<CompiledObservers>,
     pub dedup: Arc<dyn DedupStore>,
     pub metrics: JobMetrics,
+    /// `observer_runtime.unknown_action_retry_ms`.
+    pub unknown_action_retry: Duration,
 }
 
 impl JobExecutor {
     /// Runs `job` once. Never panics on a job's content: anything unexpected becomes a
     /// dead letter with the reason.
     pub async fn run(&self, mut job: Job) -> Outcome {
-        let Some((observer, action)) = self.observers.action(&job.observer, job.action_index)
-        else {
-            job.record_failure(
-                "observer or action is no longer configured (config changed since the job was queued)",
-                false,
-            );
-            self.metrics
-                .dead_lettered
-                .with_label_values(&[crate::metrics::action_label(&job.action_type)])
-                .inc();
-            return Outcome::DeadLetter { job };
+        let (observer, action) = match self.observers.action_for(&job) {
+            Ok(found) => found,
+            Err(reason) => return self.unknown_action(job, &reason),
         };
         let action_type = action.type_name();
 
-        let seen = if job.replay {
+        let seen = if job.replay || job.attempts > 0 {
             self.dedup.already_succeeded(&job.key).await
         } else {
-            // Never dispatched before: it cannot have succeeded.
+            // Never handed to a worker before: it cannot have succeeded.
             Ok(false)
         };
         match seen {
@@ -109,5 +124,43 @@ impl JobExecutor {
                 }
             }
         }
+    }
+
+    /// The job's observer or action is not in this process's configuration: look again
+    /// later, until `unknown_action_retry` after the first time, then dead-letter it.
+    fn unknown_action(&self, mut job: Job, reason: &str) -> Outcome {
+        let label = crate::metrics::action_label(&job.action_type);
+        let now = Utc::now();
+        let waits = job
+            .errors
+            .iter()
+            .filter(|e| e.error.starts_with(UNKNOWN_ACTION))
+            .count();
+        let first = job
+            .errors
+            .iter()
+            .find(|e| e.error.starts_with(UNKNOWN_ACTION))
+            .map_or(now, |e| e.at);
+        let limit = chrono::Duration::from_std(self.unknown_action_retry).unwrap_or_default();
+        if now - first >= limit {
+            warn!(key = %job.key, reason, "the job's action is not configured here; dead-lettering");
+            job.record_failure(
+                &format!(
+                    "{UNKNOWN_ACTION}{reason}; still unknown after {} ms \
+                     (observer_runtime.unknown_action_retry_ms): the configuration changed since \
+                     the job was queued",
+                    self.unknown_action_retry.as_millis()
+                ),
+                false,
+            );
+            self.metrics.dead_lettered.with_label_values(&[label]).inc();
+            return Outcome::DeadLetter { job };
+        }
+        job.record_wait(&format!("{UNKNOWN_ACTION}{reason}"));
+        let delay = UNKNOWN_ACTION_BACKOFF.delay(waits as u32 + 1, None);
+        let at = (now + chrono::Duration::from_std(delay).unwrap_or_default()).min(first + limit);
+        debug!(key = %job.key, reason, ?delay, "the job's action is not configured here (yet); retrying");
+        self.metrics.retried.with_label_values(&[label]).inc();
+        Outcome::Retry { job, at }
     }
 }

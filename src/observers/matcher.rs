@@ -4,8 +4,10 @@
 //! parsed condition and built actions (templates compiled, secrets read), reporting every
 //! problem at once. The reader decodes each change-log row into a [`ChangeEvent`] and asks
 //! [`CompiledObservers::jobs_for`] for the jobs to enqueue: one per action of every observer
-//! whose entity, operation and condition match. Workers find the action for a job with
-//! [`CompiledObservers::action`].
+//! whose entity, operation and condition match; each job carries its action's identity.
+//! Workers find the action for a job with [`CompiledObservers::action_for`]: by that
+//! identity, so a reordered config (or another config version) never runs a job as
+//! another action.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -85,6 +87,9 @@ pub struct CompiledObserver {
     pub condition: Option<Condition>,
     pub retry: RetryPolicy,
     pub actions: Vec<Arc<Action>>,
+    /// `actions[i]`'s identity ([`crate::actions::ActionConfig::identity`]); an unnamed
+    /// action identical to an earlier one of the same observer gets `-2`, `-3`… appended.
+    pub action_ids: Vec<String>,
 }
 
 impl CompiledObserver {
@@ -115,7 +120,24 @@ impl CompiledObservers {
         for (i, o) in observers.iter().enumerate() {
             let who = config::label(i, o);
             let mut actions = Vec::new();
+            let mut action_ids: Vec<String> = Vec::new();
             for (ai, a) in o.actions.iter().enumerate() {
+                let base = a.identity();
+                let mut id = base.clone();
+                let mut n = 1;
+                while action_ids.contains(&id) {
+                    if a.name().is_some() {
+                        problems.push(
+                            &who,
+                            format!("actions[{ai}].name"),
+                            "another action of this observer has the same name",
+                        );
+                        break;
+                    }
+                    n += 1;
+                    id = format!("{base}-{n}");
+                }
+                action_ids.push(id);
                 match Action::build(&format!("{}/{ai}", o.name), a, deps) {
                     Ok(action) => actions.push(Arc::new(action)),
                     Err(e) => problems.push(
@@ -136,6 +158,7 @@ impl CompiledObservers {
                     .and_then(|c| Condition::parse(c).ok()),
                 retry: o.retry.policy(),
                 actions,
+                action_ids,
             });
         }
         problems.into_result()?;
@@ -175,6 +198,41 @@ impl CompiledObservers {
         Some((o, o.actions.get(index)?))
     }
 
+    /// The observer and action `job` was made for: by its action identity, or for a job
+    /// without one (queued by an older version) by position, provided the type matches. The
+    /// error says what this process's configuration lacks.
+    pub fn action_for(&self, job: &Job) -> Result<(&CompiledObserver, &Arc<Action>), String> {
+        let Some(o) = self.get(&job.observer) else {
+            return Err(format!(
+                "observer \"{}\" is not in this process's configuration",
+                job.observer
+            ));
+        };
+        let found = match &job.action_id {
+            Some(id) => o
+                .action_ids
+                .iter()
+                .position(|a| a == id)
+                .map(|i| &o.actions[i])
+                .filter(|a| a.type_name() == job.action_type),
+            None => o
+                .actions
+                .get(job.action_index)
+                .filter(|a| a.type_name() == job.action_type),
+        };
+        match (found, &job.action_id) {
+            (Some(a), _) => Ok((o, a)),
+            (None, Some(id)) => Err(format!(
+                "observer \"{}\" has no {} action \"{id}\" in this process's configuration",
+                job.observer, job.action_type
+            )),
+            (None, None) => Err(format!(
+                "observer \"{}\" has no {} action at position {} in this process's configuration",
+                job.observer, job.action_type, job.action_index
+            )),
+        }
+    }
+
     /// One job per action of every matching observer.
     pub fn jobs_for(&self, ev: &ChangeEvent) -> Vec<Job> {
         let Some(candidates) = self.by_entity.get(&ev.entity) else {
@@ -188,8 +246,8 @@ impl CompiledObservers {
                 continue;
             }
             let doc = doc.get_or_insert_with(|| ev.document());
-            for (ai, a) in o.actions.iter().enumerate() {
-                jobs.push(Job::new(ev.pk, &o.name, ai, a.type_name(), doc.clone()));
+            for (ai, (a, id)) in o.actions.iter().zip(&o.action_ids).enumerate() {
+                jobs.push(Job::new(ev.pk, &o.name, ai, a.type_name(), doc.clone()).for_action(id));
             }
         }
         jobs

@@ -195,6 +195,7 @@ impl ObserverRuntime {
             observers: self.observers.clone(),
             dedup: self.dedup.clone(),
             metrics: self.metrics.jobs.clone(),
+            unknown_action_retry: Duration::from_millis(self.settings.unknown_action_retry_ms),
         })
     }
 
@@ -225,6 +226,7 @@ impl ObserverRuntime {
                 observers: self.observers.clone(),
                 dedup: self.dedup.clone(),
                 metrics: self.metrics.jobs.clone(),
+                unknown_action_retry: Duration::from_millis(self.settings.unknown_action_retry_ms),
             });
             let grace = Duration::from_millis(self.settings.shutdown_grace_ms);
             match &self.queue.batch {

@@ -81,6 +81,9 @@ impl Workers {
             None => {
                 info!(key = %key, "shutdown grace period over; handing the job back");
                 self.executor.metrics.released.inc();
+                // Stopped mid-run: the action may have succeeded already.
+                let mut job = job;
+                job.replay = true;
                 if let Err(e) = self
                     .queue
                     .retry(Reservation { job, receipt }, Utc::now())

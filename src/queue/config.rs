@@ -52,7 +52,8 @@ pub struct QueueConfig {
     pub key_prefix: String,
     /// How long a reserved job stays owned by its worker. When the worker neither acks,
     /// retries nor dead-letters it within this time (it died, or hung), the job is handed to
-    /// another worker. Must exceed the longest action timeout.
+    /// another worker. The pump extends running jobs' reservations every third of it; the
+    /// config still refuses one below the longest action timeout (`Config::validate`).
     pub visibility_timeout_ms: u64,
     /// A job reclaimed more often than this (it kills or hangs every worker that takes it) is
     /// dead-lettered instead of being handed out again.

@@ -32,7 +32,8 @@ use uuid::Uuid;
 
 pub use build::{QueueHandles, build};
 
-/// One unit of work: run action `action_index` of observer `observer` for change `change_pk`.
+/// One unit of work: run action `action_id` (or, for older jobs, the action at
+/// `action_index`) of observer `observer` for change `change_pk`.
 ///
 /// Everything an executor needs travels inside the job (the event document is embedded)
 /// so that a job can live in another process (Redis) and be retried from the dead-letter
@@ -48,6 +49,13 @@ pub struct Job {
     pub action_index: usize,
     /// The action's type name (`webhook`, `slack`, …), for metrics and the DLQ listing.
     pub action_type: String,
+    /// Identity of the action the job was made for
+    /// ([`crate::actions::ActionConfig::identity`]): the worker runs the action with this
+    /// identity wherever it sits in the observer's list (a reordered config, or a worker of
+    /// another config version during a rolling deploy). `None` for jobs queued before
+    /// identities existed: they run by position (`action_index`), when the type matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_id: Option<String>,
     /// The event document: `{"event": {...}, "before": ..., "after": ...}`.
     pub payload: serde_json::Value,
     /// Attempts made so far (0 for a fresh job).
@@ -59,9 +67,11 @@ pub struct Job {
     /// resolve (delete) the dead letter and a new failure updates the same row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_id: Option<i64>,
-    /// The change may have been dispatched before (it is at or below the reader's
-    /// dispatch high-water mark, or the job comes from the dead-letter store): the worker
-    /// consults the dedup store before running it. Fresh changes skip that lookup.
+    /// The job may have run before: its change is at or below the reader's dispatch
+    /// high-water mark, it comes from the dead-letter store, it was reclaimed from a worker
+    /// whose reservation expired (the Redis backend sets it on reserve), or it was handed back
+    /// at shutdown. The worker consults the dedup store before running it (as it does for a
+    /// job with `attempts > 0`). Fresh jobs skip that lookup.
     #[serde(default)]
     pub replay: bool,
 }
@@ -82,6 +92,7 @@ impl Job {
             observer: observer.to_owned(),
             action_index,
             action_type: action_type.to_owned(),
+            action_id: None,
             payload,
             attempts: 0,
             errors: Vec::new(),
@@ -89,6 +100,23 @@ impl Job {
             dead_letter_id: None,
             replay: false,
         }
+    }
+
+    /// The job made for the action with identity `id`.
+    pub fn for_action(mut self, id: &str) -> Self {
+        self.action_id = Some(id.to_owned());
+        self
+    }
+
+    /// Records why the job could not run yet without counting an attempt (its action is not
+    /// known to this process): the action's own retry budget stays whole.
+    pub fn record_wait(&mut self, reason: &str) {
+        self.errors.push(AttemptError {
+            attempt: self.attempts,
+            at: Utc::now(),
+            error: reason.to_owned(),
+            retryable: true,
+        });
     }
 
     /// Records a failed attempt (increments `attempts`).
@@ -251,6 +279,20 @@ pub trait BatchQueue: Queue {
     /// Hands reservations back by receipt, the stored job unchanged (a draining worker's
     /// unfinished jobs). Unknown receipts are ignored.
     async fn release_receipts(&self, receipts: &[String]) -> Result<(), QueueError>;
+
+    /// How long a reservation stays owned without news from its holder (the visibility
+    /// timeout); `None` when it never expires. The pump extends running jobs' reservations
+    /// well within it.
+    fn lease(&self) -> Option<Duration>;
+
+    /// Extends the reservations `receipts` by a full [`BatchQueue::lease`] from now, in one
+    /// round trip (per backend batch). Returns the receipts that were no longer ours;
+    /// `Ok(None)` when the backend stayed unreachable until `deadline`.
+    async fn extend_receipts(
+        &self,
+        receipts: &[String],
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<Vec<String>>, QueueError>;
 }
 
 /// Capability: the backend is a service of its own; readiness depends on reaching it.

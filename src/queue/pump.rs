@@ -9,12 +9,20 @@
 //! as tasks of a `JoinSet`, so their number is bounded by `concurrency` by construction and no
 //! channel is needed. Retries and dead letters (rare) go through the trait methods one by one.
 //!
+//! Heartbeat: every third of the backend's lease ([`BatchQueue::lease`], the visibility
+//! timeout) the loop extends the reservations of every job still running, in one call
+//! ([`BatchQueue::extend_receipts`]), so an action slower than the visibility timeout stays
+//! owned by this worker instead of running on a second one and counting as a reclaim. A
+//! finished job leaves the heartbeat at once (its receipt is dropped when its task returns,
+//! before its ack is sent), and a worker that dies stops extending: its jobs are reclaimed
+//! one visibility timeout later, as before.
+//!
 //! On shutdown the loop stops reserving, keeps acknowledging until the running jobs finish,
 //! and when `grace` runs out aborts the rest and hands their reservations back
 //! ([`BatchQueue::release_receipts`]) so another worker takes them at once instead of after
 //! the visibility timeout. `fraiseql worker` is this loop plus an action executor as handler.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -63,6 +71,8 @@ pub struct PumpStats {
     pub released: u64,
     /// Round trips of the ack-and-reserve call.
     pub round_trips: u64,
+    /// Heartbeat calls (extending running jobs' reservations).
+    pub heartbeats: u64,
 }
 
 /// Round trips in flight at once: while one is on the wire the next batch of finished jobs
@@ -86,6 +96,12 @@ type RoundTrip<'a> = Pin<
 /// Waiting for work after an empty round trip: its wake-up registration and its timer.
 type Idle<'a> = (Pin<Box<Notified<'a>>>, Pin<Box<tokio::time::Sleep>>);
 
+/// One heartbeat call in flight: the receipts no longer ours (`None`: backend unreachable).
+type Beat<'a> = Pin<Box<dyn Future<Output = Result<Option<Vec<String>>, QueueError>> + Send + 'a>>;
+
+/// Shortest heartbeat period, whatever the lease.
+const MIN_BEAT: Duration = Duration::from_millis(10);
+
 /// Runs the loop until `shutdown` is cancelled and the running jobs are finished or handed
 /// back. `handler` runs one job.
 pub async fn run<H, Fut>(
@@ -104,6 +120,13 @@ where
     let batch = config.batch.clamp(1, q.max_batch());
     let mut stats = PumpStats::default();
     let mut running: JoinSet<(String, Outcome)> = JoinSet::new();
+    // Receipts of the jobs whose handler is still running, by task: what the heartbeat
+    // extends (a panicked task is known only by its id).
+    let mut leases: HashMap<tokio::task::Id, String> = HashMap::new();
+    let period = q.lease().map(|l| (l / 3).max(MIN_BEAT));
+    let mut beat_timer = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
+    beat_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut beat: Option<Beat<'_>> = None;
     let mut held: HashSet<String> = HashSet::new();
     let mut acks: Vec<String> = Vec::new();
     let mut trips: FuturesUnordered<RoundTrip<'_>> = FuturesUnordered::new();
@@ -162,28 +185,45 @@ where
                     stats.reserved += 1;
                     held.insert(receipt.clone());
                     let h = handler.clone();
-                    running.spawn(async move { (receipt, h(job).await) });
+                    let task = running.spawn({
+                        let receipt = receipt.clone();
+                        async move { (receipt, h(job).await) }
+                    });
+                    if leases.is_empty() {
+                        // Busy again after idling: the first heartbeat is due one period
+                        // after this reservation, not at once for the ticks missed meanwhile.
+                        beat_timer.reset();
+                    }
+                    leases.insert(task.id(), receipt);
                 }
             }
-            done = running.join_next(), if !running.is_empty() => {
+            done = running.join_next_with_id(), if !running.is_empty() => {
                 match done {
-                    Some(Ok((receipt, outcome))) => {
+                    Some(Ok((id, (receipt, outcome)))) => {
+                        leases.remove(&id);
                         finish(q, &mut stats, &mut acks, &mut held, receipt, outcome).await?;
                         // Let handlers that are ready to finish do so (they were spawned on
                         // this thread's run queue), then collect everything that finished into
                         // the same round trip: a few microseconds for far fewer round trips.
                         tokio::task::yield_now().await;
-                        while let Some(res) = running.try_join_next() {
+                        while let Some(res) = running.try_join_next_with_id() {
                             match res {
-                                Ok((receipt, outcome)) => {
+                                Ok((id, (receipt, outcome))) => {
+                                    leases.remove(&id);
                                     finish(q, &mut stats, &mut acks, &mut held, receipt, outcome)
                                         .await?;
                                 }
-                                Err(e) => warn!(error = %e, "pump: a handler panicked; its job will be reclaimed"),
+                                Err(e) => {
+                                    leases.remove(&e.id());
+                                    warn!(error = %e, "pump: a handler panicked; its job will be reclaimed");
+                                }
                             }
                         }
                     }
-                    Some(Err(e)) => warn!(error = %e, "pump: a handler panicked; its job will be reclaimed"),
+                    Some(Err(e)) => {
+                        leases.remove(&e.id());
+                        warn!(error = %e, "pump: a handler panicked; its job will be reclaimed");
+                    }
                     None => {}
                 }
             }
@@ -194,6 +234,35 @@ where
                 }
             }, if idle.is_some() && !draining => {
                 idle = None;
+            }
+            _ = beat_timer.tick(), if period.is_some() && beat.is_none() && !leases.is_empty() => {
+                let receipts: Vec<String> = leases.values().cloned().collect();
+                // A heartbeat later than the next one is of no use: give up at the next tick.
+                let deadline = Instant::now() + period.unwrap_or(MIN_BEAT);
+                beat = Some(Box::pin(async move {
+                    q.extend_receipts(&receipts, Some(deadline)).await
+                }));
+            }
+            lost = async {
+                match beat.as_mut() {
+                    Some(b) => b.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            }, if beat.is_some() => {
+                beat = None;
+                stats.heartbeats += 1;
+                match lost {
+                    Ok(Some(lost)) => {
+                        // Finished meanwhile (acked), or reclaimed before this heartbeat landed.
+                        let still_running: Vec<&String> =
+                            lost.iter().filter(|r| leases.values().any(|l| l == *r)).collect();
+                        if !still_running.is_empty() {
+                            warn!(receipts = ?still_running, "pump: running jobs' reservations expired before the heartbeat (they may run on another worker too)");
+                        }
+                    }
+                    Ok(None) => warn!("pump: the heartbeat did not reach the queue in time"),
+                    Err(e) => warn!(error = %e, "pump: extending running jobs' reservations failed"),
+                }
             }
             _ = shutdown.cancelled(), if !draining => {}
             _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if draining => {

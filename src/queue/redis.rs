@@ -42,6 +42,10 @@
 //! back to the *front* of `P:ready` (they are the oldest work) and promotes due delayed jobs,
 //! so a dead worker's jobs are picked up by whoever reserves next; no separate reaper process
 //! is needed. A job reclaimed more than `max_reclaims` times is dead-lettered instead.
+//! A worker keeps its running jobs owned by moving their deadlines forward (`extend`, one
+//! script call for all of them: the pump's heartbeat), so only a dead or stalled worker's
+//! reservations expire. A reclaimed job is marked `replay`: its first run may have
+//! succeeded before the worker died, so the executor consults the dedup window.
 //!
 //! # Redis down
 //!
@@ -268,13 +272,22 @@ redis.call('ZADD', dead_at, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 
 return id
 "#;
 
-/// KEYS: inflight. ARGV: receipt, visibility ms. Returns the new deadline or -1 (unknown).
+/// KEYS: inflight. ARGV: visibility ms, then receipts. Moves each receipt still held to the
+/// deadline `now + visibility`; returns one 1 (extended) / 0 (unknown: acknowledged or
+/// reclaimed) per receipt. The pump's heartbeat: one call for every running job.
 const EXTEND_LUA: &str = r#"
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end
 local t = redis.call('TIME')
-local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], deadline, ARGV[1])
-return deadline
+local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+local out = {}
+for i = 2, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[i])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
 "#;
 
 /// The names of every key of one queue instance.
@@ -745,9 +758,12 @@ impl RedisQueue {
                     self.give_up_on_reclaimed(Reservation { job, receipt }, reclaims)
                         .await?;
                 }
-                Ok(job) => {
+                Ok(mut job) => {
                     if reclaims > 0 {
                         self.metrics.reclaimed.inc();
+                        // The worker that lost it may have run it to success and died before
+                        // its (batched) ack: the executor consults the dedup window.
+                        job.replay = true;
                     }
                     reserved.push(Reservation { job, receipt })
                 }
@@ -816,15 +832,41 @@ impl RedisQueue {
     /// Keeps a long-running reservation owned for another `visibility_timeout_ms` from now.
     /// Fails with [`QueueError::UnknownReservation`] when it was already reclaimed.
     pub async fn extend(&self, reservation: &Reservation) -> Result<(), QueueError> {
-        let mut inv = self.scripts.extend.prepare_invoke();
-        inv.key(&self.keys.inflight)
-            .arg(&reservation.receipt)
-            .arg(self.visibility_ms);
-        let ran: Ran<i64> = self.eval_forever("extend", &inv).await?;
-        if ran.value < 0 {
-            return Err(QueueError::UnknownReservation(reservation.receipt.clone()));
+        let receipts = std::slice::from_ref(&reservation.receipt);
+        match self.extend_receipts(receipts, None).await? {
+            Some(lost) if !lost.is_empty() => {
+                Err(QueueError::UnknownReservation(reservation.receipt.clone()))
+            }
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Keeps the reservations `receipts` owned for another `visibility_timeout_ms` from now,
+    /// one round trip per [`MAX_BATCH`] receipts. Returns the receipts that were no longer
+    /// ours (acknowledged, or already reclaimed); `Ok(None)` when Redis stayed unreachable
+    /// until `deadline`.
+    pub async fn extend_receipts(
+        &self,
+        receipts: &[String],
+        deadline: Option<Instant>,
+    ) -> Result<Option<Vec<String>>, QueueError> {
+        let mut lost = Vec::new();
+        for chunk in receipts.chunks(MAX_BATCH) {
+            let mut inv = self.scripts.extend.prepare_invoke();
+            inv.key(&self.keys.inflight).arg(self.visibility_ms);
+            for r in chunk {
+                inv.arg(r);
+            }
+            let Some(ran) = self.eval::<Vec<i64>>("extend", &inv, deadline).await? else {
+                return Ok(None);
+            };
+            for (r, ok) in chunk.iter().zip(&ran.value) {
+                if *ok != 1 {
+                    lost.push(r.clone());
+                }
+            }
+        }
+        Ok(Some(lost))
     }
 
     /// Hands a reservation back without counting an attempt (graceful shutdown): the job is
@@ -1061,6 +1103,18 @@ impl BatchQueue for RedisQueue {
 
     async fn release_receipts(&self, receipts: &[String]) -> Result<(), QueueError> {
         RedisQueue::release_receipts(self, receipts).await
+    }
+
+    fn lease(&self) -> Option<Duration> {
+        Some(Duration::from_millis(self.visibility_ms))
+    }
+
+    async fn extend_receipts(
+        &self,
+        receipts: &[String],
+        deadline: Option<Instant>,
+    ) -> Result<Option<Vec<String>>, QueueError> {
+        RedisQueue::extend_receipts(self, receipts, deadline).await
     }
 }
 

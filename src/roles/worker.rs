@@ -1,7 +1,8 @@
 //! The `worker` role: executes observer jobs from an external queue (Redis), nothing else.
 //!
-//! It compiles the same `[[observers]]` as `serve` (a job names its observer and action; the
-//! worker looks them up), connects to PostgreSQL (the dedup window and the `cache` action
+//! It compiles the same `[[observers]]` as `serve` (a job names its observer and its action's
+//! identity; the worker looks them up, and waits for `observer_runtime.unknown_action_retry_ms`
+//! when it does not know them, as during a rolling deploy), connects to PostgreSQL (the dedup window and the `cache` action
 //! live there) and to Redis, and runs the batching [`crate::queue::pump`] with
 //! `[worker] concurrency` slots. `/healthz`, `/readyz` (PostgreSQL and Redis) and `/metrics`
 //! are served on `[worker] listen`.
@@ -10,7 +11,8 @@
 //! `[worker] grace_period_ms` to finish, and the rest are handed back to the queue at once —
 //! another worker takes them without waiting for the visibility timeout. A worker killed
 //! outright (`kill -9`) loses nothing either: its reservations expire after
-//! `[queue] visibility_timeout_ms` and are reclaimed by whichever worker reserves next.
+//! `[queue] visibility_timeout_ms` and are reclaimed by whichever worker reserves next. While
+//! it lives, the pump's heartbeat keeps its running jobs' reservations from expiring.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -29,6 +29,7 @@ mod nats_e2e;
 mod perf;
 mod queries;
 mod queue_conformance;
+mod queue_delivery;
 mod queue_redis;
 mod queue_redis_restart;
 mod schema;

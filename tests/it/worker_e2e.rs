@@ -41,7 +41,7 @@ fn write_config(dir: &tempfile::TempDir, url: &str, prefix: &str, visibility_ms:
             "name": "hook",
             "entity": "Post",
             "retry": {"max_attempts": 3, "backoff": "fixed", "initial_delay_ms": 50},
-            "actions": [{"type": "webhook", "url": url, "timeout_ms": 60000}]
+            "actions": [{"type": "webhook", "url": url, "timeout_ms": visibility_ms}]
         }]
     });
     let path = dir.path().join("fraiseql.toml");
