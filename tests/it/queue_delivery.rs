@@ -44,6 +44,8 @@ fn change(pk: i64) -> ChangeEvent {
         actor: None,
         tenant_id: None,
         trace_id: None,
+        mutation: None,
+        truncated: false,
     }
 }
 
