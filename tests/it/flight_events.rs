@@ -71,14 +71,7 @@ async fn read_pks(s: &mut FlightDataDecoder, want: usize, wait: Duration) -> Vec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follow_stream_delivers_a_change_that_commits_after_a_higher_pk() {
     let db = TestDb::new().await;
-    let f = TestFlight::start(
-        &db,
-        fraiseql::flight::FlightConfig {
-            follow_poll_ms: 100,
-            ..config()
-        },
-    )
-    .await;
+    let f = TestFlight::start_following(&db, config()).await;
     let mut stream = open(&f, &json!({"type": "events", "follow": true})).await;
 
     // The first transaction takes pk N and holds it open while pk N+1 commits.
@@ -95,6 +88,107 @@ async fn a_follow_stream_delivers_a_change_that_commits_after_a_higher_pk() {
     // Nothing more may come (N exactly once).
     pks.extend(read_pks(&mut stream, 1, Duration::from_millis(800)).await);
     pks.sort_unstable();
-    assert_eq!(pks, vec![n, n1], "the stream must deliver both changes, N once");
+    assert_eq!(
+        pks,
+        vec![n, n1],
+        "the stream must deliver both changes, N once"
+    );
+    f.stop().await;
+}
+
+/// The `after` position in a batch's `app_metadata`.
+fn after(md: &str) -> String {
+    let v: Value = serde_json::from_str(md).unwrap_or_else(|e| panic!("{e}: {md:?}"));
+    v["after"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{md}"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_carry_a_resume_position_that_gives_exactly_the_rest() {
+    let db = TestDb::new().await;
+    // Transaction A takes pk 1 and pk 3 around B's pk 2: by position A comes first.
+    let mut a = db.client().await;
+    let tx = a.transaction().await.unwrap();
+    tx.execute(INSERT, &[]).await.unwrap();
+    db.batch(&INSERT.replace(" RETURNING pk", "")).await;
+    tx.execute(INSERT, &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    for _ in 0..3 {
+        db.batch(&INSERT.replace(" RETURNING pk", "")).await;
+    }
+    let c = db.client().await;
+    let position = |pk: i64| {
+        let c = &c;
+        async move {
+            let txid: String = c
+                .query_one(
+                    "SELECT txid::text FROM fraiseql.tb_entity_change_log WHERE pk = $1",
+                    &[&pk],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            format!("{txid}:{pk}")
+        }
+    };
+    let two_row_batches = fraiseql::flight::FlightConfig {
+        batch_rows: 2,
+        ..config()
+    };
+    let f = TestFlight::start_following(&db, two_row_batches).await;
+
+    // Part of a follow stream: two batches, each with its last row's position.
+    let mut s = open(&f, &json!({"type": "events", "follow": true})).await;
+    let (first, md1) = next_batch(&mut s).await.expect("first batch");
+    let (second, md2) = next_batch(&mut s).await.expect("second batch");
+    drop(s);
+    assert_eq!(
+        [first, second].concat(),
+        vec![1, 3, 2, 4],
+        "(txid, pk) order"
+    );
+    assert_eq!(after(&md1), position(3).await);
+    assert_eq!(after(&md2), position(4).await);
+
+    // Reconnecting after the second batch gives exactly the rest, then nothing.
+    let mut s = open(
+        &f,
+        &json!({"type": "events", "follow": true, "after": after(&md2)}),
+    )
+    .await;
+    let mut rest = read_pks(&mut s, 2, Duration::from_secs(10)).await;
+    rest.extend(read_pks(&mut s, 1, Duration::from_millis(500)).await);
+    assert_eq!(rest, vec![5, 6]);
+    drop(s);
+
+    // A bounded read from the first batch's position; since_pk still filters by pk.
+    let mut s = open(&f, &json!({"type": "events", "after": after(&md1)})).await;
+    let mut got = Vec::new();
+    let mut last_md = String::new();
+    while let Some((pks, md)) = next_batch(&mut s).await {
+        got.extend(pks);
+        last_md = md;
+    }
+    assert_eq!(got, vec![2, 4, 5, 6]);
+    assert_eq!(after(&last_md), position(6).await);
+    let mut s = open(&f, &json!({"type": "events", "since_pk": 2})).await;
+    let mut got = Vec::new();
+    while let Some((pks, _)) = next_batch(&mut s).await {
+        got.extend(pks);
+    }
+    assert_eq!(got, vec![3, 4, 5, 6]);
+
+    // A position that is not "<txid>:<pk>" is a clear ticket error.
+    let e = client(&f)
+        .await
+        .do_get(Ticket::new(
+            json!({"type": "events", "after": "12"}).to_string(),
+        ))
+        .await
+        .expect_err("bad position is rejected")
+        .to_string();
+    assert!(e.contains("<txid>:<pk>"), "{e}");
     f.stop().await;
 }

@@ -392,14 +392,7 @@ async fn events_ticket_reads_the_change_log() {
 async fn events_follow_tails_new_rows() {
     let db = TestDb::new().await;
     db.batch(EVENTS_SQL).await;
-    let f = TestFlight::start(
-        &db,
-        fraiseql::flight::FlightConfig {
-            follow_poll_ms: 100,
-            ..config()
-        },
-    )
-    .await;
+    let f = TestFlight::start_following(&db, config()).await;
     // Follow from pk 4 until 2 more events arrive (limit), then the stream ends.
     let ticket = json!({"type": "events", "since_pk": 4, "follow": true, "limit": 2});
     let reader = {
@@ -719,14 +712,7 @@ async fn example_client_reads_a_view_and_a_graphql_query_into_dataframes() {
 async fn shutdown_ends_follow_streams_cleanly() {
     let db = TestDb::new().await;
     db.batch(EVENTS_SQL).await;
-    let f = TestFlight::start(
-        &db,
-        fraiseql::flight::FlightConfig {
-            follow_poll_ms: 100,
-            ..config()
-        },
-    )
-    .await;
+    let f = TestFlight::start_following(&db, config()).await;
     let reader = {
         let port = f.port();
         let t = json!({"type": "events", "follow": true}).to_string();
