@@ -592,3 +592,51 @@ impl FlightService for FraiseFlightService {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int64Array, RecordBatch};
+    use arrow_schema::{DataType, Field, Schema};
+
+    #[tokio::test]
+    async fn each_message_of_a_split_batch_takes_its_own_rows_positions() {
+        let schema = Arc::new(Schema::new(vec![Field::new("pk", DataType::Int64, false)]));
+        let pks: Vec<i64> = (1..=1000).collect();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from(pks.clone()))],
+        )
+        .unwrap();
+        let q = std::sync::Mutex::new(
+            pks.iter()
+                .map(|&pk| Position { txid: 7, pk })
+                .collect::<VecDeque<_>>(),
+        );
+        // Small messages: the encoder splits the batch.
+        let messages: Vec<FlightData> = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .with_max_flight_data_size(1024)
+            .build(stream::iter([Ok(batch)]))
+            .try_collect()
+            .await
+            .unwrap();
+        let mut seen = 0;
+        let mut tagged = Vec::new();
+        for fd in &messages {
+            if let Some(p) = last_position(fd, &q) {
+                let rows = arrow_ipc::root_as_message(&fd.data_header)
+                    .unwrap()
+                    .header_as_record_batch()
+                    .unwrap()
+                    .length();
+                seen += rows;
+                assert_eq!(p, Position { txid: 7, pk: seen });
+                tagged.push(p);
+            }
+        }
+        assert!(tagged.len() > 1, "the batch was split");
+        assert_eq!(seen, 1000);
+        assert!(lock(&q).is_empty());
+    }
+}
