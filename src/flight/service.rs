@@ -280,12 +280,15 @@ fn lock(q: &std::sync::Mutex<VecDeque<Position>>) -> std::sync::MutexGuard<'_, V
 /// Takes a record-batch message's rows off the position queue; the last one is the
 /// message's position. `None` for other messages and for streams without positions.
 fn last_position(fd: &FlightData, q: &std::sync::Mutex<VecDeque<Position>>) -> Option<Position> {
+    let mut q = lock(q);
+    if q.is_empty() {
+        return None;
+    }
     let rows = arrow_ipc::root_as_message(&fd.data_header)
         .ok()?
         .header_as_record_batch()?
         .length();
     let rows = usize::try_from(rows).ok().filter(|&n| n > 0)?;
-    let mut q = lock(q);
     let n = rows.min(q.len());
     q.drain(..n).next_back()
 }

@@ -70,6 +70,7 @@ async fn read_pks(s: &mut FlightDataDecoder, want: usize, wait: Duration) -> Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follow_stream_delivers_a_change_that_commits_after_a_higher_pk() {
+    let _held = common::hold_change_log().await;
     let db = TestDb::new().await;
     let f = TestFlight::start_following(&db, config()).await;
     let mut stream = open(&f, &json!({"type": "events", "follow": true})).await;
@@ -107,6 +108,7 @@ fn after(md: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_carry_a_resume_position_that_gives_exactly_the_rest() {
+    let _log = common::read_change_log().await;
     let db = TestDb::new().await;
     // Transaction A takes pk 1 and pk 3 around B's pk 2: by position A comes first.
     let mut a = db.client().await;
@@ -118,6 +120,7 @@ async fn batches_carry_a_resume_position_that_gives_exactly_the_rest() {
     for _ in 0..3 {
         db.batch(&INSERT.replace(" RETURNING pk", "")).await;
     }
+    common::change_log_settled(&db).await;
     let c = db.client().await;
     let position = |pk: i64| {
         let c = &c;
