@@ -9,11 +9,11 @@
 //! PostgreSQL query is cancelled and the connection is dropped instead of being pooled
 //! mid-result (both by dropping the statement's [`Session`]).
 //!
-//! An events stream reads the change log by its one delivery rule ([`crate::db::changelog`]): pages
-//! after the last position sent, in `(txid, pk)` order, never beyond the oldest running
-//! transaction, so a change that commits after a higher pk was sent still comes, once. Each
-//! batch carries its rows' positions; the service puts the last one in the batch's
-//! `app_metadata`, the client's resume point.
+//! An events stream reads the change log by its one delivery rule
+//! ([`crate::db::changelog`]): pages after the last position sent, in `(txid, pk)` order,
+//! never beyond the oldest running transaction, so a change that commits after a higher pk
+//! was sent still comes, once. Each batch carries its rows' positions; the service puts the
+//! last one in the batch's `app_metadata`, the client's resume point.
 
 use std::pin::pin;
 use std::sync::Arc;
