@@ -4,6 +4,7 @@
 //! The pool opens connections lazily, so a role starts while the database is down and
 //! recovers by itself when it comes back; [`ping`] is what `/readyz` and `check` use.
 
+pub mod changelog;
 pub mod config;
 pub mod migrate;
 pub mod request;

@@ -38,7 +38,7 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::stream::{BATCH_QUEUE, BatchResult, StreamError};
+use super::stream::{BATCH_QUEUE, Batch, BatchResult, StreamError};
 use super::types::{EXTENSION_METADATA, EXTENSION_NAME, PG_EPOCH_OFFSET_DAYS};
 
 /// Errors a [`GraphQLSource`] reports.
@@ -519,14 +519,24 @@ pub fn spawn_rows(
             }
             index += 1;
             if batcher.len() == batch_rows {
-                let b = batcher.finish().map_err(StreamError::Arrow);
+                let b = batcher
+                    .finish()
+                    .map(Batch::from)
+                    .map_err(StreamError::Arrow);
                 if tx.send(b).await.is_err() {
                     return;
                 }
             }
         }
         if !batcher.is_empty() {
-            let _ = tx.send(batcher.finish().map_err(StreamError::Arrow)).await;
+            let _ = tx
+                .send(
+                    batcher
+                        .finish()
+                        .map(Batch::from)
+                        .map_err(StreamError::Arrow),
+                )
+                .await;
         }
     });
     rx

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use super::registry::{Column, Registry, Relation};
 use super::ticket::{EventsTicket, TicketError, ViewTicket};
 use super::types::{PgType, oid};
+use crate::db::changelog::{self, Position};
 use crate::schema::Operator;
 use crate::sql::condition::{Bound, NullTest, Operand, Shape, condition, operator_names, shape};
 use crate::sql::{Builder, Param, quote_ident};
@@ -26,6 +27,10 @@ pub struct SqlPlan {
     pub params: Vec<crate::sql::Param>,
     pub columns: Vec<Column>,
     pub schema: SchemaRef,
+    /// The statement selects one more column after `columns`: the row's change-log
+    /// position's transaction id as text ([`changelog::TXID_TEXT`]); the stream reads it
+    /// with the row's `pk` (the first column) and does not send it as data.
+    pub position: bool,
 }
 
 /// Resolves a view ticket against the registry into SQL.
@@ -92,6 +97,7 @@ pub fn plan_view(t: &ViewTicket, registry: &Registry) -> Result<SqlPlan, TicketE
         params: b.params,
         columns,
         schema: Arc::new(Schema::new(fields)),
+        position: false,
     })
 }
 
@@ -377,16 +383,26 @@ pub fn events_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// One page of change-log rows after `after_pk`, at most `limit` rows.
-pub fn plan_events(t: &EventsTicket, after_pk: i64, limit: i64) -> SqlPlan {
+/// One page of change-log rows after `after`, at most `limit` rows, by the change log's
+/// delivery rule ([`changelog`]): `(txid, pk)` order, never beyond the oldest running
+/// transaction. `since_pk` stays what it always was, a filter on `pk`.
+pub fn plan_events(t: &EventsTicket, after: Position, limit: i64) -> SqlPlan {
     let columns = events_columns();
     let mut b = Builder::default();
     let select: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let txid = b.param(Param::Text(Some(after.txid.to_string())));
+    let pk = b.param(Param::BigInt(after.pk));
     let mut sql = format!(
-        "SELECT {} FROM fraiseql.tb_entity_change_log WHERE pk > {}",
+        "SELECT {}, {} FROM fraiseql.tb_entity_change_log WHERE {} AND {}",
         select.join(", "),
-        b.param(Param::BigInt(after_pk))
+        changelog::TXID_TEXT,
+        changelog::after(&txid, &pk),
+        changelog::SAFE,
     );
+    if let Some(since_pk) = t.since_pk {
+        let p = b.param(Param::BigInt(since_pk));
+        sql.push_str(&format!(" AND pk > {p}"));
+    }
     if let Some(e) = &t.entity {
         let p = b.param(Param::Text(Some(e.clone())));
         sql.push_str(&format!(" AND entity = {p}"));
@@ -400,12 +416,13 @@ pub fn plan_events(t: &EventsTicket, after_pk: i64, limit: i64) -> SqlPlan {
         sql.push_str(&format!(" AND occurred_at < CAST({p} AS timestamptz)"));
     }
     let p = b.param(Param::BigInt(limit));
-    sql.push_str(&format!(" ORDER BY pk LIMIT {p}"));
+    sql.push_str(&format!(" ORDER BY {} LIMIT {p}", changelog::ORDER));
     SqlPlan {
         sql,
         params: b.params,
         columns,
         schema: events_schema(),
+        position: true,
     }
 }
 
@@ -479,6 +496,28 @@ mod tests {
         );
         assert!(matches!(&plan.params[2], Param::Text(Some(s)) if s == "%50\\%\\_%"));
         assert_eq!(plan.schema.fields().len(), 1);
+    }
+
+    #[test]
+    fn events_read_after_a_position_in_txid_pk_order_below_the_running_transactions() {
+        let t: EventsTicket = serde_json::from_value(serde_json::json!({
+            "entity": "order", "since_pk": 3, "after": "7412:12"
+        }))
+        .unwrap();
+        let plan = plan_events(&t, t.after.unwrap_or_default(), 100);
+        assert!(plan.position);
+        assert!(
+            plan.sql.ends_with(
+                "\"tenant_id\", txid::text FROM fraiseql.tb_entity_change_log \
+                 WHERE (txid, pk) > (CAST($1::text AS xid8), $2::bigint) \
+                 AND txid < pg_snapshot_xmin(pg_current_snapshot()) AND pk > $3::bigint \
+                 AND entity = $4::text ORDER BY txid, pk LIMIT $5::bigint"
+            ),
+            "{}",
+            plan.sql
+        );
+        assert!(matches!(&plan.params[0], Param::Text(Some(s)) if s == "7412"));
+        assert!(matches!(plan.params[1], Param::BigInt(12)));
     }
 
     #[test]

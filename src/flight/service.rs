@@ -7,11 +7,11 @@
 //! [`GraphQLSource`]; a command descriptor is a ticket document. Every FlightInfo has one
 //! endpoint, on this server, whose ticket is the JSON ticket to pass to DoGet.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_array::RecordBatch;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError as ArrowFlightError;
 use arrow_flight::flight_descriptor::DescriptorType;
@@ -35,9 +35,10 @@ use super::auth::Tokens;
 use super::graphql::{GraphQLSource, arrow_schema as graphql_schema, spawn_rows};
 use super::plan::{events_schema, plan_view};
 use super::registry::Registry;
-use super::stream::{BatchResult, Follow, StreamError, spawn_events, spawn_sql};
+use super::stream::{BatchResult, Follow, spawn_events, spawn_sql};
 use super::ticket::{self, Ticket, TicketError};
 use crate::db::RequestContext;
+use crate::db::changelog::Position;
 use crate::metrics::FlightMetrics;
 
 impl From<TicketError> for Status {
@@ -229,30 +230,67 @@ impl Drop for StreamTracker {
     }
 }
 
-/// Turns the producer's batches into Flight data, counting rows and bytes.
+/// Turns the producer's batches into Flight data, counting rows and bytes. Each message of
+/// a change-log batch carries its last row's position in `app_metadata`, as
+/// `{"after": "<txid>:<pk>"}`: the events ticket's `after`, the resume point.
 fn flight_stream(
     schema: SchemaRef,
     rx: mpsc::Receiver<BatchResult>,
     tracker: StreamTracker,
 ) -> Stream_<FlightData> {
     let metrics = tracker.metrics.clone();
+    // Row positions in stream order, handed from the producer's batches to the encoder's
+    // messages: the encoder splits a batch too large for one message, so each message takes
+    // as many positions as it has rows.
+    let positions = Arc::new(std::sync::Mutex::new(VecDeque::<Position>::new()));
+    let queued = positions.clone();
     let batches = stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     })
-    .map(move |item: Result<RecordBatch, StreamError>| match item {
+    .map(move |item: BatchResult| match item {
         Ok(b) => {
-            metrics.rows_sent.inc_by(b.num_rows() as u64);
-            Ok(b)
+            metrics.rows_sent.inc_by(b.rows.num_rows() as u64);
+            if !b.positions.is_empty() {
+                lock(&queued).extend(b.positions);
+            }
+            Ok(b.rows)
         }
         Err(e) => Err(ArrowFlightError::Tonic(Box::new(Status::from(e)))),
     });
     let encoder = FlightDataEncoderBuilder::new()
         .with_schema(schema)
-        .build(batches);
+        .build(batches)
+        .map_ok(move |mut fd| {
+            if let Some(p) = last_position(&fd, &positions) {
+                fd.app_metadata = Bytes::from(json!({ "after": p.to_string() }).to_string());
+            }
+            fd
+        });
     Box::pin(TrackedStream {
         inner: Box::pin(encoder),
         tracker,
     })
+}
+
+fn lock(q: &std::sync::Mutex<VecDeque<Position>>) -> std::sync::MutexGuard<'_, VecDeque<Position>> {
+    // The queue holds plain values: a panic elsewhere cannot leave it half-updated.
+    q.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes a record-batch message's rows off the position queue; the last one is the
+/// message's position. `None` for other messages and for streams without positions.
+fn last_position(fd: &FlightData, q: &std::sync::Mutex<VecDeque<Position>>) -> Option<Position> {
+    let mut q = lock(q);
+    if q.is_empty() {
+        return None;
+    }
+    let rows = arrow_ipc::root_as_message(&fd.data_header)
+        .ok()?
+        .header_as_record_batch()?
+        .length();
+    let rows = usize::try_from(rows).ok().filter(|&n| n > 0)?;
+    let n = rows.min(q.len());
+    q.drain(..n).next_back()
 }
 
 /// The DoGet response: Flight data with byte counting and end-of-stream bookkeeping.
@@ -555,5 +593,53 @@ impl FlightService for FraiseFlightService {
         Ok(Response::new(
             stream::iter(actions.into_iter().map(Ok)).boxed(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int64Array, RecordBatch};
+    use arrow_schema::{DataType, Field, Schema};
+
+    #[tokio::test]
+    async fn each_message_of_a_split_batch_takes_its_own_rows_positions() {
+        let schema = Arc::new(Schema::new(vec![Field::new("pk", DataType::Int64, false)]));
+        let pks: Vec<i64> = (1..=1000).collect();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from(pks.clone()))],
+        )
+        .unwrap();
+        let q = std::sync::Mutex::new(
+            pks.iter()
+                .map(|&pk| Position { txid: 7, pk })
+                .collect::<VecDeque<_>>(),
+        );
+        // Small messages: the encoder splits the batch.
+        let messages: Vec<FlightData> = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .with_max_flight_data_size(1024)
+            .build(stream::iter([Ok(batch)]))
+            .try_collect()
+            .await
+            .unwrap();
+        let mut seen = 0;
+        let mut tagged = Vec::new();
+        for fd in &messages {
+            if let Some(p) = last_position(fd, &q) {
+                let rows = arrow_ipc::root_as_message(&fd.data_header)
+                    .unwrap()
+                    .header_as_record_batch()
+                    .unwrap()
+                    .length();
+                seen += rows;
+                assert_eq!(p, Position { txid: 7, pk: seen });
+                tagged.push(p);
+            }
+        }
+        assert!(tagged.len() > 1, "the batch was split");
+        assert_eq!(seen, 1000);
+        assert!(lock(&q).is_empty());
     }
 }

@@ -8,19 +8,24 @@
 //! response stream is dropped) or the server shuts down, the stop token fires, the
 //! PostgreSQL query is cancelled and the connection is dropped instead of being pooled
 //! mid-result (both by dropping the statement's [`Session`]).
+//!
+//! An events stream reads the change log by its one delivery rule
+//! ([`crate::db::changelog`]): pages after the last position sent, in `(txid, pk)` order,
+//! never beyond the oldest running transaction, so a change that commits after a higher pk
+//! was sent still comes, once. Each batch carries its rows' positions; the service puts the
+//! last one in the batch's `app_metadata`, the client's resume point.
 
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
-use arrow_array::cast::AsArray;
-use arrow_array::types::Int64Type;
 use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc};
 use tokio_postgres::types::{FromSql, Type};
 use tokio_util::sync::CancellationToken;
 
+use crate::db::changelog::Position;
 use crate::db::{RequestContext, Session};
 
 use super::plan::{SqlPlan, plan_events};
@@ -97,7 +102,22 @@ impl<'a> FromSql<'a> for Raw<'a> {
     }
 }
 
-pub type BatchResult = Result<RecordBatch, StreamError>;
+/// One record batch and, for a change-log stream, each row's position (empty otherwise).
+pub struct Batch {
+    pub rows: RecordBatch,
+    pub positions: Vec<Position>,
+}
+
+impl From<RecordBatch> for Batch {
+    fn from(rows: RecordBatch) -> Batch {
+        Batch {
+            rows,
+            positions: Vec::new(),
+        }
+    }
+}
+
+pub type BatchResult = Result<Batch, StreamError>;
 
 /// Why a producer stopped early.
 enum Stop {
@@ -184,12 +204,14 @@ async fn finish(
 enum RunOutcome {
     Done {
         rows: u64,
-        last: Option<RecordBatch>,
+        /// The last row's change-log position ([`SqlPlan::position`] plans only).
+        last: Option<Position>,
     },
     Stopped,
 }
 
-/// Executes one statement into batches. Returns how many rows were sent and the last batch.
+/// Executes one statement into batches. Returns how many rows were sent and the last row's
+/// position.
 async fn run_plan(
     client: &deadpool_postgres::Object,
     plan: &SqlPlan,
@@ -219,6 +241,7 @@ async fn run_plan(
         .collect();
     let mut in_batch = 0usize;
     let mut total = 0u64;
+    let mut positions: Vec<Position> = Vec::new();
     let mut last = None;
     let result: Result<(), Stop> = async {
         loop {
@@ -238,18 +261,22 @@ async fn run_plan(
                     Stop::Failed(StreamError::Decode(format!("column {}: {m}", column())))
                 })?;
             }
+            if plan.position {
+                let p = position(&row, ncols).map_err(Stop::Failed)?;
+                positions.push(p);
+                last = Some(p);
+            }
             in_batch += 1;
             if in_batch == batch_rows {
-                let batch = make_batch(plan, &mut builders)?;
+                let batch = make_batch(plan, &mut builders, std::mem::take(&mut positions))?;
                 total += in_batch as u64;
                 in_batch = 0;
                 send(tx, batch, &mut cancelled).await?;
             }
         }
         if in_batch > 0 {
-            let batch = make_batch(plan, &mut builders)?;
+            let batch = make_batch(plan, &mut builders, positions)?;
             total += in_batch as u64;
-            last = Some(batch.clone());
             send(tx, batch, &mut cancelled).await?;
         }
         Ok(())
@@ -270,15 +297,30 @@ impl From<StreamError> for Stop {
     }
 }
 
-fn make_batch(plan: &SqlPlan, builders: &mut [ColumnBuilder]) -> Result<RecordBatch, StreamError> {
+fn make_batch(
+    plan: &SqlPlan,
+    builders: &mut [ColumnBuilder],
+    positions: Vec<Position>,
+) -> Result<Batch, StreamError> {
     let arrays = builders.iter_mut().map(|b| b.finish()).collect();
-    RecordBatch::try_new(plan.schema.clone(), arrays).map_err(|e| StreamError::Arrow(e.to_string()))
+    let rows = RecordBatch::try_new(plan.schema.clone(), arrays)
+        .map_err(|e| StreamError::Arrow(e.to_string()))?;
+    Ok(Batch { rows, positions })
+}
+
+/// A change-log row's position: its `pk` (the first column) and the transaction id the
+/// plan selects after the data columns.
+fn position(row: &tokio_postgres::Row, txid_column: usize) -> Result<Position, StreamError> {
+    let decode = |e: &dyn std::fmt::Display| StreamError::Decode(format!("position: {e}"));
+    let pk: i64 = row.try_get(0).map_err(|e| decode(&e))?;
+    let txid: &str = row.try_get(txid_column).map_err(|e| decode(&e))?;
+    Position::from_parts(txid, pk).map_err(|e| decode(&e))
 }
 
 /// Sends a batch, waiting for room (back-pressure) unless the stream is stopped meanwhile.
 async fn send(
     tx: &mpsc::Sender<BatchResult>,
-    batch: RecordBatch,
+    batch: Batch,
     cancelled: &mut std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
 ) -> Result<(), Stop> {
     tokio::select! {
@@ -301,6 +343,12 @@ fn expected_oid(c: &super::registry::Column) -> u32 {
 
 fn check_columns(stmt: &tokio_postgres::Statement, plan: &SqlPlan) -> Result<(), StreamError> {
     let cols = stmt.columns();
+    // The position's transaction id comes after the data columns.
+    let cols = match cols.split_last() {
+        Some((txid, data)) if plan.position && txid.type_().oid() == oid::TEXT => data,
+        _ if plan.position => return Err(StreamError::SchemaChanged("its columns differ".into())),
+        _ => cols,
+    };
     let arrays_ok = |got: &Type, c: &super::registry::Column| {
         // Array columns report the array type's OID, the registry the base type's.
         matches!(got.kind(), tokio_postgres::types::Kind::Array(_))
@@ -325,7 +373,8 @@ pub struct Follow {
     pub wake: Option<Arc<Notify>>,
 }
 
-/// Streams change-log rows; with `follow`, keeps polling for new rows until the client
+/// Streams change-log rows by the change log's delivery rule ([`crate::db::changelog`]), from the
+/// ticket's `after` position; with `follow`, keeps polling for new rows until the client
 /// goes away, the limit is reached, `until` has passed, or the server shuts down.
 pub fn spawn_events(
     pool: deadpool_postgres::Pool,
@@ -339,7 +388,7 @@ pub fn spawn_events(
     let (tx, rx) = mpsc::channel(BATCH_QUEUE);
     tokio::spawn(async move {
         let result = async {
-            let mut after = ticket.since_pk.unwrap_or(0);
+            let mut after = ticket.after.unwrap_or_default();
             let mut remaining = ticket.limit.map(|l| l.min(i64::MAX as u64) as i64);
             loop {
                 let page = remaining.map_or(batch_rows as i64, |r| r.min(batch_rows as i64));
@@ -359,11 +408,8 @@ pub fn spawn_events(
                     }
                     RunOutcome::Stopped => return Ok(()),
                 };
-                if let Some(batch) = last {
-                    let pks = batch.column(0).as_primitive::<Int64Type>();
-                    if !pks.is_empty() {
-                        after = pks.value(pks.len() - 1);
-                    }
+                if let Some(p) = last {
+                    after = p;
                 }
                 if let Some(r) = remaining.as_mut() {
                     *r -= rows as i64;

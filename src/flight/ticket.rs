@@ -7,13 +7,18 @@
 //!  "where": {"status": {"in": ["paid", "shipped"]}, "_or": [{"total": {"gte": 100}}]},
 //!  "order_by": ["created_at", {"column": "total", "direction": "desc", "nulls": "last"}],
 //!  "limit": 1000, "offset": 0}
-//! {"type": "events", "entity": "order", "since_pk": 1200, "since": "2026-01-01T00:00:00Z",
+//! {"type": "events", "entity": "order", "after": "7412:1200", "since": "2026-01-01T00:00:00Z",
 //!  "until": "2026-02-01T00:00:00Z", "limit": 10000, "follow": false}
 //! {"type": "graphql", "query": "{ orders { id total } }", "variables": {}}
 //! ```
 //!
 //! `OptimizedView`, `ObserverEvents` and `GraphQLQuery` are accepted as type aliases.
-//! Unknown keys are errors. `since_pk` is exclusive (the last pk the client has seen).
+//! Unknown keys are errors. Events come in change-log position order `(txid, pk)`
+//! ([`crate::db::changelog`]); `after` is exclusive: the position `"<txid>:<pk>"` a stream's
+//! last batch carried in its `app_metadata`, the resume point that cannot skip a change.
+//! `since_pk` (exclusive, the last pk the client has seen) still filters by pk, but a
+//! change that commits late can have a lower pk than one already read, so resuming by pk
+//! can skip it.
 //!
 //! The `where` language: an object whose keys are column names (ANDed) or `_and` / `_or`
 //! (lists) / `_not` (object); a column maps to an operator object (`eq neq gt gte lt lte in
@@ -23,6 +28,8 @@
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+
+use crate::db::changelog::Position;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TicketError {
@@ -86,6 +93,12 @@ pub struct ViewTicket {
 pub struct EventsTicket {
     #[serde(default)]
     pub entity: Option<String>,
+    /// Resume position (`"<txid>:<pk>"`, exclusive): the `after` of the last batch's
+    /// `app_metadata`.
+    #[serde(default)]
+    pub after: Option<Position>,
+    /// A filter `pk > since_pk`, the older resume form: a change that commits after a
+    /// higher pk was read can be below it, so resuming by pk can skip it; `after` cannot.
     #[serde(default)]
     pub since_pk: Option<i64>,
     #[serde(default)]
@@ -136,6 +149,16 @@ mod tests {
         assert_eq!(t.kind(), "view");
         let t = parse(br#"{"type":"ObserverEvents","since_pk":3}"#, 1024).unwrap();
         assert_eq!(t.kind(), "events");
+        let t = parse(br#"{"type":"events","after":"9:4"}"#, 1024).unwrap();
+        assert!(matches!(t, Ticket::Events(e) if e.after == Some(Position { txid: 9, pk: 4 })));
+        let e = parse(br#"{"type":"events","after":4}"#, 1024)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid type"), "{e}");
+        let e = parse(br#"{"type":"events","after":"4"}"#, 1024)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("<txid>:<pk>"), "{e}");
         let t = parse(br#"{"type":"GraphQLQuery","query":"{a}"}"#, 1024).unwrap();
         assert_eq!(t.kind(), "graphql");
     }

@@ -18,13 +18,9 @@ use super::matcher::{ChangeEvent, CompiledObservers};
 use crate::metrics::ObserverMetrics;
 use crate::queue::{Enqueued, Queue, QueueError};
 
-/// A position in the change log: `(transaction id, pk)`. The reader orders by it (see the
-/// reader's module docs for why the transaction id comes first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Cursor {
-    pub txid: u64,
-    pub pk: i64,
-}
+/// A position in the change log: `(transaction id, pk)`, the order the reader delivers in
+/// ([`crate::db::changelog`] says why the transaction id comes first).
+pub type Cursor = crate::db::changelog::Position;
 
 #[derive(Debug)]
 struct Pending {

@@ -26,11 +26,11 @@
 //! Why `(txid, pk)` and not `pk` alone: `pk` comes from a sequence when the row is inserted,
 //! not when it commits, so a transaction that commits late can make a smaller `pk` appear
 //! behind a reader that already moved past it — the classic lost-event bug of pk-cursor
-//! outbox readers. Migration 0002 adds `txid xid8 DEFAULT pg_current_xact_id()` to the change
-//! log and the reader only reads rows whose transaction is older than every transaction
-//! still running (`txid < pg_snapshot_xmin(pg_current_snapshot())`): no row can ever appear
-//! below the cursor afterwards. The cost is that a long-running writing transaction
-//! delays delivery of later changes until it ends.
+//! outbox readers. The reader follows the change log's one delivery rule
+//! ([`crate::db::changelog`], shared with Flight `events` tickets): `(txid, pk)` order, and
+//! only rows whose transaction is older than every transaction still running, so no row can
+//! ever appear below the cursor afterwards. The cost is that a long-running writing
+//! transaction delays delivery of later changes until it ends.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +43,7 @@ use tracing::{debug, info, warn};
 use super::config::{ChangeOp, ObserverSettings, StartFrom};
 use super::dispatch::{Cursor, DispatchError, Dispatcher};
 use super::matcher::ChangeEvent;
+use crate::db::changelog;
 
 pub const CHANNEL: &str = "fraiseql_changes";
 /// `application_name` of the reader's session.
@@ -98,13 +99,22 @@ pub async fn load_change(
 /// Bytes of a message's max_payload kept for its headers and subject.
 const PUBLISH_HEADROOM: usize = 4096;
 
-const READ_SQL: &str = "SELECT pk, txid::text AS txid, id, occurred_at, entity, entity_id, op, \
-       before, after, changed_fields, actor, tenant_id, trace_id, mutation \
-     FROM fraiseql.tb_entity_change_log \
-     WHERE (txid, pk) > ($1::text::xid8, $2::bigint) \
-       AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
-       AND ($4::text IS NULL OR NOT pg_visible_in_snapshot(txid, $4::text::pg_snapshot)) \
-     ORDER BY txid, pk LIMIT $3";
+/// One batch after the cursor, by the change log's delivery rule ([`changelog`]); with
+/// `start_from = "now"`, rows visible in the start snapshot are history.
+fn read_sql() -> String {
+    format!(
+        "SELECT pk, {txid} AS txid, id, occurred_at, entity, entity_id, op, \
+           before, after, changed_fields, actor, tenant_id, trace_id, mutation \
+         FROM fraiseql.tb_entity_change_log \
+         WHERE {after} AND {safe} \
+           AND ($4::text IS NULL OR NOT pg_visible_in_snapshot(txid, $4::text::pg_snapshot)) \
+         ORDER BY {order} LIMIT $3",
+        txid = changelog::TXID_TEXT,
+        after = changelog::after("$1::text", "$2::bigint"),
+        safe = changelog::SAFE,
+        order = changelog::ORDER,
+    )
+}
 
 /// What a session loads besides the checkpoint.
 struct Start {
@@ -261,7 +271,7 @@ impl Reader {
         lost: &CancellationToken,
         shutdown: &CancellationToken,
     ) -> Result<(), ReaderError> {
-        let stmt = client.prepare(READ_SQL).await?;
+        let stmt = client.prepare(&read_sql()).await?;
         let mut hwm_written = start.high_water_mark;
         let poll = Duration::from_millis(self.settings.poll_interval_ms.max(1));
         loop {
@@ -283,13 +293,9 @@ impl Reader {
             let cursors = rows
                 .iter()
                 .map(|row| {
-                    let txid: String = row.get("txid");
-                    Ok(Cursor {
-                        txid: txid
-                            .parse()
-                            .map_err(|_| ReaderError::Checkpoint(txid.clone()))?,
-                        pk: row.get("pk"),
-                    })
+                    let txid: &str = row.get("txid");
+                    Cursor::from_parts(txid, row.get("pk"))
+                        .map_err(|_| ReaderError::Checkpoint(txid.to_string()))
                 })
                 .collect::<Result<Vec<_>, ReaderError>>()?;
             if let Some(&last) = cursors.last()

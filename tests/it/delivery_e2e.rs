@@ -431,6 +431,7 @@ async fn restart_resumes_from_the_checkpoint_without_full_replay() {
 
 #[tokio::test]
 async fn a_late_commit_with_a_smaller_pk_is_not_skipped() {
+    let _held = common::hold_change_log().await;
     let db = TestDb::new().await;
     db.create_posts().await;
     let rx = HttpReceiver::start_ok().await;

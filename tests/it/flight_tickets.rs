@@ -342,8 +342,10 @@ VALUES
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_ticket_reads_the_change_log() {
+    let _log = common::read_change_log().await;
     let (db, f) = setup().await;
     db.batch(EVENTS_SQL).await;
+    common::change_log_settled(&db).await;
     let out = get(&f, &json!({"type": "events"})).await;
     assert_eq!(
         column(&out, "pk"),
@@ -390,16 +392,11 @@ async fn events_ticket_reads_the_change_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_follow_tails_new_rows() {
+    let _log = common::read_change_log().await;
     let db = TestDb::new().await;
     db.batch(EVENTS_SQL).await;
-    let f = TestFlight::start(
-        &db,
-        fraiseql::flight::FlightConfig {
-            follow_poll_ms: 100,
-            ..config()
-        },
-    )
-    .await;
+    common::change_log_settled(&db).await;
+    let f = TestFlight::start_following(&db, config()).await;
     // Follow from pk 4 until 2 more events arrive (limit), then the stream ends.
     let ticket = json!({"type": "events", "since_pk": 4, "follow": true, "limit": 2});
     let reader = {
@@ -717,16 +714,11 @@ async fn example_client_reads_a_view_and_a_graphql_query_into_dataframes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_follow_streams_cleanly() {
+    let _log = common::read_change_log().await;
     let db = TestDb::new().await;
     db.batch(EVENTS_SQL).await;
-    let f = TestFlight::start(
-        &db,
-        fraiseql::flight::FlightConfig {
-            follow_poll_ms: 100,
-            ..config()
-        },
-    )
-    .await;
+    common::change_log_settled(&db).await;
+    let f = TestFlight::start_following(&db, config()).await;
     let reader = {
         let port = f.port();
         let t = json!({"type": "events", "follow": true}).to_string();

@@ -13,6 +13,7 @@ mod db_session;
 mod delivery_e2e;
 mod dlq_cli;
 mod filters;
+mod flight_events;
 mod flight_graphql;
 mod flight_put;
 mod flight_role;

@@ -45,6 +45,18 @@ impl TestFlight {
         Self::start_with(db, cfg, None).await
     }
 
+    /// A server whose `follow` streams poll every 100 ms.
+    pub async fn start_following(db: &TestDb, cfg: FlightConfig) -> TestFlight {
+        Self::start(
+            db,
+            FlightConfig {
+                follow_poll_ms: 100,
+                ..cfg
+            },
+        )
+        .await
+    }
+
     pub async fn start_with(
         db: &TestDb,
         cfg: FlightConfig,

@@ -29,6 +29,43 @@ use tokio_util::sync::CancellationToken;
 
 use fraiseql::config::Config;
 
+/// Change-log reads hold back the rows after the oldest running transaction anywhere in the
+/// PostgreSQL cluster (`fraiseql::db::changelog`), so a test that keeps a writing
+/// transaction open for seconds takes this lock exclusively ([`hold_change_log`]), and a
+/// test that expects its change-log rows promptly shares it ([`read_change_log`]).
+static CHANGE_LOG: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+pub async fn hold_change_log() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    CHANGE_LOG.write().await
+}
+
+pub async fn read_change_log() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    CHANGE_LOG.read().await
+}
+
+/// Waits until no change-log row of `db` is held back by an older transaction still
+/// running elsewhere in the cluster (other tests' CREATE/DROP DATABASE take seconds under
+/// load), so a read that follows sees every row already written.
+pub async fn change_log_settled(db: &TestDb) {
+    let c = db.client().await;
+    for _ in 0..600 {
+        let held: i64 = c
+            .query_one(
+                "SELECT count(*) FROM fraiseql.tb_entity_change_log \
+                 WHERE txid >= pg_snapshot_xmin(pg_current_snapshot())",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if held == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("change-log rows still held back by a running transaction after 30 s");
+}
+
 pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// The binary under test.
