@@ -563,7 +563,7 @@ fn encode_numeric(value: i128, scale: i8, out: &mut BytesMut) -> Result<(), Stri
     let mut digits = value.unsigned_abs().to_string();
     let scale = if scale < 0 {
         // A negative scale means trailing zeros before the point.
-        digits.extend(std::iter::repeat_n('0', (-scale) as usize));
+        digits.extend(std::iter::repeat_n('0', usize::from(scale.unsigned_abs())));
         0usize
     } else {
         scale as usize
@@ -632,5 +632,22 @@ mod tests {
             encode_numeric(v, s, &mut b).unwrap();
             assert_eq!(numeric_to_i128(&b, s).unwrap(), Some(v), "{v} scale {s}");
         }
+    }
+
+    /// Arrow allows scales from -128 to 127: every one encodes, none panics.
+    #[test]
+    fn every_decimal_scale_encodes() {
+        for s in i8::MIN..=i8::MAX {
+            for v in [0i128, 1, -7, i128::MAX / 3, i128::MIN + 1] {
+                let mut b = BytesMut::new();
+                let r = encode_numeric(v, s, &mut b);
+                assert!(r.is_ok(), "{v} scale {s}: {r:?}");
+            }
+        }
+        // A negative scale is trailing zeros: 7 at scale -128 is 7·10^128.
+        let mut b = BytesMut::new();
+        encode_numeric(7, -128, &mut b).unwrap();
+        let weight = i16::from_be_bytes([b[2], b[3]]);
+        assert_eq!(weight, 32, "10^128 is 32 base-10000 digits up");
     }
 }
