@@ -264,6 +264,24 @@ impl Config {
 
     /// Rules that tie two sections together.
     fn validate_across(&self) -> Result<(), Invalid> {
+        // Who runs the jobs: with the in-process queue, this process (observer_runtime);
+        // with Redis, `queue.run_workers` (serve joins the workers) — never a silent winner.
+        let rt = &self.observer_runtime;
+        if !self.queue.backend.is_external() && rt.run_reader && !rt.run_workers {
+            return Err(Invalid::new(
+                "observer_runtime.run_workers",
+                "must be true with the in-process queue: its jobs run only in this process, and \
+                 the reader would stall once observer_runtime.queue_capacity jobs wait (use \
+                 [queue] backend = \"redis\" to run them elsewhere)",
+            ));
+        }
+        if self.queue.backend.is_external() && !rt.run_workers && self.queue.run_workers {
+            return Err(Invalid::new(
+                "observer_runtime.run_workers",
+                "contradicts queue.run_workers = true: with the Redis queue, queue.run_workers \
+                 alone says whether serve executes jobs; remove observer_runtime.run_workers",
+            ));
+        }
         if self.nats.consume && !self.nats.enabled() {
             return Err(Invalid::new("nats.consume", "needs nats.url"));
         }
@@ -688,6 +706,29 @@ mod tests {
             e.contains("FRAISEQL_SERVR_LISTEN") && e.contains("unknown section"),
             "{e}"
         );
+    }
+
+    /// Which process runs the jobs is one decision per backend, and a configuration that
+    /// contradicts it is refused instead of one key silently winning.
+    #[test]
+    fn run_workers_is_validated_against_the_queue_backend() {
+        let e = load("[observer_runtime]\nrun_workers = false\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("observer_runtime.run_workers") && e.contains("stall"),
+            "{e}"
+        );
+        let redis = "[queue]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nrun_workers = true\n";
+        let e = load(&format!("{redis}[observer_runtime]\nrun_workers = false\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("observer_runtime.run_workers") && e.contains("queue.run_workers"),
+            "{e}"
+        );
+        assert!(load(redis, &[]).is_ok());
+        assert!(load(&redis.replace("run_workers = true", "run_workers = false"), &[]).is_ok());
     }
 
     #[test]

@@ -206,7 +206,9 @@ pub struct ObserverSettings {
     pub dlq_retry_lease_secs: u64,
     /// Run the change-log reader in this process.
     pub run_reader: bool,
-    /// Run action workers in this process.
+    /// Run action workers in this process. With the in-process queue it must be true
+    /// while `run_reader` is (`Config::validate` refuses otherwise); with Redis,
+    /// `queue.run_workers` decides.
     pub run_workers: bool,
     /// A job whose observer or action this process does not know (another config version
     /// queued it, e.g. during a rolling deploy) is retried with backoff for this long before
