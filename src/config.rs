@@ -719,16 +719,26 @@ mod tests {
             e.contains("observer_runtime.run_workers") && e.contains("stall"),
             "{e}"
         );
-        let redis = "[queue]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nrun_workers = true\n";
-        let e = load(&format!("{redis}[observer_runtime]\nrun_workers = false\n"), &[])
-            .unwrap_err()
-            .to_string();
+        let redis =
+            "[queue]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nrun_workers = true\n";
+        let e = load(
+            &format!("{redis}[observer_runtime]\nrun_workers = false\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("observer_runtime.run_workers") && e.contains("queue.run_workers"),
             "{e}"
         );
         assert!(load(redis, &[]).is_ok());
-        assert!(load(&redis.replace("run_workers = true", "run_workers = false"), &[]).is_ok());
+        assert!(
+            load(
+                &redis.replace("run_workers = true", "run_workers = false"),
+                &[]
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -111,10 +111,10 @@ impl Job {
     /// Records why the job could not run yet without counting an attempt (its action is not
     /// known to this process): the action's own retry budget stays whole.
     pub fn record_wait(&mut self, reason: &str) {
-        self.errors.push(AttemptError {
+        self.push_error(AttemptError {
             attempt: self.attempts,
             at: Utc::now(),
-            error: reason.to_owned(),
+            error: bounded(reason),
             retryable: true,
         });
     }
@@ -122,13 +122,40 @@ impl Job {
     /// Records a failed attempt (increments `attempts`).
     pub fn record_failure(&mut self, error: &str, retryable: bool) {
         self.attempts += 1;
-        self.errors.push(AttemptError {
+        self.push_error(AttemptError {
             attempt: self.attempts,
             at: Utc::now(),
-            error: error.to_owned(),
+            error: bounded(error),
             retryable,
         });
     }
+
+    /// Keeps the first error (usually the cause) and the latest ones: a job retried for
+    /// days, or waiting out an outage, must not grow without bound in the queue and the
+    /// dead-letter store.
+    fn push_error(&mut self, e: AttemptError) {
+        self.errors.push(e);
+        if self.errors.len() > MAX_KEPT_ERRORS {
+            self.errors.remove(1);
+        }
+    }
+}
+
+/// Errors kept per job: the first and the latest `MAX_KEPT_ERRORS - 1`.
+pub const MAX_KEPT_ERRORS: usize = 20;
+
+/// Longest error text kept per attempt, in bytes.
+const MAX_ERROR_BYTES: usize = 2048;
+
+fn bounded(error: &str) -> String {
+    if error.len() <= MAX_ERROR_BYTES {
+        return error.to_owned();
+    }
+    let mut end = MAX_ERROR_BYTES;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &error[..end])
 }
 
 /// What a handler decided about its job.
@@ -300,4 +327,24 @@ pub trait BatchQueue: Queue {
 pub trait Probe: Send + Sync + 'static {
     /// One round trip, no retries.
     async fn ping(&self) -> Result<(), QueueError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_keeps_its_first_and_latest_errors_only() {
+        let mut job = Job::new(1, "o", 0, "webhook", serde_json::Value::Null);
+        for i in 1..=100 {
+            job.record_failure(&format!("failure {i}"), true);
+        }
+        job.record_wait(&"x".repeat(10_000));
+        assert_eq!(job.attempts, 100);
+        assert_eq!(job.errors.len(), MAX_KEPT_ERRORS);
+        assert_eq!(job.errors[0].error, "failure 1", "the cause stays");
+        assert_eq!(job.errors[MAX_KEPT_ERRORS - 2].error, "failure 100");
+        let last = &job.errors[MAX_KEPT_ERRORS - 1].error;
+        assert!(last.len() <= MAX_ERROR_BYTES + 3, "{}", last.len());
+    }
 }
