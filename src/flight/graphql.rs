@@ -36,9 +36,8 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-use super::stream::{BATCH_QUEUE, Batch, BatchResult, StreamError};
+use super::stream::{BATCH_QUEUE, Batch, BatchResult, Producer, StreamError};
 use super::types::{EXTENSION_METADATA, EXTENSION_NAME, PG_EPOCH_OFFSET_DAYS};
 
 /// Errors a [`GraphQLSource`] reports.
@@ -477,12 +476,12 @@ impl RowBatcher {
 }
 
 /// Maps JSON rows to batches in a task, with the same channel and stop rules as SQL streams.
-pub fn spawn_rows(
-    rows: GraphQLRows,
-    batch_rows: usize,
-    stop: CancellationToken,
-    shutdown: CancellationToken,
-) -> mpsc::Receiver<BatchResult> {
+pub fn spawn_rows(rows: GraphQLRows, producer: Producer) -> mpsc::Receiver<BatchResult> {
+    let Producer {
+        batch_rows,
+        stop,
+        shutdown,
+    } = producer;
     let (tx, rx) = mpsc::channel(BATCH_QUEUE);
     tokio::spawn(async move {
         let GraphQLRows { fields, mut rows } = rows;

@@ -35,7 +35,7 @@ use super::auth::Tokens;
 use super::graphql::{GraphQLSource, arrow_schema as graphql_schema, spawn_rows};
 use super::plan::{events_schema, plan_view};
 use super::registry::Registry;
-use super::stream::{BatchResult, Follow, spawn_events, spawn_sql};
+use super::stream::{BatchResult, Follow, Producer, spawn_events, spawn_sql};
 use super::ticket::{self, Ticket, TicketError};
 use crate::db::RequestContext;
 use crate::db::changelog::Position;
@@ -447,19 +447,17 @@ impl FlightService for FraiseFlightService {
         let t = self.parse_ticket(&request.get_ref().ticket)?;
         let kind = t.kind();
         let stop = s.shutdown.child_token();
+        let producer = || Producer {
+            batch_rows: s.batch_rows,
+            stop: stop.clone(),
+            shutdown: s.shutdown.clone(),
+        };
         let (schema, rx) = match t {
             Ticket::View(v) => {
                 self.require_registry()?;
                 let plan = plan_view(&v, &s.registry)?;
                 let schema = plan.schema.clone();
-                let rx = spawn_sql(
-                    s.pool.clone(),
-                    ctx,
-                    plan,
-                    s.batch_rows,
-                    stop.clone(),
-                    s.shutdown.clone(),
-                );
+                let rx = spawn_sql(s.pool.clone(), ctx, plan, producer());
                 (schema, rx)
             }
             Ticket::Events(e) => {
@@ -467,13 +465,11 @@ impl FlightService for FraiseFlightService {
                     s.pool.clone(),
                     ctx,
                     e,
-                    s.batch_rows,
                     Follow {
                         poll: s.follow_poll,
                         wake: s.wake.clone(),
                     },
-                    stop.clone(),
-                    s.shutdown.clone(),
+                    producer(),
                 );
                 (events_schema(), rx)
             }
@@ -489,7 +485,7 @@ impl FlightService for FraiseFlightService {
                     )
                     .await?;
                 let schema = graphql_schema(&rows.fields);
-                let rx = spawn_rows(rows, s.batch_rows, stop.clone(), s.shutdown.clone());
+                let rx = spawn_rows(rows, producer());
                 (schema, rx)
             }
         };

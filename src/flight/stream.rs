@@ -127,15 +127,27 @@ enum Stop {
     Failed(StreamError),
 }
 
+/// What every stream producer (SQL, events, GraphQL rows) runs with: rows per batch, the
+/// stream's own stop token (the client went away) and the server's shutdown.
+#[derive(Clone)]
+pub struct Producer {
+    pub batch_rows: usize,
+    pub stop: CancellationToken,
+    pub shutdown: CancellationToken,
+}
+
 /// Runs `plan` and streams its rows as batches. The receiver yields at most one error, last.
 pub fn spawn_sql(
     pool: deadpool_postgres::Pool,
     ctx: RequestContext,
     plan: SqlPlan,
-    batch_rows: usize,
-    stop: CancellationToken,
-    shutdown: CancellationToken,
+    producer: Producer,
 ) -> mpsc::Receiver<BatchResult> {
+    let Producer {
+        batch_rows,
+        stop,
+        shutdown,
+    } = producer;
     let (tx, rx) = mpsc::channel(BATCH_QUEUE);
     tokio::spawn(async move {
         let result = async {
@@ -380,11 +392,14 @@ pub fn spawn_events(
     pool: deadpool_postgres::Pool,
     ctx: RequestContext,
     ticket: EventsTicket,
-    batch_rows: usize,
     follow: Follow,
-    stop: CancellationToken,
-    shutdown: CancellationToken,
+    producer: Producer,
 ) -> mpsc::Receiver<BatchResult> {
+    let Producer {
+        batch_rows,
+        stop,
+        shutdown,
+    } = producer;
     let (tx, rx) = mpsc::channel(BATCH_QUEUE);
     tokio::spawn(async move {
         let result = async {
