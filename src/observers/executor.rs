@@ -30,22 +30,11 @@ use tracing::{debug, warn};
 
 use super::matcher::CompiledObservers;
 use crate::metrics::JobMetrics;
-use crate::queue::backoff::{Backoff, RetryPolicy};
 use crate::queue::dedup::DedupStore;
 use crate::queue::{Job, Outcome};
 
-/// Opens every error recorded for a job whose action was unknown: the first one dates the
-/// start of its wait.
+/// Opens every error recorded for a job whose action was unknown.
 const UNKNOWN_ACTION: &str = "unknown action: ";
-
-/// Waits between looks for an unknown action: 1 s doubling to a minute, with jitter.
-const UNKNOWN_ACTION_BACKOFF: RetryPolicy = RetryPolicy {
-    max_attempts: u32::MAX,
-    backoff: Backoff::Exponential,
-    initial_delay: Duration::from_secs(1),
-    max_delay: Duration::from_secs(60),
-    jitter: true,
-};
 
 pub struct JobExecutor {
     pub observers: Arc<CompiledObservers>,
@@ -131,16 +120,8 @@ impl JobExecutor {
     fn unknown_action(&self, mut job: Job, reason: &str) -> Outcome {
         let label = crate::metrics::action_label(&job.action_type);
         let now = Utc::now();
-        let waits = job
-            .errors
-            .iter()
-            .filter(|e| e.error.starts_with(UNKNOWN_ACTION))
-            .count();
-        let first = job
-            .errors
-            .iter()
-            .find(|e| e.error.starts_with(UNKNOWN_ACTION))
-            .map_or(now, |e| e.at);
+        // Kept on the job itself: its error list is bounded, so the first wait may leave it.
+        let first = *job.waiting_since.get_or_insert(now);
         let limit = chrono::Duration::from_std(self.unknown_action_retry).unwrap_or_default();
         if now - first >= limit {
             warn!(key = %job.key, reason, "the job's action is not configured here; dead-lettering");
@@ -157,7 +138,11 @@ impl JobExecutor {
             return Outcome::DeadLetter { job };
         }
         job.record_wait(&format!("{UNKNOWN_ACTION}{reason}"));
-        let delay = UNKNOWN_ACTION_BACKOFF.delay(waits as u32 + 1, None);
+        // As long again as it has waited so far (about doubling), 1 s to a minute, jittered.
+        let waited = (now - first).to_std().unwrap_or_default();
+        let delay = crate::backoff::equal_jitter(
+            waited.clamp(Duration::from_secs(1), Duration::from_secs(60)),
+        );
         let at = (now + chrono::Duration::from_std(delay).unwrap_or_default()).min(first + limit);
         debug!(key = %job.key, reason, ?delay, "the job's action is not configured here (yet); retrying");
         self.metrics.retried.with_label_values(&[label]).inc();

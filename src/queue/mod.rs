@@ -56,6 +56,10 @@ pub struct Job {
     /// identities existed: they run by position (`action_index`), when the type matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action_id: Option<String>,
+    /// When this process first found the job's observer or action unknown (it waits for a
+    /// worker that knows it until `observer_runtime.unknown_action_retry_ms` after this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<DateTime<Utc>>,
     /// The event document: `{"event": {...}, "before": ..., "after": ...}`.
     pub payload: serde_json::Value,
     /// Attempts made so far (0 for a fresh job).
@@ -93,6 +97,7 @@ impl Job {
             action_index,
             action_type: action_type.to_owned(),
             action_id: None,
+            waiting_since: None,
             payload,
             attempts: 0,
             errors: Vec::new(),
