@@ -741,6 +741,32 @@ mod tests {
         );
     }
 
+    /// `[graphql]` reads into the engine's limits; the environment still types its keys.
+    #[test]
+    fn graphql_limits_take_env_overrides() {
+        let c = load(
+            "",
+            &[
+                ("FRAISEQL_GRAPHQL_MAX_DEPTH", "7"),
+                ("FRAISEQL_GRAPHQL_INTROSPECTION", "false"),
+                ("FRAISEQL_SERVER_MAX_BODY_BYTES", "4096"),
+            ],
+        )
+        .unwrap();
+        let l = c.graphql_limits();
+        assert_eq!(
+            (l.max_depth, l.introspection, l.max_body_bytes),
+            (7, false, 4096)
+        );
+        let e = load("", &[("FRAISEQL_GRAPHQL_MAX_DEPTH", "deep")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FRAISEQL_GRAPHQL_MAX_DEPTH") && e.contains("integer"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn sections_with_underscores_take_env_overrides() {
         let c = load("", &[("FRAISEQL_OBSERVER_RUNTIME_CONCURRENCY", "3")]).unwrap();
