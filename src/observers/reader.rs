@@ -507,6 +507,8 @@ impl Reader {
         shutdown: &CancellationToken,
     ) -> Result<bool, ReaderError> {
         let prefix = &bus.config().subject_prefix;
+        // Read once per batch: the server info is copied on every call.
+        let max_payload = bus.max_payload().saturating_sub(PUBLISH_HEADROOM);
         let mut items = Vec::with_capacity(events.len());
         for ev in events.iter().flatten() {
             let op = ev.op;
@@ -527,7 +529,7 @@ impl Reader {
             // headers): a reference instead, which consumers complete from the change log.
             // Retrying the full payload could never succeed and would hold every change
             // behind it.
-            if payload.len() > bus.max_payload().saturating_sub(PUBLISH_HEADROOM) {
+            if payload.len() > max_payload {
                 let reference = ChangeEvent {
                     before: None,
                     after: None,
