@@ -100,6 +100,23 @@ pub fn build_observers(
     Ok(runtime)
 }
 
+/// The authenticator of `[auth]` (its JWKS kept fresh until `shutdown`), or `None` when
+/// authentication is not configured.
+pub async fn authenticator(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Arc<crate::auth::Authenticator>>> {
+    let Some(cfg) = &config.auth else {
+        return Ok(None);
+    };
+    let auth = crate::auth::Authenticator::new(cfg).await?;
+    for (i, status) in auth.key_status() {
+        tracing::warn!(verifier = i, status = ?status, "auth: keys not available yet; tokens of this verifier are refused until they are");
+    }
+    auth.spawn_refresh(shutdown.child_token());
+    Ok(Some(Arc::new(auth)))
+}
+
 /// Loads the schema at `path` (schema.json or compiled) and builds an engine for it.
 pub fn load_engine(config: &Config, path: &str) -> anyhow::Result<crate::graphql::Engine> {
     let schema = crate::schema::load(std::path::Path::new(path))?;

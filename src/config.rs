@@ -59,6 +59,9 @@ pub struct Config {
     pub worker: crate::roles::worker::WorkerConfig,
     /// NATS JetStream: change events published to `<prefix>.<entity>.<op>`.
     pub nats: crate::nats::NatsConfig,
+    /// Authentication (JWT verifiers) and what an identity means to PostgreSQL. Absent:
+    /// every request is served with the pool's login role and no schema rule refuses.
+    pub auth: Option<crate::auth::AuthConfig>,
     /// Where each top-level key came from, for error messages. Not part of the file format.
     #[serde(skip)]
     pub origins: Origins,
@@ -241,6 +244,7 @@ impl Config {
             self.worker.validate(),
             self.queue.validate(),
             self.nats.validate(),
+            self.auth.as_ref().map_or(Ok(()), |a| a.validate()),
             self.validate_across(),
         ];
         for r in sections {
@@ -383,7 +387,17 @@ impl Config {
 
     /// The engine's limits from `[graphql]` and `server.max_body_bytes`.
     pub fn graphql_limits(&self) -> crate::graphql::Limits {
-        self.graphql.limits(self.server.max_body_bytes)
+        let mut limits = self.graphql.limits(self.server.max_body_bytes);
+        // With authentication, introspection is opt-in (`auth.introspection`).
+        if let Some(auth) = &self.auth {
+            limits.introspection &= auth.introspection_enabled();
+        }
+        limits
+    }
+
+    /// Whether `/graphiql` is served: configured, and allowed by `[auth]`.
+    pub fn graphiql_enabled(&self) -> bool {
+        self.graphql.graphiql && self.auth.as_ref().is_none_or(|a| a.introspection_enabled())
     }
 }
 
@@ -465,7 +479,12 @@ fn apply_env(
     env: &[(String, String)],
     origins: &mut Origins,
 ) -> Result<(), ConfigError> {
-    let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
+    // Optional sections count with their defaults, so `FRAISEQL_AUTH_MODE` is known.
+    let defaults = toml::Table::try_from(Config {
+        auth: Some(Default::default()),
+        ..Config::default()
+    })
+    .expect("defaults serialize");
     let mut pairs: Vec<(&String, &String)> = env.iter().map(|(k, v)| (k, v)).collect();
     // DATABASE_URL first so FRAISEQL_DATABASE_URL wins over it.
     pairs.sort_by_key(|(k, _)| *k != "DATABASE_URL");

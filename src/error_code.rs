@@ -36,6 +36,10 @@ pub enum ErrorCode {
     OperationNotSupported,
     /// The request body is larger than the configured limit.
     PayloadTooLarge,
+    /// A verified identity lacks the role, scope or actor a field or operation requires.
+    Forbidden,
+    /// No valid token (missing with `auth.mode = "required"`, or invalid).
+    Unauthenticated,
     /// The database cannot be reached.
     ServiceUnavailable,
     /// The request body's media type is not one the endpoint reads.
@@ -47,6 +51,7 @@ impl ErrorCode {
     pub const ALL: &'static [ErrorCode] = &[
         ErrorCode::BadRequest,
         ErrorCode::BadUserInput,
+        ErrorCode::Forbidden,
         ErrorCode::GraphqlParseFailed,
         ErrorCode::GraphqlValidationFailed,
         ErrorCode::InternalServerError,
@@ -60,6 +65,7 @@ impl ErrorCode {
         ErrorCode::OperationNotSupported,
         ErrorCode::PayloadTooLarge,
         ErrorCode::ServiceUnavailable,
+        ErrorCode::Unauthenticated,
         ErrorCode::UnsupportedMediaType,
     ];
 
@@ -80,6 +86,8 @@ impl ErrorCode {
             ErrorCode::OperationNotFound => "OPERATION_NOT_FOUND",
             ErrorCode::OperationNotSupported => "OPERATION_NOT_SUPPORTED",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
             ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             ErrorCode::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
         }
@@ -133,10 +141,12 @@ mod tests {
                 | ErrorCode::OperationNotFound
                 | ErrorCode::OperationNotSupported
                 | ErrorCode::PayloadTooLarge
+                | ErrorCode::Forbidden
+                | ErrorCode::Unauthenticated
                 | ErrorCode::ServiceUnavailable
                 | ErrorCode::UnsupportedMediaType => {}
             }
         }
-        assert_eq!(ErrorCode::ALL.len(), 16);
+        assert_eq!(ErrorCode::ALL.len(), 18);
     }
 }

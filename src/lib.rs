@@ -51,6 +51,7 @@
 
 pub mod actions;
 pub mod assets;
+pub mod auth;
 pub mod backoff;
 pub mod cli;
 pub mod compose;

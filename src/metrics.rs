@@ -43,9 +43,40 @@ pub struct Metrics {
     pub observers: ObserverMetrics,
     /// The Arrow Flight role: streams, rows, bytes, durations.
     pub flight: FlightMetrics,
+    /// Authentication outcomes and authorization refusals (no claim values as labels).
+    pub auth: AuthMetrics,
     /// Build information as labels; the value is always 1.
     pub build_info: IntGaugeVec,
 }
+
+pub struct AuthMetrics {
+    /// Requests by door (`http`, `flight`) and outcome (`ok`, `anonymous`, or why a token
+    /// was refused: `missing`, `expired`, `bad_signature`, …).
+    pub outcomes: IntCounterVec,
+    /// Requests refused for lack of a role, scope or actor, by door and role (a configured
+    /// or schema role; any other value counts as `other`).
+    pub denied: IntCounterVec,
+    /// JWKS fetches by outcome (`ok`, `error`, `cooldown`: an unknown `kid` not refetched).
+    pub jwks_fetches: IntCounterVec,
+}
+
+/// Every authentication outcome label, created at zero so a fresh process exports them.
+pub const AUTH_OUTCOMES: &[&str] = &[
+    "ok",
+    "anonymous",
+    "missing",
+    "malformed",
+    "too_large",
+    "algorithm",
+    "unknown_key",
+    "bad_signature",
+    "expired",
+    "not_yet_valid",
+    "issuer",
+    "audience",
+    "missing_claim",
+    "role_not_allowed",
+];
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
@@ -118,6 +149,29 @@ impl Metrics {
                 "Time from request received to response headers sent, by route.",
                 &["route"],
             ),
+            auth: AuthMetrics {
+                outcomes: counter_vec(
+                    &registry,
+                    "auth_requests_total",
+                    "Requests by door and authentication outcome (ok, anonymous, or why the \
+                     token was refused).",
+                    &["door", "outcome"],
+                ),
+                denied: counter_vec(
+                    &registry,
+                    "auth_denied_total",
+                    "Requests or fields refused for lack of a role, scope or actor, by door and \
+                     role.",
+                    &["door", "role"],
+                ),
+                jwks_fetches: counter_vec(
+                    &registry,
+                    "auth_jwks_fetches_total",
+                    "JWKS fetches by outcome (ok, error, cooldown).",
+                    &["outcome"],
+                ),
+            }
+            .with_known_labels(),
             db_pool_size: gauge(
                 &registry,
                 "db_pool_connections",
@@ -591,6 +645,20 @@ impl FlightMetrics {
     /// Metrics in a registry of their own, for callers that do not export them.
     pub fn unregistered() -> FlightMetrics {
         FlightMetrics::register(&Registry::new()).expect("fresh registry has no duplicates")
+    }
+}
+
+impl AuthMetrics {
+    fn with_known_labels(self) -> Self {
+        for door in ["http", "flight"] {
+            for outcome in AUTH_OUTCOMES {
+                self.outcomes.with_label_values(&[door, outcome]);
+            }
+        }
+        for outcome in ["ok", "error", "cooldown"] {
+            self.jwks_fetches.with_label_values(&[outcome]);
+        }
+        self
     }
 }
 

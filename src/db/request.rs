@@ -1,10 +1,10 @@
 //! One request on a pooled connection, the same for both doors (HTTP GraphQL and Flight).
 //!
-//! [`RequestContext`] is what a request's identity means to PostgreSQL: transaction-local
-//! settings (`set_config(name, value, true)`). Each door builds it from its request (the
-//! HTTP handler, the Flight service's authorization step; empty until authentication fills
-//! it) and this module is the one place that turns it into session state: [`Session`] for
-//! reads, [`apply`] inside a transaction the caller owns (mutations).
+//! [`RequestContext`] is what a request's identity means to PostgreSQL: a role to switch to
+//! (`SET LOCAL ROLE`, PostgREST's model) and transaction-local settings
+//! (`set_config(name, value, true)`). [`crate::auth`] builds it from a verified token for
+//! both doors, and this module is the one place that turns it into session state:
+//! [`Session`] for reads, [`apply`] inside a transaction the caller owns (mutations).
 //!
 //! A [`Session`] owns the connection while its statements run. An empty context opens no
 //! transaction, so an anonymous read stays one round trip. [`Session::finish`] ends the
@@ -19,6 +19,8 @@ use deadpool_postgres::Object;
 /// The database side of one request's identity.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestContext {
+    /// The role the request's statements run as (`None`: the pool's login role).
+    role: Option<String>,
     /// `(setting, value)` pairs, set transaction-locally before the request's statements.
     settings: Vec<(String, String)>,
 }
@@ -35,13 +37,34 @@ impl RequestContext {
         self
     }
 
+    /// Runs the request as `role` (one of `auth.db_roles`; the login role must be granted
+    /// it). Applied before the settings, in the same statement.
+    pub fn with_role(mut self, role: impl Into<String>) -> Self {
+        self.role = Some(role.into());
+        self
+    }
+
+    pub fn role(&self) -> Option<&str> {
+        self.role.as_deref()
+    }
+
+    /// The value of setting `name`, if set.
+    pub fn setting(&self, name: &str) -> Option<&str> {
+        self.settings
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// True when there is nothing to set, so no transaction is needed.
     pub fn is_empty(&self) -> bool {
-        self.settings.is_empty()
+        self.role.is_none() && self.settings.is_empty()
     }
 }
 
-/// All settings in one statement: one round trip whatever their number.
+/// The role and all settings in one statement: one round trip whatever their number.
+/// `set_config('role', …, true)` is `SET LOCAL ROLE` with the name as a parameter; the
+/// rows are applied in order, the role first.
 const APPLY_SQL: &str = "SELECT set_config(s.name, s.value, true) \
                          FROM unnest($1::text[], $2::text[]) AS s(name, value)";
 
@@ -54,9 +77,10 @@ pub async fn apply<C: tokio_postgres::GenericClient + Sync>(
         return Ok(());
     }
     let (names, values): (Vec<&str>, Vec<&str>) = ctx
-        .settings
+        .role
         .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .map(|r| ("role", r.as_str()))
+        .chain(ctx.settings.iter().map(|(n, v)| (n.as_str(), v.as_str())))
         .unzip();
     client.query(APPLY_SQL, &[&names, &values]).await?;
     Ok(())

@@ -125,15 +125,16 @@ pub trait GraphQLSource: Send + Sync + 'static {
     /// it (GetFlightInfo, GetSchema).
     fn shape<'a>(
         &'a self,
+        identity: &'a crate::auth::Identity,
         query: &'a str,
         variables: &'a Map<String, Value>,
         operation_name: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<GqlField>, GraphQLSourceError>>;
 
-    /// Runs the query (DoGet) with the request's database context.
+    /// Runs the query (DoGet) as `identity` (its rules and its database context).
     fn execute<'a>(
         &'a self,
-        ctx: &'a crate::db::RequestContext,
+        identity: &'a crate::auth::Identity,
         query: &'a str,
         variables: &'a Map<String, Value>,
         operation_name: Option<&'a str>,

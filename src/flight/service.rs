@@ -37,7 +37,7 @@ use super::plan::{events_schema, plan_view};
 use super::registry::Registry;
 use super::stream::{BatchResult, Follow, Producer, spawn_events, spawn_sql};
 use super::ticket::{self, Ticket, TicketError};
-use crate::db::RequestContext;
+use crate::auth::Identity;
 use crate::db::changelog::Position;
 use crate::metrics::FlightMetrics;
 
@@ -82,14 +82,13 @@ impl FraiseFlightService {
         }
     }
 
-    /// Checks the caller and returns the database context its statements run with (the
-    /// static tokens carry no identity, so it is anonymous).
-    fn authorize<T>(&self, request: &Request<T>) -> Result<RequestContext, Status> {
+    /// Checks the caller and returns who it is (a static service token is unrestricted).
+    fn authorize<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
         self.state.tokens.check(request.metadata()).map_err(|e| {
             tracing::debug!(error = %e, "flight call refused");
             Status::from(e)
         })?;
-        Ok(RequestContext::anonymous())
+        Ok(Identity::unrestricted())
     }
 
     fn graphql(&self) -> Result<&Arc<dyn GraphQLSource>, Status> {
@@ -115,7 +114,7 @@ impl FraiseFlightService {
     }
 
     /// The schema a ticket returns, without running it.
-    async fn ticket_schema(&self, t: &Ticket) -> Result<SchemaRef, Status> {
+    async fn ticket_schema(&self, identity: &Identity, t: &Ticket) -> Result<SchemaRef, Status> {
         match t {
             Ticket::View(v) => {
                 self.require_registry()?;
@@ -127,6 +126,7 @@ impl FraiseFlightService {
                 let fields = self
                     .graphql()?
                     .shape(
+                        identity,
                         &g.query,
                         g.variables.as_ref().unwrap_or(&empty),
                         g.operation_name.as_deref(),
@@ -138,7 +138,11 @@ impl FraiseFlightService {
     }
 
     /// Resolves a descriptor to (ticket bytes, schema).
-    async fn resolve(&self, d: &FlightDescriptor) -> Result<(Bytes, SchemaRef), Status> {
+    async fn resolve(
+        &self,
+        identity: &Identity,
+        d: &FlightDescriptor,
+    ) -> Result<(Bytes, SchemaRef), Status> {
         match DescriptorType::try_from(d.r#type) {
             Ok(DescriptorType::Path) => {
                 self.require_registry()?;
@@ -160,7 +164,7 @@ impl FraiseFlightService {
                 {
                     let t = json!({"type": "graphql", "query": q.query}).to_string();
                     let ticket = self.parse_ticket(t.as_bytes())?;
-                    let schema = self.ticket_schema(&ticket).await?;
+                    let schema = self.ticket_schema(identity, &ticket).await?;
                     return Ok((Bytes::from(t), schema));
                 }
                 Err(Status::not_found(format!(
@@ -169,7 +173,7 @@ impl FraiseFlightService {
             }
             Ok(DescriptorType::Cmd) => {
                 let t = self.parse_ticket(&d.cmd)?;
-                let schema = self.ticket_schema(&t).await?;
+                let schema = self.ticket_schema(identity, &t).await?;
                 Ok((d.cmd.clone(), schema))
             }
             _ => Err(Status::invalid_argument("unknown descriptor type")),
@@ -368,7 +372,7 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<Criteria>,
     ) -> Result<Response<Self::ListFlightsStream>, Status> {
-        self.authorize(&request)?;
+        let identity = self.authorize(&request)?;
         // The criteria expression, when given, is a name prefix.
         let prefix = String::from_utf8_lossy(&request.get_ref().expression).to_string();
         let mut infos = Vec::new();
@@ -396,7 +400,7 @@ impl FlightService for FraiseFlightService {
                     continue;
                 }
                 let d = FlightDescriptor::new_path(vec![q.name.clone()]);
-                let (t, schema) = self.resolve(&d).await?;
+                let (t, schema) = self.resolve(&identity, &d).await?;
                 infos.push(Self::flight_info(d, t, &schema)?);
             }
         }
@@ -409,9 +413,9 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.authorize(&request)?;
+        let identity = self.authorize(&request)?;
         let d = request.into_inner();
-        let (t, schema) = self.resolve(&d).await?;
+        let (t, schema) = self.resolve(&identity, &d).await?;
         Ok(Response::new(Self::flight_info(d, t, &schema)?))
     }
 
@@ -429,8 +433,8 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
-        self.authorize(&request)?;
-        let (_, schema) = self.resolve(request.get_ref()).await?;
+        let identity = self.authorize(&request)?;
+        let (_, schema) = self.resolve(&identity, request.get_ref()).await?;
         let options = IpcWriteOptions::default();
         let result: SchemaResult = SchemaAsIpc::new(&schema, &options)
             .try_into()
@@ -442,7 +446,8 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<FlightTicket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        let ctx = self.authorize(&request)?;
+        let identity = self.authorize(&request)?;
+        let ctx = identity.request_context().clone();
         let s = &self.state;
         let t = self.parse_ticket(&request.get_ref().ticket)?;
         let kind = t.kind();
@@ -478,7 +483,7 @@ impl FlightService for FraiseFlightService {
                 let rows = self
                     .graphql()?
                     .execute(
-                        &ctx,
+                        &identity,
                         &g.query,
                         g.variables.as_ref().unwrap_or(&empty),
                         g.operation_name.as_deref(),

@@ -14,6 +14,7 @@ use juniper::{
 };
 use tokio_postgres::types::ToSql;
 
+use crate::auth::Identity;
 use crate::db::{RequestContext, Session};
 use crate::schema::{MutationField, NamedKind, TypeRef};
 use crate::sql::mutation::{CHANGE_LOG_SQL, FnSignature, SIGNATURE_SQL, build_call, split_name};
@@ -182,7 +183,12 @@ impl Engine {
         }
     }
 
-    fn plan(&self, req: &Request, allow_mutation: bool) -> Result<Planned, Executed> {
+    fn plan(
+        &self,
+        req: &Request,
+        allow_mutation: bool,
+        identity: &Identity,
+    ) -> Result<Planned, Executed> {
         if req.query.len() > self.limits.max_query_bytes {
             return Err(self.request_error(vec![GqlError::new(
                 format!(
@@ -238,7 +244,7 @@ impl Engine {
                 )]));
             }
         };
-        let ctx = PlanCtx::new(Arc::clone(&self.schema), self.limits);
+        let ctx = PlanCtx::new(Arc::clone(&self.schema), self.limits, identity.clone());
         let (data, errors) = op.execute_sync(&variables, &ctx).map_err(|e| {
             let mut errs = parse_error_message(&e);
             for err in &mut errs {
@@ -282,7 +288,9 @@ impl Engine {
     /// them (for `EXPLAIN`, benchmarks against `pgbench`, and debugging). Errors are the
     /// response body a request would get.
     pub fn explain(&self, req: &Request) -> Result<Vec<(String, Statement)>, String> {
-        let planned = self.plan_guarded(req, false).map_err(|e| e.body)?;
+        let planned = self
+            .plan_guarded(req, false, &Identity::unrestricted())
+            .map_err(|e| e.body)?;
         let limits = self.read_limits();
         planned
             .plans
@@ -304,9 +312,10 @@ impl Engine {
         &self,
         req: &Request,
         allow_mutation: bool,
+        identity: &Identity,
     ) -> Result<Planned, Executed> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.plan(req, allow_mutation)
+            self.plan(req, allow_mutation, identity)
         }))
         .unwrap_or_else(|_| {
             tracing::error!(target: "fraiseql::graphql", query = %req.query, "planning panicked");
@@ -317,19 +326,20 @@ impl Engine {
         })
     }
 
-    /// Executes a request. `allow_mutation` is false for GET.
-    /// Executes a request. `allow_mutation` is false for GET; `ctx` is the request's
-    /// database context, applied to every statement it runs.
+    /// Executes a request. `allow_mutation` is false for GET; `identity` is who asks: the
+    /// schema's rules are planned against it and its database context is applied to every
+    /// statement the request runs.
     pub async fn execute(
         &self,
         pool: &Pool,
-        ctx: &RequestContext,
+        identity: &Identity,
         req: &Request,
         allow_mutation: bool,
     ) -> Executed {
         let started = Instant::now();
+        let ctx = identity.request_context();
         let op_name = metric_name(req.operation_name.as_deref());
-        let planned = match self.plan_guarded(req, allow_mutation) {
+        let planned = match self.plan_guarded(req, allow_mutation, identity) {
             Ok(p) => p,
             Err(done) => {
                 self.observe(done.op_type, &op_name, "error", started);

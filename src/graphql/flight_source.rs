@@ -35,7 +35,8 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_postgres::RowStream;
 
-use crate::db::{RequestContext, Session};
+use crate::auth::Identity;
+use crate::db::Session;
 use crate::flight::{
     GqlField, GqlType, GraphQLRows, GraphQLSource, GraphQLSourceError, NamedQuery,
 };
@@ -188,6 +189,7 @@ fn describe_keys(keys: &[String]) -> String {
 /// Plans `query` as `/graphql` would and checks it is one list query.
 fn prepare(
     engine: &Engine,
+    identity: &Identity,
     query: &str,
     variables: &Map<String, Value>,
     operation_name: Option<&str>,
@@ -198,7 +200,7 @@ fn prepare(
         variables: Some(Value::Object(variables.clone())),
     };
     let planned = engine
-        .plan_guarded(&req, true)
+        .plan_guarded(&req, true, identity)
         .map_err(|done| refused(&done))?;
     if planned.op_type != OperationType::Query {
         return Err(GraphQLSourceError::Invalid(
@@ -343,13 +345,14 @@ async fn produce(
 impl EngineSource {
     async fn run(
         &self,
-        ctx: &RequestContext,
+        identity: &Identity,
         query: &str,
         variables: &Map<String, Value>,
         operation_name: Option<&str>,
     ) -> Result<GraphQLRows, GraphQLSourceError> {
         let engine = self.engine.current();
-        let p = prepare(&engine, query, variables, operation_name)?;
+        let p = prepare(&engine, identity, query, variables, operation_name)?;
+        let ctx = identity.request_context();
         let client = self.pool.get().await.map_err(|e| {
             tracing::error!(target: "fraiseql::graphql", error = %e, "no database connection");
             GraphQLSourceError::Unavailable("the database is unavailable".into())
@@ -398,24 +401,25 @@ impl EngineSource {
 impl GraphQLSource for EngineSource {
     fn shape<'a>(
         &'a self,
+        identity: &'a Identity,
         query: &'a str,
         variables: &'a Map<String, Value>,
         operation_name: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<GqlField>, GraphQLSourceError>> {
         Box::pin(async move {
             let engine = self.engine.current();
-            prepare(&engine, query, variables, operation_name).map(|p| p.fields)
+            prepare(&engine, identity, query, variables, operation_name).map(|p| p.fields)
         })
     }
 
     fn execute<'a>(
         &'a self,
-        ctx: &'a RequestContext,
+        identity: &'a Identity,
         query: &'a str,
         variables: &'a Map<String, Value>,
         operation_name: Option<&'a str>,
     ) -> BoxFuture<'a, Result<GraphQLRows, GraphQLSourceError>> {
-        Box::pin(self.run(ctx, query, variables, operation_name))
+        Box::pin(self.run(identity, query, variables, operation_name))
     }
 
     /// One query per root list field, selecting the item's scalar and enum fields; only
@@ -440,7 +444,7 @@ impl GraphQLSource for EngineSource {
                     return None;
                 }
                 let query = format!("{{ {} {{ {} }} }}", q.name, fields.join(" "));
-                prepare(&engine, &query, &empty, None).ok()?;
+                prepare(&engine, &Identity::unrestricted(), &query, &empty, None).ok()?;
                 Some(NamedQuery {
                     name: q.name.clone(),
                     query,
@@ -462,7 +466,7 @@ mod tests {
     }
 
     fn shape(e: &Engine, q: &str) -> Result<Vec<GqlField>, GraphQLSourceError> {
-        prepare(e, q, &Map::new(), None).map(|p| p.fields)
+        prepare(e, &Identity::unrestricted(), q, &Map::new(), None).map(|p| p.fields)
     }
 
     #[test]

@@ -11,8 +11,6 @@ use deadpool_postgres::Pool;
 use http::header::{ACCEPT, ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYPE, VARY};
 use http::{HeaderValue, Method, Request as HttpRequest, Response, StatusCode};
 
-use crate::db::RequestContext;
-
 use super::Engine;
 use super::execute::{Outcome, Request};
 use super::response::{ErrorCode, GqlError, errors_only};
@@ -223,8 +221,29 @@ pub fn body_too_large(engine: &Engine, headers: &http::HeaderMap) -> Response<By
     )
 }
 
-/// Answers one request to the GraphQL endpoint.
-pub async fn handle(engine: &Engine, pool: &Pool, req: HttpRequest<Bytes>) -> Response<Bytes> {
+/// The answer to a request refused by authentication: 401 with the RFC 6750 challenge, or
+/// 403 for a valid token whose role may not be used; the body is a GraphQL error.
+fn refused(engine: &Engine, media: MediaType, e: &crate::auth::AuthError) -> Response<Bytes> {
+    let (status, code) = if e.is_forbidden() {
+        (StatusCode::FORBIDDEN, ErrorCode::Forbidden)
+    } else {
+        (StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated)
+    };
+    let mut r = request_failure(engine, status, media, &e.to_string(), code);
+    if let (StatusCode::UNAUTHORIZED, Ok(v)) = (status, HeaderValue::from_str(&e.challenge())) {
+        r.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+/// Answers one request to the GraphQL endpoint. With `auth`, the request is authenticated
+/// before anything else is done with it.
+pub async fn handle(
+    engine: &Engine,
+    pool: &Pool,
+    auth: Option<&crate::auth::Authenticator>,
+    req: HttpRequest<Bytes>,
+) -> Response<Bytes> {
     let headers = req.headers();
     let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
     let gzip_ok = super::accept_encoding::accepts_gzip(
@@ -241,6 +260,24 @@ pub async fn handle(engine: &Engine, pool: &Pool, req: HttpRequest<Bytes>) -> Re
             "the Accept header allows neither application/graphql-response+json nor application/json",
             ErrorCode::NotAcceptable,
         );
+    };
+    let identity = match auth {
+        None => crate::auth::Identity::unrestricted(),
+        Some(auth) => {
+            let header = match headers.get(http::header::AUTHORIZATION) {
+                None => None,
+                Some(v) => match v.to_str() {
+                    Ok(v) => Some(v),
+                    Err(_) => {
+                        return refused(engine, media, &crate::auth::AuthError::Malformed);
+                    }
+                },
+            };
+            match auth.authenticate(header, crate::auth::Door::Http).await {
+                Ok(id) => id,
+                Err(e) => return refused(engine, media, &e),
+            }
+        }
     };
     let limits = engine.limits;
     if req.body().len() > limits.max_body_bytes {
@@ -305,9 +342,7 @@ pub async fn handle(engine: &Engine, pool: &Pool, req: HttpRequest<Bytes>) -> Re
             );
         }
     };
-    // The request's identity as the database sees it: anonymous until authentication.
-    let ctx = RequestContext::anonymous();
-    let done = engine.execute(pool, &ctx, &gql, allow_mutation).await;
+    let done = engine.execute(pool, &identity, &gql, allow_mutation).await;
     let status = match (done.outcome, media) {
         (Outcome::MutationNotAllowed, _) => StatusCode::METHOD_NOT_ALLOWED,
         (Outcome::RequestError, MediaType::GraphqlResponse) => StatusCode::BAD_REQUEST,

@@ -48,11 +48,19 @@ pub struct PlanCtx {
     /// A limit broken while planning: the whole request fails with this message.
     pub limit_error: Mutex<Option<String>>,
     aliases: Mutex<usize>,
+    /// Who asks: the schema's role, scope and actor rules and injected claims are planned
+    /// against it.
+    pub identity: crate::auth::Identity,
 }
 
 impl PlanCtx {
-    pub fn new(schema: Arc<CompiledSchema>, limits: Limits) -> PlanCtx {
+    pub fn new(
+        schema: Arc<CompiledSchema>,
+        limits: Limits,
+        identity: crate::auth::Identity,
+    ) -> PlanCtx {
         PlanCtx {
+            identity,
             schema,
             limits,
             plans: Mutex::new(Vec::new()),

@@ -43,6 +43,8 @@ pub struct AppState {
     /// (`fraiseql worker`): `/readyz` then also needs it, and reports "not connected yet"
     /// until the first connection.
     pub queue: Option<Arc<QueueReadiness>>,
+    /// Who may call `/graphql`; `None` when `[auth]` is not configured.
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
 }
 
 /// The queue backend `/readyz` waits for, filled once it is connected.
@@ -214,7 +216,7 @@ async fn route(
             ),
         },
         p if (p == "/graphiql" || p.starts_with("/graphiql/"))
-            && state.config.graphql.graphiql
+            && state.config.graphiql_enabled()
             && state.engine.is_some() =>
         {
             let resp = match only_get(&req) {
@@ -259,7 +261,7 @@ async fn graphql(
         Err(_) => return json_error(StatusCode::BAD_REQUEST, "could not read the request body"),
     };
     let request = Request::from_parts(parts, body);
-    crate::graphql::http::handle(engine, &state.pool, request)
+    crate::graphql::http::handle(engine, &state.pool, state.auth.as_deref(), request)
         .await
         .map(Full::new)
 }
@@ -325,6 +327,24 @@ async fn readyz(state: &AppState) -> Response<Body> {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return unavailable(format!("{name}: {e}")),
             Err(_) => return unavailable(format!("{name}: no answer within 2 s")),
+        }
+    }
+    if let Some(auth) = &state.auth {
+        // A JWKS never fetched refuses every token of its verifier: not ready. One serving
+        // its last good keys while the endpoint is down still works: ready, and said.
+        let problems = auth.key_status();
+        if let Some((i, crate::auth::keys::KeyStatus::Unavailable(e))) = problems
+            .iter()
+            .find(|(_, s)| matches!(s, crate::auth::keys::KeyStatus::Unavailable(_)))
+        {
+            return unavailable(format!("auth.jwt[{i}]: no keys: {e}"));
+        }
+        if let Some((i, crate::auth::keys::KeyStatus::Stale(e))) = problems.first() {
+            return json(
+                StatusCode::OK,
+                serde_json::json!({"status": "ready",
+                    "warning": format!("auth.jwt[{i}]: serving the last good JWKS: {e}")}),
+            );
         }
     }
     json(StatusCode::OK, serde_json::json!({"status": "ready"}))

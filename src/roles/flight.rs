@@ -35,6 +35,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         engine: None,
         observers: false,
         queue: None,
+        auth: None,
     };
     let (a, b) = tokio::join!(
         serve_http(http_listener, config, parts, shutdown.clone()),

@@ -12,8 +12,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::compose::{
-    bind_flight, bind_http, build_observers, connect_queue, flight_server, shared_engine,
-    spawn_reload_on_sighup,
+    authenticator, bind_flight, bind_http, build_observers, connect_queue, flight_server,
+    shared_engine, spawn_reload_on_sighup,
 };
 use crate::config::Config;
 use crate::graphql::SharedEngine;
@@ -29,6 +29,8 @@ pub struct HttpParts {
     pub observers: bool,
     /// A queue backend `/readyz` also waits for (see [`AppState::queue`]).
     pub queue: Option<Arc<QueueReadiness>>,
+    /// Who may call `/graphql` (`[auth]`); `None`: everyone, unrestricted.
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
 }
 
 /// Binds `server.listen` (and `flight.listen` with `with_flight`) and serves until
@@ -43,9 +45,10 @@ pub async fn run(
     }
     let listener = bind_http(&config).await?;
     let engine = shared_engine(&config)?;
+    let auth = authenticator(&config, &shutdown).await?;
     if !with_flight {
         let pool = crate::db::pool(&config.database)?;
-        return serve_http(listener, config, serve_parts(pool, engine), shutdown).await;
+        return serve_http(listener, config, serve_parts(pool, engine, auth), shutdown).await;
     }
     let flight_listener = bind_flight(&config).await?;
     // One pool for both servers: the connection budget is `database.pool_size` per process.
@@ -56,7 +59,7 @@ pub async fn run(
         serve_http(
             listener,
             config,
-            serve_parts(pool, engine),
+            serve_parts(pool, engine, auth),
             shutdown.clone()
         ),
         super::flight::serve_flight(flight, flight_listener, shutdown.clone())
@@ -65,12 +68,17 @@ pub async fn run(
 }
 
 /// Everything: GraphQL and the observers.
-fn serve_parts(pool: deadpool_postgres::Pool, engine: Option<SharedEngine>) -> HttpParts {
+fn serve_parts(
+    pool: deadpool_postgres::Pool,
+    engine: Option<SharedEngine>,
+    auth: Option<Arc<crate::auth::Authenticator>>,
+) -> HttpParts {
     HttpParts {
         pool,
         engine,
         observers: true,
         queue: None,
+        auth,
     }
 }
 
@@ -85,7 +93,8 @@ pub async fn run_on(
     }
     let pool = crate::db::pool(&config.database)?;
     let engine = shared_engine(&config)?;
-    serve_http(listener, config, serve_parts(pool, engine), shutdown).await
+    let auth = authenticator(&config, &shutdown).await?;
+    serve_http(listener, config, serve_parts(pool, engine, auth), shutdown).await
 }
 
 /// The HTTP side: health and metrics, plus what `parts` names (GraphQL, the observers).
@@ -100,6 +109,7 @@ pub(crate) async fn serve_http(
         engine,
         observers,
         queue,
+        auth,
     } = parts;
     let started = Instant::now();
     let addr = listener.local_addr()?;
@@ -108,6 +118,7 @@ pub(crate) async fn serve_http(
         pool: pool.clone(),
         engine,
         queue,
+        auth,
     });
     if let Some(engine) = &state.engine {
         spawn_reload_on_sighup(

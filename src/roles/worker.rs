@@ -121,6 +121,7 @@ pub async fn run_on(
         engine: None,
         observers: false,
         queue: Some(ready),
+        auth: None,
     };
     let http = super::serve::serve_http(listener, config, parts, shutdown.clone());
     let (served, jobs) = tokio::join!(http, jobs_task);

@@ -478,6 +478,7 @@ fn posts_rows() -> Vec<Value> {
 impl GraphQLSource for TestGraphQL {
     fn shape<'a>(
         &'a self,
+        _identity: &'a fraiseql::auth::Identity,
         query: &'a str,
         _variables: &'a Map<String, Value>,
         _operation_name: Option<&'a str>,
@@ -496,13 +497,15 @@ impl GraphQLSource for TestGraphQL {
 
     fn execute<'a>(
         &'a self,
-        _ctx: &'a fraiseql::db::RequestContext,
+        identity: &'a fraiseql::auth::Identity,
         query: &'a str,
         variables: &'a Map<String, Value>,
         operation_name: Option<&'a str>,
     ) -> BoxFuture<'a, Result<GraphQLRows, GraphQLSourceError>> {
         async move {
-            let fields = self.shape(query, variables, operation_name).await?;
+            let fields = self
+                .shape(identity, query, variables, operation_name)
+                .await?;
             let limit = variables
                 .get("limit")
                 .and_then(Value::as_u64)
