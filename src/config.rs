@@ -59,6 +59,8 @@ pub struct Config {
     pub worker: crate::roles::worker::WorkerConfig,
     /// NATS JetStream: change events published to `<prefix>.<entity>.<op>`.
     pub nats: crate::nats::NatsConfig,
+    /// Retention of the change log (`fraiseql db prune`, `serve`'s periodic prune).
+    pub change_log: crate::db::retention::ChangeLogConfig,
     /// Where each top-level key came from, for error messages. Not part of the file format.
     #[serde(skip)]
     pub origins: Origins,
@@ -241,6 +243,7 @@ impl Config {
             self.worker.validate(),
             self.queue.validate(),
             self.nats.validate(),
+            self.change_log.validate(),
             self.validate_across(),
         ];
         for r in sections {
