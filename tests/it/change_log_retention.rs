@@ -1,9 +1,10 @@
 //! Change-log retention (`fraiseql db prune`, `[change_log] retention`) against the real
 //! PostgreSQL: a prune deletes only rows older than the retention, strictly before every
 //! checkpoint (observer readers, the NATS publisher: the reader's checkpoint), and never a
-//! row of a transaction still running or after it; `--dry-run` changes nothing; a bad
-//! duration is a clear error and changes nothing; a Flight `events` ticket resuming before
-//! the prune horizon is refused instead of skipping rows.
+//! row of a transaction still running or after it; `serve` prunes periodically and never
+//! what its NATS publisher has not published (a private nats-server, killed); `--dry-run`
+//! changes nothing; a bad duration is a clear error and changes nothing; a Flight `events`
+//! ticket resuming before the prune horizon is refused instead of skipping rows.
 
 use crate::common;
 
@@ -414,4 +415,121 @@ mod flight {
         let got = events(&f, json!({"type": "events"})).await.unwrap();
         assert_eq!(got, pks(&rows[4..]), "no after: from the oldest row kept");
     }
+}
+
+/// The highest change-log pk `consumer`'s checkpoint has passed (0 without one).
+async fn checkpoint_pk(db: &TestDb, consumer: &str) -> i64 {
+    db.client()
+        .await
+        .query_opt(
+            "SELECT last_pk FROM fraiseql.tb_observer_checkpoint WHERE consumer = $1",
+            &[&consumer],
+        )
+        .await
+        .unwrap()
+        .map_or(0, |r| r.get(0))
+}
+
+/// The real NATS publisher: `serve` publishing to a private nats-server, pruning every
+/// second with a one-day retention, every row ten days old. While NATS is down the reader's
+/// checkpoint stays behind the unpublished changes, and the prune keeps them; once NATS is
+/// back they are all published (none was pruned away) and only then pruned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_never_prunes_changes_its_nats_publisher_has_not_published() {
+    use common::nats::{PrivateServer, connect, test_config};
+    use common::observers::{HttpReceiver, eventually};
+    let _log = common::read_change_log().await;
+    let mut nats_server = PrivateServer::started();
+    let nats = test_config(&nats_server.url());
+    let db = TestDb::new().await;
+    db.create_posts().await;
+    let rx = HttpReceiver::start_ok().await;
+    let config = json!({
+        "observer_runtime": {
+            "poll_interval_ms": 100,
+            "checkpoint_interval_ms": 50,
+            "start_from": "beginning"
+        },
+        "nats": common::nats::serve_section(&nats),
+        "change_log": {"retention": "1d", "prune_interval_ms": 1000},
+        "observers": [{
+            "name": "hook",
+            "entity": "Post",
+            "actions": [{"type": "webhook", "url": rx.url("/hook")}]
+        }]
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fraiseql.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let serve = common::ServeProcess::start_role(
+        &["--config", path.to_str().unwrap(), "serve"],
+        &db.url(),
+        &[],
+    )
+    .await;
+    let age_all = || async {
+        db.batch(
+            "UPDATE fraiseql.tb_entity_change_log SET occurred_at = now() - interval '10 days'",
+        )
+        .await
+    };
+
+    for i in 0..3 {
+        db.insert_post(&format!("published {i}"), true).await;
+    }
+    let first = db.change_pks().await;
+    eventually(
+        Duration::from_secs(15),
+        "the first changes published",
+        || async { checkpoint_pk(&db, "default").await >= first[2] },
+    )
+    .await;
+
+    nats_server.kill();
+    for i in 0..3 {
+        db.insert_post(&format!("unpublished {i}"), true).await;
+    }
+    let all = db.change_pks().await;
+    assert_eq!(all.len(), 6);
+    age_all().await;
+    eventually(
+        Duration::from_secs(10),
+        "the published rows pruned",
+        || async { db.change_pks().await.len() == 4 },
+    )
+    .await;
+    // Two more prune intervals: nothing the publisher still needs goes.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let kept = db.change_pks().await;
+    let cp = checkpoint_pk(&db, "default").await;
+    eprintln!("NATS down: checkpoint at pk {cp}, rows kept {kept:?} of {all:?}");
+    assert_eq!(
+        kept,
+        all[2..],
+        "rows strictly before the publisher's checkpoint pruned; the unpublished ones kept"
+    );
+
+    nats_server.start();
+    eventually(Duration::from_secs(20), "everything published", || async {
+        checkpoint_pk(&db, "default").await >= all[5]
+    })
+    .await;
+    let messages = connect(&nats).await.stream_state().await.unwrap().messages;
+    rx.wait_for(6, Duration::from_secs(10)).await;
+    age_all().await;
+    eventually(
+        Duration::from_secs(10),
+        "pruned up to the new checkpoint",
+        || async { db.change_pks().await == all[5..] },
+    )
+    .await;
+    eprintln!(
+        "NATS back: stream holds {messages} messages; rows kept {:?}",
+        db.change_pks().await
+    );
+    assert_eq!(
+        messages, 6,
+        "every change published, none lost to the prune"
+    );
+    drop(serve);
 }
