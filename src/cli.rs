@@ -109,6 +109,17 @@ pub enum Command {
 pub enum DbCommand {
     /// Create or upgrade the `fraiseql` schema (idempotent, safe to run concurrently).
     Init,
+    /// Delete old change-log rows that no checkpoint still needs: older than the retention,
+    /// strictly before every observer reader's (and NATS publisher's) checkpoint, and older
+    /// than every running transaction. Safe to run while serve runs.
+    Prune {
+        /// Keep rows younger than this (30m, 12h, 7d, 2w); default: [change_log] retention.
+        #[arg(long, value_name = "DURATION")]
+        older_than: Option<String>,
+        /// Count what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -62,6 +62,8 @@ pub struct Config {
     /// Authentication (JWT verifiers) and what an identity means to PostgreSQL. Absent:
     /// every request is served with the pool's login role and no schema rule refuses.
     pub auth: Option<crate::auth::AuthConfig>,
+    /// Retention of the change log (`fraiseql db prune`, `serve`'s periodic prune).
+    pub change_log: crate::db::retention::ChangeLogConfig,
     /// Where each top-level key came from, for error messages. Not part of the file format.
     #[serde(skip)]
     pub origins: Origins,
@@ -245,6 +247,7 @@ impl Config {
             self.queue.validate(),
             self.nats.validate(),
             self.auth.as_ref().map_or(Ok(()), |a| a.validate()),
+            self.change_log.validate(),
             self.validate_across(),
         ];
         for r in sections {

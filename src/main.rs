@@ -82,6 +82,13 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Db {
             command: DbCommand::Init,
         } => roles::db::init(&config).await?,
+        Command::Db {
+            command:
+                DbCommand::Prune {
+                    older_than,
+                    dry_run,
+                },
+        } => roles::db::prune(&config, older_than.as_deref(), dry_run).await?,
         Command::Compile { input, output } => roles::compile::run(&input, &output)?,
         Command::Explain {
             query,

@@ -422,7 +422,13 @@ pub struct JobMetrics {
     pub released: IntCounter,
     /// Queue backend calls that failed transiently and were retried, by operation (Redis).
     pub backend_retries: IntCounterVec,
+    /// Bookkeeping calls (ack, retry, dead letter, release) that failed, with any error, and
+    /// were retried by the worker instead of giving up on the job's outcome, by operation.
+    pub bookkeeping_retries: IntCounterVec,
 }
+
+/// The `op` labels of `fraiseql_job_bookkeeping_retries_total`.
+pub const BOOKKEEPING_OPS: [&str; 4] = ["ack", "retry", "dead_letter", "release"];
 
 /// The action types, a closed set: their series exist at zero from the start.
 pub const ACTION_TYPES: [&str; 6] = ["webhook", "slack", "email", "search", "cache", "nats"];
@@ -501,6 +507,13 @@ impl JobMetrics {
                 ),
                 &["op"],
             )?,
+            bookkeeping_retries: IntCounterVec::new(
+                Opts::new(
+                    "fraiseql_job_bookkeeping_retries_total",
+                    "Job bookkeeping calls (ack, retry, dead_letter, release) that failed and were retried, by operation",
+                ),
+                &["op"],
+            )?,
         };
         registry.register(Box::new(m.queued.clone()))?;
         registry.register(Box::new(m.executed.clone()))?;
@@ -514,6 +527,7 @@ impl JobMetrics {
         registry.register(Box::new(m.reclaimed.clone()))?;
         registry.register(Box::new(m.released.clone()))?;
         registry.register(Box::new(m.backend_retries.clone()))?;
+        registry.register(Box::new(m.bookkeeping_retries.clone()))?;
         Ok(m)
     }
 
@@ -536,6 +550,9 @@ impl JobMetrics {
         }
         for op in ["enqueue", "reserve", "ack", "retry", "dead_letter"] {
             self.backend_retries.with_label_values(&[op]);
+        }
+        for op in BOOKKEEPING_OPS {
+            self.bookkeeping_retries.with_label_values(&[op]);
         }
         self
     }

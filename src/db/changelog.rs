@@ -62,6 +62,11 @@ pub fn after(txid: &str, pk: &str) -> String {
     format!("(txid, pk) > (CAST({txid} AS xid8), {pk})")
 }
 
+/// The predicate "strictly before the position bound as `txid` and `pk`".
+pub fn before(txid: &str, pk: &str) -> String {
+    format!("(txid, pk) < (CAST({txid} AS xid8), {pk})")
+}
+
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.txid, self.pk)

@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "mutation_events",
         include_str!("migrations/0003_mutation_events.sql"),
     ),
+    (
+        4,
+        "change_log_retention",
+        include_str!("migrations/0004_change_log_retention.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying FraiseQL's migration lock (`pg_advisory_xact_lock`).

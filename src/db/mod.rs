@@ -1,5 +1,5 @@
 //! PostgreSQL access: the connection pool every role shares, readiness checks, and the
-//! appliance's own migrations ([`migrate`]).
+//! appliance's own migrations ([`migrate`]), and change-log retention ([`retention`]).
 //!
 //! The pool opens connections lazily, so a role starts while the database is down and
 //! recovers by itself when it comes back; [`ping`] is what `/readyz` and `check` use.
@@ -8,6 +8,7 @@ pub mod changelog;
 pub mod config;
 pub mod migrate;
 pub mod request;
+pub mod retention;
 
 pub use config::DatabaseConfig;
 pub use request::{RequestContext, Session};

@@ -13,7 +13,9 @@
 //! ([`crate::db::changelog`]): pages after the last position sent, in `(txid, pk)` order,
 //! never beyond the oldest running transaction, so a change that commits after a higher pk
 //! was sent still comes, once. Each batch carries its rows' positions; the service puts the
-//! last one in the batch's `app_metadata`, the client's resume point.
+//! last one in the batch's `app_metadata`, the client's resume point. A resume point below
+//! the change-log prune horizon ([`crate::db::retention`]) is refused with `OUT_OF_RANGE`:
+//! the rows after it are gone, and streaming on would skip them silently.
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -62,6 +64,9 @@ pub enum StreamError {
     ShuttingDown,
     #[error("{0}")]
     Arrow(String),
+    /// An events ticket's `after` is below the change-log prune horizon.
+    #[error(transparent)]
+    Pruned(#[from] crate::db::retention::PrunedError),
 }
 
 impl StreamError {
@@ -80,6 +85,8 @@ impl From<StreamError> for tonic::Status {
         match &e {
             StreamError::BadValue(_) => tonic::Status::invalid_argument(e.to_string()),
             StreamError::SchemaChanged(_) => tonic::Status::failed_precondition(e.to_string()),
+            // The position exists no more: like a Kafka offset out of range.
+            StreamError::Pruned(_) => tonic::Status::out_of_range(e.to_string()),
             StreamError::Pool(_) | StreamError::ShuttingDown => {
                 tonic::Status::unavailable(e.to_string())
             }
@@ -182,6 +189,16 @@ async fn report(
         tracing::debug!(error = %e, "flight stream failed");
         let _ = tx.send(Err(e)).await;
     }
+}
+
+/// Refuses to go on from `after` when change-log rows after it were pruned
+/// ([`crate::db::retention`]).
+async fn check_horizon(session: &Session, after: Position) -> Result<(), StreamError> {
+    let horizon = crate::db::retention::horizon(session.client())
+        .await
+        .map_err(|e| StreamError::Query(e.to_string()))?;
+    crate::db::retention::check_resume(after, horizon)?;
+    Ok(())
 }
 
 /// A pooled connection for one statement of the stream, with the request's context applied.
@@ -412,7 +429,17 @@ pub fn spawn_events(
                 }
                 let plan = plan_events(&ticket, after, page);
                 let session = start(&pool, &ctx).await?;
+                // Resuming (or going on) from a position: every row after it must still be
+                // there. Checked before the page, so a pruned resume point sends nothing,
+                // and after it, so a prune that ran meanwhile is not silently skipped.
+                let resumes = ticket.after.is_some() || after != Position::default();
+                if resumes {
+                    check_horizon(&session, after).await?;
+                }
                 let outcome = run_plan(session.client(), &plan, batch_rows, &tx, &stop).await;
+                if resumes && matches!(outcome, Ok(RunOutcome::Done { .. })) {
+                    check_horizon(&session, after).await?;
+                }
                 finish(session, &outcome).await?;
                 let (rows, last) = match outcome? {
                     RunOutcome::Done { rows, last } => (rows, last),

@@ -377,12 +377,13 @@ pub async fn run_pump(
         let executor = executor.clone();
         async move { executor.run(job).await }
     };
-    // A Redis failure the queue could not ride out (it retries transient ones itself) ends
-    // this run; start again unless shutting down, so a worker never silently stops.
+    // The pump retries every failed backend call itself; should it ever return an error,
+    // start again unless shutting down, so a worker never silently stops.
     loop {
-        match pump::run(
+        match pump::run_metered(
             queue.clone(),
             config.clone(),
+            metrics.clone(),
             handler.clone(),
             shutdown.clone(),
         )

@@ -5,7 +5,9 @@
 //! reported to the dispatch [`Tracker`] so the reader's checkpoint can move (memory queue).
 //! On shutdown a worker stops reserving; the job in hand gets `shutdown_grace_ms` to finish,
 //! after which it is handed back to the queue (retry now) — for the memory queue that means
-//! it is replayed from the checkpoint by the next start. `fraiseql worker` uses the batching
+//! it is replayed from the checkpoint by the next start. A dead letter the store refuses is
+//! stored again with backoff ([`crate::queue::bookkeeping_backoff`]) while the job keeps its
+//! worker; its action is not run again. `fraiseql worker` uses the batching
 //! [`crate::queue::pump`] over Redis instead, with the same executor.
 
 use std::sync::Arc;
@@ -17,10 +19,7 @@ use tracing::{info, warn};
 
 use super::dispatch::Tracker;
 use super::executor::JobExecutor;
-use crate::queue::{Outcome, Queue, Reservation};
-
-/// How long to wait before trying again when the dead-letter store itself is unreachable.
-const DEAD_LETTER_RETRY: Duration = Duration::from_secs(5);
+use crate::queue::{Outcome, Queue, QueueError, Reservation};
 
 pub struct Workers {
     pub executor: Arc<JobExecutor>,
@@ -104,25 +103,48 @@ impl Workers {
                 }
             }
             Some(Outcome::DeadLetter { job }) => {
-                self.dead_letter(Reservation { job, receipt }).await;
+                self.dead_letter(Reservation { job, receipt }, shutdown)
+                    .await;
             }
         }
     }
 
-    async fn dead_letter(&self, r: Reservation) {
+    /// Stores the dead letter, retrying with backoff while the store fails: the job keeps
+    /// its reservation (and this worker) meanwhile, and its action is not run again — it
+    /// failed for good, and running it once more per failed write would also grow its
+    /// error list. At shutdown, after the grace period, the job is left where it is: the
+    /// in-process queue is gone with the process, and the change is replayed from the
+    /// reader's checkpoint, which never passed it.
+    async fn dead_letter(&self, r: Reservation, shutdown: &CancellationToken) {
         let key = r.job.key.clone();
-        match self.queue.dead_letter(r.clone()).await {
-            Ok(()) => self.tracker.finish(&key),
-            Err(e) => {
-                // The job stays in the queue (and the checkpoint behind it) until the
-                // dead-letter store accepts it.
-                warn!(error = %e, "dead-lettering failed; will try again");
-                let at =
-                    Utc::now() + chrono::Duration::from_std(DEAD_LETTER_RETRY).unwrap_or_default();
-                // It comes back through the action once more: a permanent error or an
-                // exhausted budget lands here again.
-                if let Err(e) = self.queue.retry(r, at).await {
-                    warn!(error = %e, "re-queueing an undeliverable dead letter failed");
+        let mut backoff = crate::queue::bookkeeping_backoff();
+        let give_up = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.grace).await;
+        };
+        tokio::pin!(give_up);
+        loop {
+            match self.queue.dead_letter(r.clone()).await {
+                Ok(()) => {
+                    self.tracker.finish(&key);
+                    return;
+                }
+                Err(QueueError::UnknownReservation(_)) => return,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    self.executor
+                        .metrics
+                        .bookkeeping_retries
+                        .with_label_values(&["dead_letter"])
+                        .inc();
+                    warn!(error = %e, key = %key, retry_in = ?delay, "dead-lettering failed; will try again (the action is not run again)");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = &mut give_up => {
+                            warn!(key = %key, "shutting down with a dead letter not stored; the change is replayed from the checkpoint at the next start");
+                            return;
+                        }
+                    }
                 }
             }
         }

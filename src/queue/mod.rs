@@ -174,6 +174,13 @@ pub enum Outcome {
     DeadLetter { job: Job },
 }
 
+/// Retry delays of bookkeeping calls (ack, retry, dead letter, release) that failed: the
+/// batching [`pump`] and the in-process workers wait this long before calling again, instead
+/// of giving up on the job's outcome or running its action again.
+pub fn bookkeeping_backoff() -> crate::backoff::Backoff {
+    crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+}
+
 /// The idempotency key format shared by the queue, the dedup table and the actions.
 pub fn idempotency_key(change_pk: i64, observer: &str, action_index: usize) -> String {
     format!("{change_pk}:{observer}:{action_index}")

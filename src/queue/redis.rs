@@ -235,40 +235,53 @@ return out
 /// KEYS: jobs, inflight, delayed, ready, reclaims.
 /// ARGV: channel, receipt, job json ('' = keep the stored one), at ms, keep reclaim count (1/0).
 /// Returns -1 (unknown), 1 (ready now), 2 (delayed).
+/// A script that fails halfway keeps the writes made before the failure (Redis does not
+/// roll back), so the reservation is given up last: a failed write leaves the job reserved
+/// and the caller's retry (or the visibility timeout) finds it.
 const RETRY_LUA: &str = r#"
 local jobs, inflight, delayed, ready, reclaims = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-if redis.call('ZREM', inflight, ARGV[2]) == 0 then return -1 end
+if not redis.call('ZSCORE', inflight, ARGV[2]) then return -1 end
 local key = string.sub(ARGV[2], 18)
 if ARGV[3] ~= '' then redis.call('HSET', jobs, key, ARGV[3]) end
-if ARGV[5] ~= '1' then redis.call('HDEL', reclaims, key) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local at = tonumber(ARGV[4])
+local out = 2
 if at <= now then
   redis.call('RPUSH', ready, key)
-  redis.call('PUBLISH', ARGV[1], 'r')
-  return 1
+  out = 1
+else
+  redis.call('ZADD', delayed, at, key)
 end
-redis.call('ZADD', delayed, at, key)
-local head = redis.call('ZRANGE', delayed, 0, 0)
-if head[1] == key then redis.call('PUBLISH', ARGV[1], 'd') end
-return 2
+redis.call('ZREM', inflight, ARGV[2])
+if ARGV[5] ~= '1' then redis.call('HDEL', reclaims, key) end
+if out == 1 then
+  redis.call('PUBLISH', ARGV[1], 'r')
+else
+  local head = redis.call('ZRANGE', delayed, 0, 0)
+  if head[1] == key then redis.call('PUBLISH', ARGV[1], 'd') end
+end
+return out
 "#;
 
 /// KEYS: jobs, inflight, reclaims, dead, dead_at, dead_seq.
 /// ARGV: receipt, job json, dead-letter id to reuse ('' = new).
 /// Returns the dead-letter id, or -1 (unknown receipt).
+/// The dead letter is written before the job leaves the queue (Redis does not roll back a
+/// script that fails halfway): a dead-letter store that cannot be written (`WRONGTYPE`, a
+/// full memory) leaves the job reserved for the caller's retry, never lost.
 const DEAD_LUA: &str = r#"
 local jobs, inflight, reclaims, dead, dead_at, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-if redis.call('ZREM', inflight, ARGV[1]) == 0 then return -1 end
+if not redis.call('ZSCORE', inflight, ARGV[1]) then return -1 end
 local key = string.sub(ARGV[1], 18)
-redis.call('HDEL', jobs, key)
-redis.call('HDEL', reclaims, key)
 local id = tonumber(ARGV[3])
 if not id then id = redis.call('INCR', seq) end
 local t = redis.call('TIME')
 redis.call('HSET', dead, id, ARGV[2])
 redis.call('ZADD', dead_at, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), id)
+redis.call('ZREM', inflight, ARGV[1])
+redis.call('HDEL', jobs, key)
+redis.call('HDEL', reclaims, key)
 return id
 "#;
 
@@ -770,7 +783,11 @@ impl RedisQueue {
                 Err(e) => {
                     // Not ours to run; keep the bytes for a person to look at.
                     error!(%receipt, error = %e, "redis queue: stored job is not valid, dead-lettering it");
-                    self.dead_letter_raw(&receipt, &raw, None).await?;
+                    if let Err(e) = self.dead_letter_raw(&receipt, &raw, None).await {
+                        // The rest of the batch is still ours to run; this one comes back
+                        // after its visibility timeout.
+                        warn!(%receipt, error = %e, "redis queue: dead-lettering an invalid job failed");
+                    }
                 }
             }
         }
@@ -801,7 +818,12 @@ impl RedisQueue {
             .inc();
         match self.dead_letter(r).await {
             Ok(()) | Err(QueueError::UnknownReservation(_)) => Ok(()),
-            Err(e) => Err(e),
+            Err(e) => {
+                // Not a reason to fail the whole batch: the job stays reserved, expires and
+                // comes back here at the next reclaim, when the store may work again.
+                warn!(error = %e, "redis queue: dead-lettering a job reclaimed too often failed; trying again after its visibility timeout");
+                Ok(())
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 //! The `serve` role: GraphQL over HTTP, the observer runtime, health and metrics, over the
-//! shared database pool (and Arrow Flight beside it with `--with-flight`).
+//! shared database pool (and Arrow Flight beside it with `--with-flight`), and the periodic
+//! change-log prune when `[change_log] retention` is set.
 //!
 //! [`run`] binds the configured address; [`run_on`] takes an already-bound listener (tests
 //! bind port 0). Both return after a graceful shutdown. [`serve_http`] is the HTTP side the
@@ -129,6 +130,16 @@ pub(crate) async fn serve_http(
         );
     }
     let observers = if observers {
+        // The change-log retention runs beside the observers (serve only): it keeps every
+        // row a checkpoint has not passed, so it is safe with any number of instances.
+        if state.config.change_log.retention.is_some() {
+            tokio::spawn(crate::db::retention::run_periodic(
+                pool.clone(),
+                state.config.change_log.clone(),
+                crate::db::retention::required_consumers(&state.config),
+                shutdown.clone(),
+            ));
+        }
         start_observers(&state, &shutdown)?
     } else {
         None

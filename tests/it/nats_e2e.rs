@@ -28,19 +28,7 @@ fn write_config(
             "checkpoint_interval_ms": 50,
             "start_from": "beginning"
         },
-        "nats": {
-            "url": nats.url,
-            "stream": nats.stream,
-            "subject_prefix": nats.subject_prefix,
-            "durable": nats.durable,
-            "consume": redis_prefix.is_some(),
-            "ack_wait_ms": 5000,
-            "fetch_batch": nats.fetch_batch,
-            "retry_min_delay_ms": 20,
-            "retry_max_delay_ms": 500,
-            "connect_timeout_ms": 1000,
-            "request_timeout_ms": 1000
-        },
+        "nats": common::nats::serve_section(nats),
         "observers": [{
             "name": "hook",
             "entity": "Post",
@@ -48,6 +36,9 @@ fn write_config(
             "actions": [{"type": "webhook", "url": hook}]
         }]
     });
+    config["nats"]["consume"] = redis_prefix.is_some().into();
+    config["nats"]["ack_wait_ms"] = 5000.into();
+    config["nats"]["fetch_batch"] = nats.fetch_batch.into();
     if let Some(prefix) = redis_prefix {
         config["queue"] = serde_json::json!({
             "backend": "redis",

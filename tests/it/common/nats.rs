@@ -44,6 +44,21 @@ pub fn test_config(url: &str) -> NatsConfig {
     }
 }
 
+/// The `[nats]` section of a test's `serve` config (JSON, for `toml::to_string`): the
+/// test's names and short retries and timeouts.
+pub fn serve_section(nats: &NatsConfig) -> serde_json::Value {
+    serde_json::json!({
+        "url": nats.url,
+        "stream": nats.stream,
+        "subject_prefix": nats.subject_prefix,
+        "durable": nats.durable,
+        "retry_min_delay_ms": 20,
+        "retry_max_delay_ms": 500,
+        "connect_timeout_ms": 1000,
+        "request_timeout_ms": 1000
+    })
+}
+
 pub async fn delete_stream(url: &str, stream: &str) {
     let deleted = async {
         let client = async_nats::connect(url.trim_start_matches("nats://")).await?;
