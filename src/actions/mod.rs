@@ -540,6 +540,22 @@ mod tests {
         format!("http://{addr}/")
     }
 
+    /// Host names are resolved by fraiseql (`crate::net`), not by libc: `web.localhost` is
+    /// loopback there (RFC 6761) and unknown to libc here (`files dns`), as every name is in
+    /// the `FROM scratch` image.
+    #[tokio::test]
+    async fn http_client_resolves_host_names_itself() {
+        let url = answering(Some(5))
+            .await
+            .replace("127.0.0.1", "web.localhost");
+        let req = http_client()
+            .unwrap()
+            .post(&url)
+            .timeout(Duration::from_secs(5));
+        let body = send_classified(req, 1024).await.expect("delivered by name");
+        assert_eq!(body.len(), 5);
+    }
+
     #[tokio::test]
     async fn response_bodies_are_read_up_to_the_bound_only() {
         let client = http_client().unwrap();

@@ -111,6 +111,28 @@ async fn round_trip_100_events_in_order() {
     .await;
 }
 
+/// Host names are resolved by fraiseql (`fraiseql::net`), not by async-nats through libc:
+/// `nats.localhost` is loopback there (RFC 6761) and unknown to libc here (`files dns`), as
+/// every name is in the `FROM scratch` image.
+#[tokio::test]
+async fn connects_by_a_name_only_the_built_in_resolver_knows() {
+    with_stream(test_config(SHARED_URL), |config| async move {
+        let by_name = NatsConfig {
+            url: "nats://nats.localhost:4222".into(),
+            ..config.clone()
+        };
+        let bus = connect(&by_name).await;
+        let token = CancellationToken::new();
+        let outcomes = bus
+            .publish_batch(vec![event("post", ChangeOp::Insert, 1)], &token)
+            .await
+            .expect("publish");
+        assert_eq!(outcomes.len(), 1);
+        assert_eq!(bus.stream_state().await.unwrap().messages, 1);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn duplicate_message_id_is_suppressed() {
     with_stream(test_config(SHARED_URL), |config| async move {
