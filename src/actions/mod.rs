@@ -223,8 +223,9 @@ impl ActionDeps {
 
 /// The HTTP client shared by webhook, slack and search: rustls with the ring provider (no
 /// OpenSSL, no aws-lc) and the Mozilla roots compiled in (webpki-roots), so HTTPS works in
-/// a `FROM scratch` image that has no system certificate store. Connections are pooled; no
-/// global timeout (each action sets its own).
+/// a `FROM scratch` image that has no system certificate store; host names are resolved by
+/// [`crate::net`] (not libc, which cannot in that image), for every new connection. Connections
+/// are pooled; no global timeout (each action sets its own).
 pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
     http_client_with_roots(Vec::new())
 }
@@ -254,6 +255,7 @@ pub fn http_client_with_roots(
         .user_agent(concat!("fraiseql/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(Duration::from_secs(60))
         .tls_backend_preconfigured(tls)
+        .dns_resolver(crate::net::Resolver)
         .build()
 }
 
