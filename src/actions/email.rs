@@ -6,6 +6,10 @@
 //! `subject` and `body` are templates; `to` may render several comma-separated addresses.
 //! SMTP 4xx replies, connection errors and timeouts are retried; 5xx replies and addresses
 //! that do not parse are permanent.
+//!
+//! The host is resolved by [`crate::net`] for every message (lettre would ask libc, which
+//! cannot resolve in the `FROM scratch` image) and the connection goes to its first address;
+//! TLS is still verified against `host`.
 
 use std::time::Duration;
 
@@ -59,8 +63,36 @@ pub struct EmailConfig {
     pub timeout_ms: u64,
 }
 
+/// Where and how to connect; a transport to the host's current address is made from it
+/// for each message (lettre opens a new connection per message anyway: no pool).
+struct Relay {
+    host: String,
+    port: u16,
+    /// Carries the TLS parameters made for `host`, so the certificate is checked against
+    /// the name, not the address connected to.
+    tls: Tls,
+    credentials: Option<Credentials>,
+    timeout: Duration,
+}
+
+impl Relay {
+    async fn transport(&self) -> Result<AsyncSmtpTransport<Tokio1Executor>, ActionError> {
+        let ip = crate::net::resolve(&self.host)
+            .await
+            .map_err(|e| ActionError::retryable(format!("SMTP delivery failed: {e}")))?[0];
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(ip.to_string())
+            .port(self.port)
+            .tls(self.tls.clone())
+            .timeout(Some(self.timeout));
+        if let Some(credentials) = &self.credentials {
+            builder = builder.credentials(credentials.clone());
+        }
+        Ok(builder.build())
+    }
+}
+
 pub struct EmailAction {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    relay: Relay,
     from: Mailbox,
     to: Template,
     subject: Template,
@@ -113,41 +145,41 @@ impl EmailAction {
             }
             (None, _) => None,
         };
-        type Transport = AsyncSmtpTransport<Tokio1Executor>;
-        let mut builder = match (c.tls, params) {
-            (SmtpTls::None, _) => Transport::builder_dangerous(&c.host).port(c.port.unwrap_or(25)),
-            (SmtpTls::Starttls, Some(p)) => Transport::builder_dangerous(&c.host)
-                .port(c.port.unwrap_or(587))
-                .tls(Tls::Required(p)),
-            (SmtpTls::Tls, Some(p)) => Transport::builder_dangerous(&c.host)
-                .port(c.port.unwrap_or(465))
-                .tls(Tls::Wrapper(p)),
-            (SmtpTls::Starttls, None) => Transport::starttls_relay(&c.host)
-                .map_err(tls_err)?
-                .port(c.port.unwrap_or(587)),
-            (SmtpTls::Tls, None) => Transport::relay(&c.host)
-                .map_err(tls_err)?
-                .port(c.port.unwrap_or(465)),
+        let params = match (c.tls, params) {
+            (SmtpTls::None, _) => None,
+            (_, Some(p)) => Some(p),
+            // What lettre's `relay`/`starttls_relay` use: the bundled roots, checked against
+            // `host`.
+            (_, None) => Some(TlsParameters::new(c.host.clone()).map_err(tls_err)?),
         };
-        match (&c.username_env, &c.password_env) {
+        let (tls, port) = match (c.tls, params) {
+            (SmtpTls::Starttls, Some(p)) => (Tls::Required(p), c.port.unwrap_or(587)),
+            (SmtpTls::Tls, Some(p)) => (Tls::Wrapper(p), c.port.unwrap_or(465)),
+            _ => (Tls::None, c.port.unwrap_or(25)),
+        };
+        let credentials = match (&c.username_env, &c.password_env) {
             (Some(u), Some(p)) => {
                 let user = deps.secret("username_env", u)?;
                 let pass = deps.secret("password_env", p)?;
-                builder = builder.credentials(Credentials::new(user, pass));
+                Some(Credentials::new(user, pass))
             }
-            (None, None) => {}
+            (None, None) => None,
             _ => {
                 return Err(ActionConfigError::new(
                     "password_env",
                     "expected both `username_env` and `password_env`, or neither",
                 ));
             }
-        }
-        let transport = builder
-            .timeout(Some(Duration::from_millis(c.timeout_ms.max(1))))
-            .build();
+        };
+        let relay = Relay {
+            host: c.host.clone(),
+            port,
+            tls,
+            credentials,
+            timeout: Duration::from_millis(c.timeout_ms.max(1)),
+        };
         Ok(EmailAction {
-            transport,
+            relay,
             from,
             to: super::compile_template(prefix, "to", &c.to)?,
             subject: super::compile_template(prefix, "subject", &c.subject)?,
@@ -182,7 +214,7 @@ impl EmailAction {
         let msg = msg
             .body(body)
             .map_err(|e| ActionError::permanent(format!("building the message: {e}")))?;
-        self.transport.send(msg).await.map_err(|e| {
+        self.relay.transport().await?.send(msg).await.map_err(|e| {
             if e.is_permanent() {
                 ActionError::permanent(format!("SMTP rejected the message: {e}"))
             } else {

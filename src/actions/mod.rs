@@ -223,8 +223,9 @@ impl ActionDeps {
 
 /// The HTTP client shared by webhook, slack and search: rustls with the ring provider (no
 /// OpenSSL, no aws-lc) and the Mozilla roots compiled in (webpki-roots), so HTTPS works in
-/// a `FROM scratch` image that has no system certificate store. Connections are pooled; no
-/// global timeout (each action sets its own).
+/// a `FROM scratch` image that has no system certificate store; host names are resolved by
+/// [`crate::net`] (not libc, which cannot in that image), for every new connection. Connections
+/// are pooled; no global timeout (each action sets its own).
 pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
     http_client_with_roots(Vec::new())
 }
@@ -254,6 +255,7 @@ pub fn http_client_with_roots(
         .user_agent(concat!("fraiseql/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(Duration::from_secs(60))
         .tls_backend_preconfigured(tls)
+        .dns_resolver(crate::net::Resolver)
         .build()
 }
 
@@ -538,6 +540,22 @@ mod tests {
             }
         });
         format!("http://{addr}/")
+    }
+
+    /// Host names are resolved by fraiseql (`crate::net`), not by libc: `web.localhost` is
+    /// loopback there (RFC 6761) and unknown to libc here (`files dns`), as every name is in
+    /// the `FROM scratch` image.
+    #[tokio::test]
+    async fn http_client_resolves_host_names_itself() {
+        let url = answering(Some(5))
+            .await
+            .replace("127.0.0.1", "web.localhost");
+        let req = http_client()
+            .unwrap()
+            .post(&url)
+            .timeout(Duration::from_secs(5));
+        let body = send_classified(req, 1024).await.expect("delivered by name");
+        assert_eq!(body.len(), 5);
     }
 
     #[tokio::test]

@@ -10,12 +10,22 @@
 //!   rejected: they would need the websockets feature;
 //! * credentials in the user info: `user:password@` or a lone `token@`, applied as connect
 //!   options because async-nats ignores a URL's user info when it builds its CONNECT;
-//! * a comma-separated list is one cluster: the first entry's credentials are used.
+//! * a comma-separated list is one cluster: the first entry's credentials are used;
+//! * host names are resolved by [`crate::net`] at every connect, not by async-nats (which
+//!   asks libc, and libc cannot resolve in the `FROM scratch` image): async-nats is given the
+//!   addresses, and TLS certificates are verified against the names they were resolved from
+//!   ([`crate::net::ResolvedNameVerifier`]; the handshake sends no SNI then). The client's own
+//!   reconnects after a lost connection go to the addresses of its connect (and to the servers
+//!   the cluster announces); a new connect (the transport's first, every `nats` action
+//!   attempt) resolves again.
 //!
 //! Credentials never reach a log line or an error: URLs are printed through
 //! [`crate::redact::redact_userinfo`], and a client error's text is scrubbed of the secrets
 //! before it is kept.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::{ConnectErrorKind, ServerAddr};
@@ -111,6 +121,63 @@ pub fn check_urls(urls: &str) -> Result<(), NatsConfigError> {
     parse_urls(urls).map(|_| ())
 }
 
+/// `addrs` with every host name replaced by the addresses [`crate::net`] resolves it to, and
+/// the names each address came from (for TLS). A name that does not resolve is left out
+/// while another server remains; with none left, the error is the last name's.
+async fn resolve_servers(
+    addrs: Vec<ServerAddr>,
+) -> Result<(Vec<ServerAddr>, HashMap<IpAddr, Vec<String>>), NatsError> {
+    let mut out = Vec::with_capacity(addrs.len());
+    let mut names: HashMap<IpAddr, Vec<String>> = HashMap::new();
+    let mut failed = None;
+    for addr in addrs {
+        let host = addr.host().to_string();
+        if host.parse::<IpAddr>().is_ok() {
+            out.push(addr);
+            continue;
+        }
+        let ips = match crate::net::resolve(&host).await {
+            Ok(ips) => ips,
+            Err(err) => {
+                tracing::warn!(error = %err, "NATS server name does not resolve");
+                failed = Some(err);
+                continue;
+            }
+        };
+        for ip in ips {
+            let mut url = addr.clone().into_inner();
+            // A URL with a host always takes an IP host; ServerAddr keeps the scheme check.
+            if url.set_ip_host(ip).is_err() {
+                continue;
+            }
+            if let Ok(resolved) = ServerAddr::from_url(url) {
+                let hosts = names.entry(ip).or_default();
+                if !hosts.contains(&host) {
+                    hosts.push(host.clone());
+                }
+                out.push(resolved);
+            }
+        }
+    }
+    if out.is_empty() {
+        let message = failed.map_or_else(|| "no server address".to_string(), |e| e.to_string());
+        return Err(NatsError::Connect(message));
+    }
+    Ok((out, names))
+}
+
+/// The platform's root certificates, as async-nats would load them, read once per process.
+fn native_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            Arc::new(roots)
+        })
+        .clone()
+}
+
 /// Timeouts and reconnect delays of one client.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientSettings {
@@ -159,9 +226,20 @@ pub async fn connect_client(
     if addrs.iter().any(ServerAddr::tls_required) {
         options = options.require_tls(true);
     }
-    match tokio::time::timeout(settings.attempt_timeout, options.connect(addrs)).await {
-        Ok(Ok(client)) => Ok(client),
-        Ok(Err(err)) => {
+    let connect = async move {
+        let (addrs, names) = resolve_servers(addrs).await?;
+        if !names.is_empty()
+            && let Some(tls) =
+                crate::net::ResolvedNameVerifier::client_config(native_roots(), names)
+        {
+            options = options.tls_client_config(tls);
+        }
+        Ok::<_, NatsError>(options.connect(addrs).await)
+    };
+    match tokio::time::timeout(settings.attempt_timeout, connect).await {
+        Ok(Err(err)) => Err(err),
+        Ok(Ok(Ok(client))) => Ok(client),
+        Ok(Ok(Err(err))) => {
             let message = auth.scrub(err.to_string());
             Err(match err.kind() {
                 ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {

@@ -82,7 +82,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, FromRedisValue, RedisError, RetryMethod, Script, ScriptInvocation, Value};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -95,7 +94,10 @@ use crate::backoff::Backoff;
 use crate::metrics::JobMetrics;
 use crate::redact::redact_url;
 
+mod conn;
 mod dead_letters;
+
+use conn::SharedConnection;
 
 pub use dead_letters::RedisDeadLetters;
 
@@ -383,7 +385,7 @@ pub(crate) struct Ran<T> {
 /// every operation (concurrent calls are pipelined on it) plus one pub/sub connection for
 /// wake-ups. Dropping the queue stops the subscriber.
 pub struct RedisQueue {
-    conn: ConnectionManager,
+    conn: SharedConnection,
     pub(crate) keys: Keys,
     scripts: Scripts,
     visibility_ms: u64,
@@ -454,16 +456,13 @@ impl RedisQueue {
             .map_err(|e| QueueError::Backend(e.to_string()))?;
         let client = redis::Client::open(config.url.as_str())
             .map_err(|e| backend_err("url", format!("{}: {e}", redact_url(&config.url))))?;
-        // The manager reconnects after a failed request; our own loop (see `eval`) does the
-        // waiting, so the manager's own retries are kept short.
-        let mcfg = ConnectionManagerConfig::new()
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(100))
-            .set_connection_timeout(Some(Duration::from_millis(config.connect_timeout_ms)))
-            .set_response_timeout(Some(Duration::from_millis(config.response_timeout_ms)));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), mcfg)
-            .map_err(|e| backend_err("connect", e))?;
+        // A broken connection is replaced on the next request (resolving the host again);
+        // our own loops (see `eval`) do the waiting.
+        let conn = SharedConnection::new(
+            client.clone(),
+            Duration::from_millis(config.connect_timeout_ms),
+            Duration::from_millis(config.response_timeout_ms),
+        );
 
         let keys = Keys::new(&config.key_prefix);
         let cancel = CancellationToken::new();
@@ -493,8 +492,8 @@ impl RedisQueue {
             wake,
             subscribed.clone(),
             cancel,
-            queue.retry_min,
-            queue.retry_max,
+            queue.backoff(),
+            Duration::from_millis(config.connect_timeout_ms),
         ));
         // Reservers poll until the subscription is confirmed; waiting a moment here makes the
         // first idle `reserve` wake up on the first enqueue instead of at the next poll.
@@ -548,7 +547,7 @@ impl RedisQueue {
             .map_err(|e| backend_err("ping", e))
     }
 
-    pub(crate) fn connection(&self) -> ConnectionManager {
+    pub(crate) fn connection(&self) -> SharedConnection {
         self.conn.clone()
     }
 
@@ -1002,13 +1001,12 @@ async fn subscriber(
     wake: Arc<Notify>,
     subscribed: Arc<AtomicBool>,
     cancel: CancellationToken,
-    min: Duration,
-    max: Duration,
+    mut backoff: Backoff,
+    connect_timeout: Duration,
 ) {
-    let mut backoff = Backoff::new(min, max);
     loop {
         let session = async {
-            let mut ps = client.get_async_pubsub().await?;
+            let mut ps = open_pubsub(&client, connect_timeout).await?;
             ps.subscribe(&channel).await?;
             subscribed.store(true, Ordering::Release);
             // Something may have become ready while we were not listening.
@@ -1035,6 +1033,35 @@ async fn subscriber(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
+    }
+}
+
+/// A RESP2 pub/sub connection to the client's server, its TCP host resolved through
+/// [`crate::net`]: redis-rs's own `get_async_pubsub` resolves through libc and takes no
+/// resolver.
+async fn open_pubsub(
+    client: &redis::Client,
+    connect_timeout: Duration,
+) -> Result<redis::aio::PubSub, RedisError> {
+    let info = client.get_connection_info();
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => {
+            let stream = crate::net::connect_tcp(host, *port, connect_timeout)
+                .await
+                .map_err(|e| RedisError::from(std::io::Error::other(e.to_string())))?;
+            // Wake-ups are small and latency matters more than packets saved.
+            stream.set_nodelay(true)?;
+            redis::aio::PubSub::new(info.redis_settings(), stream).await
+        }
+        redis::ConnectionAddr::Unix(path) => {
+            let stream = tokio::net::UnixStream::connect(path).await?;
+            redis::aio::PubSub::new(info.redis_settings(), stream).await
+        }
+        // `queue.url` accepts neither rediss:// nor anything else (QueueConfig::validate).
+        _ => Err(RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "unsupported Redis address",
+        ))),
     }
 }
 

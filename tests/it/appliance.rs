@@ -568,8 +568,9 @@ async fn dashboard_only_uses_exported_metrics() {
     );
 }
 
-#[test]
-fn static_binary_runs_alone_in_a_chroot() {
+/// An empty root holding only `dist/fraiseql` (as the `FROM scratch` image does): no
+/// `/etc/hosts`, no `/etc/resolv.conf`, no NSS modules.
+fn empty_root_with_static_binary() -> tempfile::TempDir {
     let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/fraiseql");
     assert!(
         dist.exists(),
@@ -585,23 +586,35 @@ fn static_binary_runs_alone_in_a_chroot() {
         text.contains("There is no dynamic section"),
         "readelf -d: {text}"
     );
-
     let root = tempfile::tempdir().unwrap();
     std::fs::copy(&dist, root.path().join("fraiseql")).unwrap();
-    let run = |args: &[&str]| {
-        std::process::Command::new("/usr/sbin/chroot")
-            .arg(root.path())
-            .arg("/fraiseql")
-            .args(args)
-            .env_clear()
-            .env(
-                "FRAISEQL_DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432/postgres",
-            )
-            .output()
-            .unwrap()
-    };
-    let out = run(&["--version"]);
+    root
+}
+
+/// Runs `/fraiseql args` chrooted into `root` with nothing but `env` in its environment.
+fn run_in_root(
+    root: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    std::process::Command::new("/usr/sbin/chroot")
+        .arg(root)
+        .arg("/fraiseql")
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn static_binary_runs_alone_in_a_chroot() {
+    let root = empty_root_with_static_binary();
+    let env = [(
+        "FRAISEQL_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    )];
+    let out = run_in_root(root.path(), &["--version"], &env);
     assert!(
         out.status.success(),
         "{}",
@@ -612,7 +625,7 @@ fn static_binary_runs_alone_in_a_chroot() {
         version.trim(),
         format!("fraiseql {}", env!("CARGO_PKG_VERSION"))
     );
-    let out = run(&["check"]);
+    let out = run_in_root(root.path(), &["check"], &env);
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!(
         "chroot check:\n{stdout}{}",
@@ -622,6 +635,69 @@ fn static_binary_runs_alone_in_a_chroot() {
     assert!(
         stdout.contains("ok    database postgres://postgres@127.0.0.1:5432/postgres: PostgreSQL")
     );
+}
+
+/// Every client resolves names the same way: in an empty root (no `/etc/hosts`, no NSS,
+/// only the /dev/random and /dev/urandom a container runtime adds),
+/// `check` reaches PostgreSQL, Redis and NATS by `localhost`.
+#[tokio::test]
+async fn static_binary_reaches_redis_and_nats_by_localhost_in_a_chroot() {
+    let root = empty_root_with_static_binary();
+    // What every container runtime puts into even a `FROM scratch` image: the queue's and
+    // NATS's jittered backoffs seed their RNG from it (a static glibc binary has no
+    // `getrandom` symbol for the getrandom crate to find, so it reads /dev/urandom).
+    // It polls /dev/random once first, to wait for the kernel's pool.
+    std::fs::create_dir(root.path().join("dev")).unwrap();
+    for (name, minor) in [("random", "8"), ("urandom", "9")] {
+        let mknod = std::process::Command::new("mknod")
+            .args(["-m", "444"])
+            .arg(root.path().join("dev").join(name))
+            .args(["c", "1", minor])
+            .status()
+            .unwrap();
+        assert!(mknod.success(), "mknod /dev/{name} (run the tests as root)");
+    }
+    let redis = common::redis::Cleanup::new(common::redis::REDIS_URL);
+    let prefix = redis.prefix();
+    let nats = common::nats::test_config(common::nats::SHARED_URL);
+    let env = [
+        (
+            "FRAISEQL_DATABASE_URL",
+            "postgres://postgres@localhost:5432/postgres",
+        ),
+        ("FRAISEQL_QUEUE_BACKEND", "redis"),
+        ("FRAISEQL_QUEUE_URL", "redis://localhost:6379/"),
+        ("FRAISEQL_QUEUE_KEY_PREFIX", prefix.as_str()),
+        ("FRAISEQL_NATS_URL", "nats://localhost:4222"),
+        ("FRAISEQL_NATS_STREAM", nats.stream.as_str()),
+        ("FRAISEQL_NATS_SUBJECT_PREFIX", nats.subject_prefix.as_str()),
+    ];
+    // A child process: blocking this test's runtime thread for it is harmless.
+    let out = run_in_root(root.path(), &["check"], &env);
+    common::nats::delete_stream(&nats.url, &nats.stream).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!(
+        "chroot check:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok    database postgres://postgres@localhost:5432/postgres: PostgreSQL"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "ok    redis queue redis://localhost:6379/ (prefix {prefix}): 0 jobs live, 0 dead letters"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "ok    nats nats://localhost:4222 (stream {}): JetStream stream holds 0 events",
+            nats.stream
+        )),
+        "{stdout}"
+    );
+    assert!(out.status.success(), "{stdout}");
 }
 
 #[tokio::test]

@@ -111,6 +111,90 @@ async fn round_trip_100_events_in_order() {
     .await;
 }
 
+/// Host names are resolved by fraiseql (`fraiseql::net`), not by async-nats through libc:
+/// `nats.localhost` is loopback there (RFC 6761) and unknown to libc here (`files dns`), as
+/// every name is in the `FROM scratch` image.
+#[tokio::test]
+async fn connects_by_a_name_only_the_built_in_resolver_knows() {
+    with_stream(test_config(SHARED_URL), |config| async move {
+        let by_name = NatsConfig {
+            url: "nats://nats.localhost:4222".into(),
+            ..config.clone()
+        };
+        let bus = connect(&by_name).await;
+        let token = CancellationToken::new();
+        let outcomes = bus
+            .publish_batch(vec![event("post", ChangeOp::Insert, 1)], &token)
+            .await
+            .expect("publish");
+        assert_eq!(outcomes.len(), 1);
+        assert_eq!(bus.stream_state().await.unwrap().messages, 1);
+    })
+    .await;
+}
+
+/// fraiseql hands async-nats resolved addresses; TLS must still be checked against the name
+/// in the URL: a certificate for `localhost` only is accepted at `tls://localhost` and refused
+/// at `tls://127.0.0.1`, and one for another name is refused at `tls://localhost`.
+#[tokio::test]
+async fn tls_by_name_is_verified_against_the_name_not_the_address() {
+    let (dir, ca, cert, key) = common::observers::make_certs_for("DNS:localhost");
+    let (other_dir, _, other_cert, other_key) =
+        common::observers::make_certs_for("DNS:other.example");
+    // The NATS client trusts the platform's roots, which SSL_CERT_FILE replaces; one test per
+    // process (nextest), set before any client loaded them. Both throwaway CAs are in the file.
+    let bundle = dir.join("bundle.pem");
+    let ca_pems = [
+        std::fs::read_to_string(&ca).unwrap(),
+        std::fs::read_to_string(other_dir.join("ca.pem")).unwrap(),
+    ];
+    std::fs::write(&bundle, ca_pems.concat()).unwrap();
+    // SAFETY: no other thread of this process reads the environment at this point.
+    unsafe { std::env::set_var("SSL_CERT_FILE", &bundle) };
+    let settings = fraiseql::nats::ClientSettings {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(2),
+        attempt_timeout: Duration::from_secs(5),
+        retry_min: Duration::from_millis(50),
+        retry_max: Duration::from_millis(500),
+    };
+    let server = PrivateServer::started_with_tls(&cert, &key);
+    let client =
+        fraiseql::nats::connect_client(&format!("tls://localhost:{}", server.port()), &settings)
+            .await
+            .expect("TLS to localhost with a certificate for localhost");
+    client.flush().await.expect("flush over TLS");
+    drop(client);
+    // Every attempt is refused, and for the certificate. `localhost` is 127.0.0.1 and ::1,
+    // where the server does not listen: async-nats tries the two in random order and
+    // reports the last failure, so a few attempts show the certificate's.
+    let refused = move |url: String, why: &'static str| async move {
+        let mut errors = Vec::new();
+        for _ in 0..20 {
+            match fraiseql::nats::connect_client(&url, &settings).await {
+                Ok(_) => panic!("{url} accepted: {why}"),
+                Err(NatsError::Connect(m)) if m.contains("certificate") => return,
+                Err(err @ NatsError::Connect(_)) => errors.push(err.to_string()),
+                Err(err) => panic!("{url}: {err}"),
+            }
+        }
+        panic!("{url}: never refused for the certificate ({why}): {errors:?}");
+    };
+    refused(
+        format!("tls://127.0.0.1:{}", server.port()),
+        "a certificate for localhost does not fit 127.0.0.1",
+    )
+    .await;
+    let other = PrivateServer::started_with_tls(&other_cert, &other_key);
+    refused(
+        format!("tls://localhost:{}", other.port()),
+        "a certificate for other.example does not fit localhost",
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(other_dir);
+}
+
 #[tokio::test]
 async fn duplicate_message_id_is_suppressed() {
     with_stream(test_config(SHARED_URL), |config| async move {

@@ -259,3 +259,38 @@ async fn an_idle_worker_loop_wakes_up_on_enqueue_not_on_its_poll() {
     assert_eq!(stats.acked, 3);
     assert_eq!(q.depth().await.unwrap(), 0);
 }
+
+/// Host names are resolved by fraiseql (`fraiseql::net`), not libc, for the command
+/// connection and the wake-up subscription alike: `redis.localhost` is loopback there (RFC
+/// 6761) and unknown to libc here (`files dns`), as every name is in the `FROM scratch` image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_reaches_redis_by_a_name_only_the_built_in_resolver_knows() {
+    let cleanup = Cleanup::new(REDIS_URL);
+    let prefix = cleanup.prefix();
+    let cfg = common::redis::config("redis://redis.localhost:6379", &prefix);
+    let q = tokio::time::timeout(
+        Duration::from_secs(5),
+        fraiseql::queue::redis::RedisQueue::connect(&cfg),
+    )
+    .await
+    .expect("connected to redis.localhost within 5 s")
+    .unwrap();
+    assert_eq!(q.enqueue(job(1)).await.unwrap(), Enqueued::Added);
+    assert_eq!(q.depth().await.unwrap(), 1);
+    // The wake-up subscription is connected by name too: Redis counts its subscriber.
+    let mut conn = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let (channel, subscribers): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(format!("{prefix}:wake"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        (channel.as_str(), subscribers),
+        (format!("{prefix}:wake").as_str(), 1)
+    );
+}

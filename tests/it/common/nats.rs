@@ -109,6 +109,8 @@ pub struct PrivateServer {
     child: Option<Child>,
     /// Clients must present these (written to the server's config file).
     auth: Option<ServerAuth>,
+    /// PEM certificate and key files: the server then requires TLS.
+    tls: Option<(String, String)>,
 }
 
 /// What a private server demands of its clients.
@@ -152,7 +154,20 @@ impl PrivateServer {
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
             auth: None,
+            tls: None,
         }
+    }
+
+    /// A started server that requires TLS, presenting `cert` (PEM files).
+    pub fn started_with_tls(cert: &str, key: &str) -> Self {
+        let mut server = Self::new();
+        server.tls = Some((cert.to_string(), key.to_string()));
+        server.start();
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// A started server that refuses clients without `auth`.
@@ -196,10 +211,20 @@ impl PrivateServer {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
         let mut command = Command::new(nats_server());
-        if let Some(auth) = &self.auth {
-            // Credentials go in a config file, not on the command line (visible in `ps`).
+        // Credentials go in a config file, not on the command line (visible in `ps`).
+        let mut config = self
+            .auth
+            .as_ref()
+            .map(ServerAuth::config_block)
+            .unwrap_or_default();
+        if let Some((cert, key)) = &self.tls {
+            config.push_str(&format!(
+                "tls {{ cert_file: \"{cert}\", key_file: \"{key}\" }}\n"
+            ));
+        }
+        if !config.is_empty() {
             let path = self.dir.path().join("server.conf");
-            std::fs::write(&path, auth.config_block()).expect("write nats-server config");
+            std::fs::write(&path, config).expect("write nats-server config");
             command.arg("-c").arg(path);
         }
         let child = command

@@ -497,12 +497,17 @@ pub fn metric(registry: &prometheus::Registry, name: &str, label: Option<(&str, 
 /// A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI.
 /// Returns (dir, ca.pem, server.pem, server.key).
 pub fn make_certs() -> (std::path::PathBuf, String, String, String) {
+    make_certs_for("IP:127.0.0.1")
+}
+
+/// [`make_certs`] with the server certificate valid for `san` only (`DNS:mail.localhost`).
+pub fn make_certs_for(san: &str) -> (std::path::PathBuf, String, String, String) {
     let dir = std::env::temp_dir().join(format!("fraiseql-tls-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
     std::fs::write(
         p("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"),
     )
     .unwrap();
     let run = |args: &[&str]| {
