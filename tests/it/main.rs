@@ -8,6 +8,7 @@ mod common;
 
 mod actions_e2e;
 mod appliance;
+mod auth_http;
 mod change_log_retention;
 mod check;
 mod db_session;

@@ -1,0 +1,451 @@
+//! Authentication on `/graphql`, end to end with the real binary: the token attack suite
+//! (each answered 401 with no statement reaching PostgreSQL, counted from the engine's SQL
+//! metric), JWKS rotation and outage against a local identity provider (an HTTP server in
+//! the test that serves the key set and counts fetches), and the answers' wire format.
+
+use crate::common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use common::observers::{HttpReceiver, Reply};
+use common::{ServeProcess, TestDb, crate_path};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+fn key(name: &str) -> Vec<u8> {
+    std::fs::read(crate_path(&format!("tests/fixtures/jwt/{name}"))).unwrap()
+}
+
+fn now() -> i64 {
+    jsonwebtoken::get_current_timestamp() as i64
+}
+
+fn claims(iss: &str) -> Value {
+    json!({"sub": "user-1", "iss": iss, "aud": "fraiseql", "exp": now() + 600, "role": "reader"})
+}
+
+fn rs256(key_file: &str, kid: Option<&str>, claims: &Value) -> String {
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(
+        &h,
+        claims,
+        &EncodingKey::from_rsa_pem(&key(key_file)).unwrap(),
+    )
+    .unwrap()
+}
+
+/// The public JWK of a test key, with `kid`.
+fn jwk(key_file: &str, kid: &str) -> Value {
+    let enc = EncodingKey::from_rsa_pem(&key(key_file)).unwrap();
+    let mut j = serde_json::to_value(
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&enc, Algorithm::RS256).unwrap(),
+    )
+    .unwrap();
+    j["kid"] = json!(kid);
+    j
+}
+
+/// A local identity provider: `/jwks.json` serves the current set (with `max-age`), or 503
+/// while `down`; every other path is recorded (nothing may ever fetch it).
+struct Idp {
+    server: Arc<HttpReceiver>,
+    keys: Arc<Mutex<Value>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Idp {
+    async fn start(keys: Value, max_age: u64) -> Idp {
+        let shared = Arc::new(Mutex::new(keys));
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (k, d) = (shared.clone(), down.clone());
+        let server = HttpReceiver::with(move |req| {
+            if req.path != "/jwks.json" || d.load(std::sync::atomic::Ordering::SeqCst) {
+                return Reply::status(503);
+            }
+            Reply {
+                status: 200,
+                headers: vec![
+                    ("content-type".into(), "application/json".into()),
+                    ("cache-control".into(), format!("public, max-age={max_age}")),
+                ],
+                body: k.lock().unwrap().to_string(),
+            }
+        })
+        .await;
+        Idp {
+            server,
+            keys: shared,
+            down,
+        }
+    }
+
+    fn fetches(&self) -> usize {
+        self.server
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/jwks.json")
+            .count()
+    }
+
+    fn other_requests(&self) -> usize {
+        self.server
+            .requests()
+            .iter()
+            .filter(|r| r.path != "/jwks.json")
+            .count()
+    }
+}
+
+const STATIC_ISS: &str = "https://static.test/";
+const JWKS_ISS: &str = "https://jwks.test/";
+
+/// `serve` over the blog with `[auth]`: a verifier with a PEM key and one with a JWKS.
+async fn serve(
+    db: &TestDb,
+    idp: &Idp,
+    extra: &str,
+    cooldown_s: u64,
+) -> (ServeProcess, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fraiseql.toml");
+    let toml = format!(
+        r#"
+[graphql]
+schema = "{schema}"
+
+[auth]
+mode = "required"
+{extra}
+
+[[auth.jwt]]
+algorithms = ["RS256", "ES256"]
+public_key_file = "{pem}"
+issuer = "{STATIC_ISS}"
+audience = ["fraiseql"]
+required_claims = ["sub", "exp"]
+
+[[auth.jwt]]
+algorithms = ["RS256"]
+jwks_url = "{jwks}"
+issuer = "{JWKS_ISS}"
+audience = ["fraiseql"]
+jwks_min_refresh_s = 1
+jwks_unknown_kid_cooldown_s = {cooldown_s}
+jwks_timeout_ms = 1000
+"#,
+        schema = crate_path("examples/blog/schema.json").display(),
+        pem = crate_path("tests/fixtures/jwt/rsa1.pub").display(),
+        jwks = idp.server.url("/jwks.json"),
+    );
+    std::fs::write(&path, toml).unwrap();
+    let p = ServeProcess::start_role(
+        &["--config", path.to_str().unwrap(), "serve"],
+        &db.url(),
+        &[],
+    )
+    .await;
+    (p, dir)
+}
+
+const QUERY: &str = "{ posts(limit: 2) { title } }";
+
+async fn ask(base: &str, authorization: Option<&str>) -> (u16, Option<String>, Value) {
+    let mut req = common::http()
+        .post(format!("{base}/graphql"))
+        .header("content-type", "application/json")
+        .json(&json!({ "query": QUERY }));
+    if let Some(a) = authorization {
+        req = req.header("authorization", a);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let challenge = r
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    (status, challenge, body)
+}
+
+/// Statements the engine ran, from its own metric.
+async fn statements(p: &ServeProcess) -> f64 {
+    p.metric("fraiseql_graphql_sql_duration_seconds_count{type=\"query\"}")
+        .await
+}
+
+fn forge(header: Value, payload: Value, signature: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        B64.encode(header.to_string()),
+        B64.encode(payload.to_string()),
+        B64.encode(signature)
+    )
+}
+
+#[tokio::test]
+async fn every_token_attack_is_401_and_no_statement_reaches_postgresql() {
+    let db = TestDb::new().await;
+    db.load_blog().await;
+    let idp = Idp::start(json!({"keys": [jwk("rsa2.key", "idp-1")]}), 3600).await;
+    let (p, _dir) = serve(&db, &idp, "", 3600).await;
+
+    // Both verifiers accept their own tokens.
+    let ok = rs256("rsa1.key", None, &claims(STATIC_ISS));
+    let (status, _, body) = ask(&p.base, Some(&format!("Bearer {ok}"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["posts"].as_array().unwrap().len(), 2, "{body}");
+    let ok2 = rs256("rsa2.key", Some("idp-1"), &claims(JWKS_ISS));
+    assert_eq!(ask(&p.base, Some(&format!("Bearer {ok2}"))).await.0, 200);
+    let fetches_before = idp.fetches();
+    let ran = statements(&p).await;
+    assert!(ran >= 2.0, "the good tokens ran their statements ({ran})");
+
+    let with = |k: &str, v: Value| {
+        let mut c = claims(STATIC_ISS);
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v;
+        }
+        rs256("rsa1.key", None, &c)
+    };
+    let parts: Vec<String> = ok.split('.').map(str::to_string).collect();
+    let mut jku = Header::new(Algorithm::RS256);
+    jku.jku = Some(idp.server.url("/attacker-jwks.json"));
+    jku.x5u = Some(idp.server.url("/attacker-cert.pem"));
+    let mut embedded = Header::new(Algorithm::RS256);
+    let attacker = EncodingKey::from_rsa_pem(&key("rsa2.key")).unwrap();
+    embedded.jwk =
+        Some(jsonwebtoken::jwk::Jwk::from_encoding_key(&attacker, Algorithm::RS256).unwrap());
+    let mut es = claims(STATIC_ISS);
+    es["iss"] = json!(STATIC_ISS);
+    let attacks: Vec<(&str, String)> = vec![
+        (
+            "alg none",
+            forge(json!({"alg": "none"}), claims(STATIC_ISS), b""),
+        ),
+        (
+            "alg None",
+            forge(json!({"alg": "None"}), claims(STATIC_ISS), b""),
+        ),
+        (
+            "alg NONE",
+            forge(json!({"alg": "NONE"}), claims(STATIC_ISS), b"x"),
+        ),
+        (
+            "HS256 keyed with the RS256 public key",
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims(STATIC_ISS),
+                &EncodingKey::from_secret(&key("rsa1.pub")).unwrap(),
+            )
+            .unwrap(),
+        ),
+        ("wrong key", rs256("rsa2.key", None, &claims(STATIC_ISS))),
+        ("expired", with("exp", json!(now() - 3600))),
+        ("nbf in the future", with("nbf", json!(now() + 3600))),
+        ("wrong iss", with("iss", json!("https://evil.test/"))),
+        ("wrong aud", with("aud", json!("someone-else"))),
+        ("missing required claim", with("sub", Value::Null)),
+        ("exp of the wrong type", with("exp", json!("never"))),
+        ("malformed base64", format!("{}.%%%.{}", parts[0], parts[2])),
+        (
+            "malformed JSON",
+            format!("{}.{}.{}", B64.encode("{\"alg\":"), parts[1], parts[2]),
+        ),
+        (
+            "oversized",
+            format!("{}.{}.{}", parts[0], "A".repeat(20_000), parts[2]),
+        ),
+        (
+            "jku and x5u pointing at a local server",
+            jsonwebtoken::encode(&jku, &claims(STATIC_ISS), &attacker).unwrap(),
+        ),
+        (
+            "an embedded jwk",
+            jsonwebtoken::encode(&embedded, &claims(STATIC_ISS), &attacker).unwrap(),
+        ),
+        (
+            "ES256 with r = s = 0",
+            forge(json!({"alg": "ES256"}), es, &[0; 64]),
+        ),
+        (
+            "a token for the other verifier's issuer",
+            rs256("rsa1.key", Some("idp-1"), &claims(JWKS_ISS)),
+        ),
+    ];
+    for (what, token) in &attacks {
+        let (status, challenge, body) = ask(&p.base, Some(&format!("Bearer {token}"))).await;
+        assert_eq!(status, 401, "{what}: {body}");
+        let challenge = challenge.unwrap_or_default();
+        assert!(
+            challenge.starts_with("Bearer error=\"invalid_token\""),
+            "{what}: {challenge}"
+        );
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+            "{what}"
+        );
+        assert!(
+            body.get("data").is_none_or(Value::is_null),
+            "{what}: {body}"
+        );
+        let message = body["errors"][0]["message"].as_str().unwrap();
+        assert!(
+            !message.contains(&token[..20]),
+            "{what}: the token is never echoed"
+        );
+    }
+    // An unknown kid: at most one JWKS fetch for many requests (cooldown), then 401 each.
+    for i in 0..20 {
+        let t = rs256("rsa2.key", Some(&format!("random-{i}")), &claims(JWKS_ISS));
+        assert_eq!(ask(&p.base, Some(&format!("Bearer {t}"))).await.0, 401);
+    }
+    // No token at all with mode = "required": 401 with the bare challenge.
+    let (status, challenge, body) = ask(&p.base, None).await;
+    assert_eq!(
+        (status, challenge.as_deref()),
+        (401, Some("Bearer")),
+        "{body}"
+    );
+
+    assert_eq!(
+        statements(&p).await,
+        ran,
+        "no refused request ran a statement"
+    );
+    let unknown_kid_fetches = idp.fetches() - fetches_before;
+    assert!(
+        unknown_kid_fetches <= 1,
+        "{unknown_kid_fetches} JWKS fetches for 20 unknown kids"
+    );
+    assert_eq!(idp.other_requests(), 0, "jku/x5u were never fetched");
+    let refused = p
+        .metric("fraiseql_auth_requests_total{door=\"http\",outcome=\"bad_signature\"}")
+        .await;
+    assert!(refused >= 3.0, "refusals are counted by reason ({refused})");
+    eprintln!(
+        "{} attacks + 20 unknown kids + 1 missing token: all 401, {unknown_kid_fetches} JWKS \
+         fetch, 0 statements",
+        attacks.len()
+    );
+}
+
+#[tokio::test]
+async fn jwks_rotation_needs_one_refetch_and_an_outage_keeps_the_last_good_keys() {
+    let db = TestDb::new().await;
+    db.load_blog().await;
+    let idp = Idp::start(json!({"keys": [jwk("rsa1.key", "k1")]}), 1).await;
+    let (p, _dir) = serve(&db, &idp, "", 0).await;
+    let k1 = format!(
+        "Bearer {}",
+        rs256("rsa1.key", Some("k1"), &claims(JWKS_ISS))
+    );
+    let k2 = format!(
+        "Bearer {}",
+        rs256("rsa2.key", Some("k2"), &claims(JWKS_ISS))
+    );
+    assert_eq!(ask(&p.base, Some(&k1)).await.0, 200);
+    assert_eq!(
+        ask(&p.base, Some(&k2)).await.0,
+        401,
+        "k2 is not published yet"
+    );
+
+    // The provider rotates: k2 is new, k1 stays for tokens still in flight.
+    *idp.keys.lock().unwrap() = json!({"keys": [jwk("rsa1.key", "k1"), jwk("rsa2.key", "k2")]});
+    let (status, _, body) = ask(&p.base, Some(&k2)).await;
+    assert_eq!(
+        status, 200,
+        "a token with the new kid works after a refetch: {body}"
+    );
+    assert_eq!(ask(&p.base, Some(&k1)).await.0, 200);
+
+    // The endpoint goes down: the background refresh fails, the last good set stays.
+    idp.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let fetched = idp.fetches();
+    let warned = common::eventually(Duration::from_secs(10), || async {
+        let (status, body) = common::get(&format!("{}/readyz", p.base)).await;
+        status == 200 && body.contains("last good JWKS")
+    })
+    .await;
+    assert!(warned, "/readyz says the last good key set is in use");
+    assert!(idp.fetches() > fetched, "the refresh kept trying");
+    assert_eq!(ask(&p.base, Some(&k1)).await.0, 200);
+    assert_eq!(ask(&p.base, Some(&k2)).await.0, 200);
+    idp.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let recovered = common::eventually(Duration::from_secs(10), || async {
+        let (_, body) = common::get(&format!("{}/readyz", p.base)).await;
+        body == r#"{"status":"ready"}"#
+    })
+    .await;
+    assert!(
+        recovered,
+        "/readyz is plain ready once the endpoint answers again"
+    );
+}
+
+#[tokio::test]
+async fn a_jwks_never_fetched_is_not_ready_and_introspection_is_off_by_default() {
+    let db = TestDb::new().await;
+    db.load_blog().await;
+    let idp = Idp::start(json!({"keys": [jwk("rsa2.key", "idp-1")]}), 3600).await;
+    let (p, _dir) = serve(&db, &idp, "", 3600).await;
+    let ok = format!("Bearer {}", rs256("rsa1.key", None, &claims(STATIC_ISS)));
+    let r = common::http()
+        .post(format!("{}/graphql", p.base))
+        .header("content-type", "application/json")
+        .header("authorization", &ok)
+        .json(&json!({"query": "{ __schema { queryType { name } } }"}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["errors"].is_array(),
+        "introspection is refused: {body}"
+    );
+    let (status, _) = common::get(&format!("{}/graphiql", p.base)).await;
+    assert_eq!(
+        status, 404,
+        "GraphiQL is not served with mode = \"required\""
+    );
+
+    // A verifier whose JWKS cannot be fetched: /readyz is 503 and names it.
+    let dead = Idp::start(json!({}), 1).await;
+    dead.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let db2 = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fraiseql.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[auth]\n[[auth.jwt]]\nalgorithms = [\"RS256\"]\njwks_url = \"{}\"\njwks_timeout_ms = 500\n",
+            dead.server.url("/jwks.json")
+        ),
+    )
+    .unwrap();
+    let port = common::free_port();
+    let mut child = common::bin()
+        .args(["--config", path.to_str().unwrap(), "serve", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("FRAISEQL_DATABASE_URL", db2.url())
+        .env("FRAISEQL_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let said = common::eventually(Duration::from_secs(15), || async {
+        let Ok(r) = common::http().get(&url).send().await else {
+            return false;
+        };
+        r.status().as_u16() == 503 && r.text().await.unwrap().contains("auth.jwt[0]: no keys")
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(said, "/readyz is 503 while no key set was ever fetched");
+}
