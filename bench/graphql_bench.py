@@ -59,9 +59,10 @@ def wait_http(url, body=None, timeout=60):
     raise SystemExit(f"{url} did not answer within {timeout}s")
 
 
-def post(url, query):
+def post(url, query, headers=None):
     body = json.dumps({"query": query}).encode()
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json",
+                                                          **(headers or {})})
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
 
@@ -75,10 +76,12 @@ def ensure_postgraphile():
     return binary
 
 
-def wrk(url, body, connections, duration):
+def wrk(url, body, connections, duration, headers=None):
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write('wrk.method = "POST"\n')
         f.write('wrk.headers["Content-Type"] = "application/json"\n')
+        for k, v in (headers or {}).items():
+            f.write(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n")
         f.write(f"wrk.body = {json.dumps(body)}\n")
         script = f.name
     threads = min(2, connections)
