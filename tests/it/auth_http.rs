@@ -449,3 +449,41 @@ async fn a_jwks_never_fetched_is_not_ready_and_introspection_is_off_by_default()
     let _ = child.wait();
     assert!(said, "/readyz is 503 while no key set was ever fetched");
 }
+
+#[tokio::test]
+async fn a_mutation_records_the_token_subject_and_tenant_as_actor_and_tenant() {
+    let db = TestDb::new().await;
+    let seed = db.load_blog().await;
+    let idp = Idp::start(json!({"keys": [jwk("rsa2.key", "idp-1")]}), 3600).await;
+    let (p, _dir) = serve(&db, &idp, "", 3600).await;
+    let mut c = claims(STATIC_ISS);
+    c["tenant_id"] = json!("tenant-7");
+    let token = format!("Bearer {}", rs256("rsa1.key", None, &c));
+    let r = common::http()
+        .post(format!("{}/graphql", p.base))
+        .header("content-type", "application/json")
+        .header("authorization", &token)
+        .json(&json!({
+            "query": "mutation($i: CreatePostInput!) { createPost(input: $i) { id } }",
+            "variables": {"i": {"authorId": seed.users[0].id, "title": "t", "body": "b"}}
+        }))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    let id = body["data"]["createPost"]["id"].as_str().expect("created").to_string();
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT actor, tenant_id FROM fraiseql.tb_entity_change_log \
+             WHERE entity_id = $1 AND entity = 'Post'",
+            &[&uuid::Uuid::parse_str(&id).unwrap()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, Option<String>>(1)),
+        ("user-1".to_string(), Some("tenant-7".to_string()))
+    );
+}
