@@ -335,7 +335,7 @@ impl Jwks {
             }
             Err(e) => {
                 jwks_fetch("error");
-                tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed; keeping the last good key set");
+                tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed; the previous key set, if any, stays in use");
                 s.last_error = Some(e.to_string());
             }
         }

@@ -14,6 +14,42 @@ pub struct Item {
     pub result: Result<String, String>,
 }
 
+/// Each `[[auth.jwt]]` verifier: its keys load (a JWKS is fetched once).
+async fn check_auth(auth: &crate::auth::AuthConfig) -> Vec<Item> {
+    use crate::auth::keys::KeyStatus;
+    let name = |i: usize, j: &crate::auth::JwtConfig| {
+        let source = match (&j.jwks_url, &j.public_key_file) {
+            (Some(url), _) => format!("JWKS {url}"),
+            (None, Some(p)) => format!("key file {}", p.display()),
+            _ => "HMAC secret".to_string(),
+        };
+        format!("auth.jwt[{i}] {} ({source})", j.algorithms.join(","))
+    };
+    match crate::auth::Authenticator::new(auth).await {
+        Err(e) => vec![Item {
+            name: "auth".into(),
+            result: Err(e.to_string()),
+        }],
+        Ok(a) => {
+            let problems = a.key_status();
+            auth.jwt
+                .iter()
+                .enumerate()
+                .map(|(i, j)| Item {
+                    name: name(i, j),
+                    result: match problems.iter().find(|(k, _)| *k == i) {
+                        None => Ok("keys loaded".into()),
+                        Some((_, KeyStatus::Unavailable(e) | KeyStatus::Stale(e))) => {
+                            Err(e.clone())
+                        }
+                        Some((_, KeyStatus::Ready)) => Ok("keys loaded".into()),
+                    },
+                })
+                .collect()
+        }
+    }
+}
+
 /// Runs every check; never fails early, so the user sees all problems at once.
 pub async fn run(config: &Config) -> Vec<Item> {
     let mut items = Vec::new();
@@ -26,6 +62,10 @@ pub async fn run(config: &Config) -> Vec<Item> {
         name: "config".into(),
         result: Ok(format!("valid ({source})")),
     });
+
+    if let Some(auth) = &config.auth {
+        items.extend(check_auth(auth).await);
+    }
 
     let db_name = format!("database {}", redact_url(&config.database.url));
     // One pool serves every check below; it is closed before returning.
