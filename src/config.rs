@@ -645,6 +645,37 @@ mod tests {
     }
 
     #[test]
+    fn auth_takes_environment_overrides_and_is_validated() {
+        let file = "[auth]\n[[auth.jwt]]\nalgorithms = [\"HS256\"]\nsecret_env = \"JWT_SECRET\"\n";
+        let c = load(
+            file,
+            &[
+                ("FRAISEQL_AUTH_MODE", "optional"),
+                ("FRAISEQL_AUTH_DB_ROLES", "[\"anon\", \"web\"]"),
+            ],
+        )
+        .unwrap();
+        let auth = c.auth.unwrap();
+        assert_eq!(auth.mode, crate::auth::AuthMode::Optional);
+        assert_eq!(auth.db_roles, ["anon", "web"]);
+        assert!(load("", &[]).unwrap().auth.is_none());
+        let e = load(
+            file,
+            &[
+                ("FRAISEQL_AUTH_ANONYMOUS_ROLE", "nobody"),
+                ("FRAISEQL_AUTH_DB_ROLES", "[\"web\"]"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("auth.anonymous_role"), "{e}");
+        let e = load("[auth]\nmode = \"sometimes\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mode"), "{e}");
+    }
+
+    #[test]
     fn database_url_env_and_plain_database_url() {
         let c = load("", &[("DATABASE_URL", "postgres://a@h/x")]).unwrap();
         assert_eq!(c.database.url, "postgres://a@h/x");
