@@ -340,7 +340,23 @@ impl Config {
         self.validate()?;
         for role in roles {
             match role {
-                Role::Serve => {}
+                Role::Serve => {
+                    let listen = self.server.listen;
+                    if !listen.ip().is_loopback()
+                        && self.auth.is_none()
+                        && !self.server.allow_unauthenticated
+                    {
+                        return Err(self.value_error(
+                            "server.listen",
+                            format!(
+                                "{listen} is reachable beyond this machine, and there is no [auth]: \
+                                 anyone who can reach it would read and write everything. \
+                                 Configure [auth] (README: Authentication and authorization), or \
+                                 set server.allow_unauthenticated = true to serve everyone"
+                            ),
+                        ));
+                    }
+                }
                 Role::Flight => {
                     self.flight
                         .validate()

@@ -18,6 +18,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Time allowed for one request, in milliseconds.
     pub request_timeout_ms: u64,
+    /// Serve a non-loopback `listen` without `[auth]`: everyone who can reach it reads and
+    /// writes everything. Off: `serve` refuses to start so.
+    pub allow_unauthenticated: bool,
 }
 
 impl Default for ServerConfig {
@@ -27,6 +30,7 @@ impl Default for ServerConfig {
             grace_period_ms: 10_000,
             max_body_bytes: 1024 * 1024,
             request_timeout_ms: 30_000,
+            allow_unauthenticated: false,
         }
     }
 }

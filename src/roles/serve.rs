@@ -41,6 +41,7 @@ pub async fn run(
     with_flight: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    config.validate_for(&[crate::config::Role::Serve])?;
     if config.graphql.schema.is_empty() {
         tracing::warn!("no GraphQL schema configured; /graphql answers 404");
     }

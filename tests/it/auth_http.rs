@@ -490,3 +490,28 @@ async fn a_mutation_records_the_token_subject_and_tenant_as_actor_and_tenant() {
         ("user-1".to_string(), Some("tenant-7".to_string()))
     );
 }
+
+#[test]
+fn serve_refuses_to_listen_beyond_loopback_without_auth_unless_told_to() {
+    let port = common::free_port();
+    let out = common::bin()
+        .args(["serve", "--listen", &format!("0.0.0.0:{port}")])
+        .env(
+            "FRAISEQL_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:1/none",
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("server.listen (from command line)")
+            && stderr.contains("[auth]")
+            && stderr.contains("server.allow_unauthenticated = true"),
+        "the message names both ways out: {stderr}"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nothing listened"
+    );
+}
