@@ -25,6 +25,7 @@ use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
+use sha2::Digest as _;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{AuthConfig, AuthMode, JwtConfig};
@@ -127,6 +128,8 @@ pub struct Identity {
     actor: Option<String>,
     claims: Arc<Map<String, Value>>,
     context: RequestContext,
+    /// [`Identity::request_context`] plus the change log's actor and tenant.
+    write_context: RequestContext,
 }
 
 impl Identity {
@@ -142,6 +145,7 @@ impl Identity {
             actor: None,
             claims: Arc::new(Map::new()),
             context: RequestContext::anonymous(),
+            write_context: RequestContext::anonymous(),
         }
     }
 
@@ -177,9 +181,16 @@ impl Identity {
         ClaimPath::parse(path).ok()?.lookup(&self.claims)
     }
 
-    /// What the database is told about this request.
+    /// What the database is told about this request's reads.
     pub fn request_context(&self) -> &RequestContext {
         &self.context
+    }
+
+    /// What the database is told about this request's writes (mutations, DoPut): the read
+    /// context plus `fraiseql.actor` (the `sub`) and `fraiseql.tenant_id`, which the change
+    /// log's triggers record.
+    pub fn write_context(&self) -> &RequestContext {
+        &self.write_context
     }
 }
 
@@ -326,6 +337,56 @@ pub struct Authenticator {
     tenant_claim: ClaimPath,
     /// Setting name → claim path; `None` for `$`, the whole claims object.
     settings: Vec<(String, Option<ClaimPath>)>,
+    verified: VerifiedCache,
+}
+
+/// Tokens verified recently (by SHA-256), so a client that sends the same token on every
+/// request pays for the signature once: an entry lives until the token's `exp` (plus
+/// leeway) or [`VerifiedCache::TTL_S`], whichever comes first — so a key removed from a
+/// JWKS stops verifying within that time. Bounded: when full, expired entries go, and if
+/// none have, all.
+struct VerifiedCache {
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Arc<Map<String, Value>>, u64)>>,
+    leeway: u64,
+}
+
+impl VerifiedCache {
+    const MAX_ENTRIES: usize = 4096;
+    const TTL_S: u64 = 300;
+
+    fn get(&self, key: &[u8; 32], now: u64) -> Option<Arc<Map<String, Value>>> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        match entries.get(key) {
+            Some((claims, until)) if now < *until => Some(claims.clone()),
+            Some(_) => {
+                entries.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(
+        &self,
+        key: [u8; 32],
+        claims: Arc<Map<String, Value>>,
+        c: &Map<String, Value>,
+        now: u64,
+    ) {
+        let exp = c
+            .get("exp")
+            .and_then(Value::as_f64)
+            .map(|e| (e.max(0.0) as u64).saturating_add(self.leeway));
+        let until = exp.unwrap_or(u64::MAX).min(now + Self::TTL_S);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.retain(|_, (_, u)| now < *u);
+            if entries.len() >= Self::MAX_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(key, (claims, until));
+    }
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -367,6 +428,12 @@ impl Authenticator {
                 .iter()
                 .map(|(name, p)| (name.clone(), (p != "$").then(|| path(p))))
                 .collect(),
+            verified: VerifiedCache {
+                entries: Default::default(),
+                // The smallest leeway of any verifier: a cached token is never accepted
+                // after the verifier that accepted it would refuse it.
+                leeway: config.jwt.iter().map(|j| j.leeway_s).min().unwrap_or(0),
+            },
             verifiers,
             config: config.clone(),
         })
@@ -431,7 +498,13 @@ impl Authenticator {
             return Err(AuthError::TooLarge);
         }
         let token = bearer(value).ok_or(AuthError::Malformed)?;
-        let claims = self.verify(token).await?;
+        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(claims) = self.verified.get(&key, now) {
+            return self.identity(claims);
+        }
+        let claims = Arc::new(self.verify(token).await?);
+        self.verified.put(key, claims.clone(), &claims, now);
         self.identity(claims)
     }
 
@@ -449,6 +522,7 @@ impl Authenticator {
             scopes: BTreeSet::new(),
             actor: None,
             claims: Arc::new(Map::new()),
+            write_context: context.clone(),
             context,
         }
     }
@@ -510,7 +584,7 @@ impl Authenticator {
         Err(last)
     }
 
-    fn identity(&self, claims: Map<String, Value>) -> Result<Identity, AuthError> {
+    fn identity(&self, claims: Arc<Map<String, Value>>) -> Result<Identity, AuthError> {
         let role = match self.role_claim.lookup(&claims) {
             Some(Value::String(r)) if !r.is_empty() => r.clone(),
             _ => self.config.anonymous_role.clone(),
@@ -536,7 +610,7 @@ impl Authenticator {
         let tenant = text(&self.tenant_claim);
         for (name, p) in &self.settings {
             let value = match p {
-                None => Some(Value::Object(claims.clone()).to_string()),
+                None => Some(Value::Object((*claims).clone()).to_string()),
                 Some(p) => p.lookup(&claims).and_then(claims::as_setting),
             };
             if let Some(v) = value {
@@ -544,12 +618,14 @@ impl Authenticator {
             }
         }
         // The change log's actor and tenant for this request's writes (the triggers read
-        // these two settings).
+        // these two settings). Reads do not need them: without settings or a role a read
+        // stays one round trip, with no transaction.
+        let mut write_context = context.clone();
         if let Some(s) = &subject {
-            context = context.with_setting("fraiseql.actor", s.clone());
+            write_context = write_context.with_setting("fraiseql.actor", s.clone());
         }
         if let Some(t) = &tenant {
-            context = context.with_setting("fraiseql.tenant_id", t.clone());
+            write_context = write_context.with_setting("fraiseql.tenant_id", t.clone());
         }
         Ok(Identity {
             unrestricted: false,
@@ -558,8 +634,9 @@ impl Authenticator {
             subject,
             scopes,
             actor,
-            claims: Arc::new(claims),
+            claims,
             context,
+            write_context,
         })
     }
 }

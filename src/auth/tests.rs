@@ -4,6 +4,7 @@ use super::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
+use sha2::Digest as _;
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt");
 
@@ -299,8 +300,12 @@ async fn identity_settings_role_and_anonymous() {
     assert_eq!(ctx.role(), Some("editor"));
     assert_eq!(ctx.setting("app.user_id"), Some("u1"));
     assert_eq!(ctx.setting("app.tenant_id"), Some("t1"));
-    assert_eq!(ctx.setting("fraiseql.actor"), Some("u1"));
-    assert_eq!(ctx.setting("fraiseql.tenant_id"), Some("t1"));
+    // The change log's actor and tenant are set for writes only.
+    assert_eq!(ctx.setting("fraiseql.actor"), None);
+    let w = id.write_context();
+    assert_eq!(w.setting("fraiseql.actor"), Some("u1"));
+    assert_eq!(w.setting("fraiseql.tenant_id"), Some("t1"));
+    assert_eq!(w.role(), Some("editor"));
     assert_eq!(ctx.setting("app.missing"), None);
     let whole: Value = serde_json::from_str(ctx.setting("request.jwt.claims").unwrap()).unwrap();
     assert_eq!(whole["scope"], "read:a write:b");
@@ -321,6 +326,65 @@ async fn identity_settings_role_and_anonymous() {
         .await
         .unwrap_err();
     assert_eq!(e, AuthError::BadSignature);
+}
+
+#[tokio::test]
+async fn a_verified_token_is_cached_until_it_expires() {
+    let a = auth(vec![verifier(&["RS256"], "rsa1.pub")]).await;
+    let mut c = claims();
+    c["exp"] = json!(now() + 2);
+    let t = sign(Algorithm::RS256, "rsa1.key", None, c);
+    check(&a, &t).await.unwrap();
+    check(&a, &t).await.unwrap();
+    assert_eq!(a.verified.entries.lock().unwrap().len(), 1);
+    // exp + leeway (30 s) bounds the entry: past it the token is verified again, and
+    // refused.
+    let key: [u8; 32] = sha2::Sha256::digest(t.as_bytes()).into();
+    let until = a.verified.entries.lock().unwrap()[&key].1;
+    assert_eq!(until, (now() + 2 + 30) as u64);
+    assert!(
+        a.verified.get(&key, until).is_none(),
+        "expired entries are not served"
+    );
+    for i in 0..(VerifiedCache::MAX_ENTRIES + 10) {
+        let k = [
+            (i % 251) as u8,
+            (i / 251) as u8,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            1,
+        ];
+        a.verified
+            .put(k, Arc::new(Map::new()), &Map::new(), now() as u64);
+    }
+    assert!(a.verified.entries.lock().unwrap().len() <= VerifiedCache::MAX_ENTRIES);
 }
 
 #[tokio::test]

@@ -82,7 +82,15 @@ pub async fn apply<C: tokio_postgres::GenericClient + Sync>(
         .map(|r| ("role", r.as_str()))
         .chain(ctx.settings.iter().map(|(n, v)| (n.as_str(), v.as_str())))
         .unzip();
-    client.query(APPLY_SQL, &[&names, &values]).await?;
+    // Typed parameters: no prepare round trip (the unnamed statement is parsed with the
+    // execution, one round trip in all).
+    let text_array = tokio_postgres::types::Type::TEXT_ARRAY;
+    client
+        .query_typed(
+            APPLY_SQL,
+            &[(&names, text_array.clone()), (&values, text_array)],
+        )
+        .await?;
     Ok(())
 }
 
@@ -103,9 +111,10 @@ impl Session {
             in_transaction: false,
         };
         if !ctx.is_empty() {
-            session.client().batch_execute("BEGIN").await?;
             session.in_transaction = true;
-            apply(&***session.client(), ctx).await?;
+            // One round trip: tokio-postgres pipelines requests polled together, in order.
+            let client = session.client();
+            tokio::try_join!(client.batch_execute("BEGIN"), apply(&***client, ctx))?;
         }
         Ok(session)
     }

@@ -360,7 +360,10 @@ impl Engine {
         let mut data_null = data.is_null();
         if !data_null && !plans.is_empty() {
             let outcome = match op_type {
-                "mutation" => self.run_mutations(pool, ctx, &plans).await,
+                "mutation" => {
+                    self.run_mutations(pool, identity.write_context(), &plans)
+                        .await
+                }
                 _ => self.run_queries(pool, ctx, &plans).await,
             };
             for (plan, res) in plans.iter().zip(outcome) {
