@@ -345,8 +345,11 @@ pub struct Authenticator {
 /// leeway) or [`VerifiedCache::TTL_S`], whichever comes first — so a key removed from a
 /// JWKS stops verifying within that time. Bounded: when full, expired entries go, and if
 /// none have, all.
+type Claims = Arc<Map<String, Value>>;
+
 struct VerifiedCache {
-    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Arc<Map<String, Value>>, u64)>>,
+    /// Token digest → its claims and the time (Unix seconds) the entry stops serving.
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Claims, u64)>>,
     leeway: u64,
 }
 

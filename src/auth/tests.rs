@@ -4,7 +4,6 @@ use super::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
-use sha2::Digest as _;
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt");
 
