@@ -106,17 +106,33 @@ impl Session {
         client: Object,
         ctx: &RequestContext,
     ) -> Result<Session, tokio_postgres::Error> {
-        let mut session = Session {
-            client: Some(client),
-            in_transaction: false,
-        };
-        if !ctx.is_empty() {
-            session.in_transaction = true;
-            // One round trip: tokio-postgres pipelines requests polled together, in order.
-            let client = session.client();
-            tokio::try_join!(client.batch_execute("BEGIN"), apply(&***client, ctx))?;
-        }
+        let session = Session::open(client, ctx);
+        session.setup(ctx).await?;
         Ok(session)
+    }
+
+    /// Takes `client` for a request without any I/O; [`Session::setup`] must be polled
+    /// before (or together with, first) the request's statements. Polled together — as
+    /// `join!(session.setup(ctx), statements)` does — the `BEGIN`, the settings and the
+    /// statements go to PostgreSQL in one flight: tokio-postgres pipelines requests in the
+    /// order they are first polled.
+    pub fn open(client: Object, ctx: &RequestContext) -> Session {
+        Session {
+            client: Some(client),
+            in_transaction: !ctx.is_empty(),
+        }
+    }
+
+    /// `BEGIN` and `ctx`'s role and settings, one round trip (nothing when `ctx` is empty).
+    pub async fn setup(&self, ctx: &RequestContext) -> Result<(), tokio_postgres::Error> {
+        if !self.in_transaction {
+            return Ok(());
+        }
+        let client = self.client();
+        // `try_join` polls its first future first: BEGIN is sent ahead of the settings.
+        futures_util::future::try_join(client.batch_execute("BEGIN"), apply(&***client, ctx))
+            .await?;
+        Ok(())
     }
 
     /// The connection, for the request's statements.

@@ -569,16 +569,7 @@ impl Engine {
             Err(failed) => return failed,
         };
         // Dropped with the request (the client went away), the session cancels what runs.
-        let session = match Session::start(client, ctx).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(target: "fraiseql::graphql", error = %crate::db::describe(&e), "applying the request's session settings failed");
-                return plans
-                    .iter()
-                    .map(|p| Err(internal(p, "the query failed")))
-                    .collect();
-            }
-        };
+        let session = Session::open(client, ctx);
         let client = session.client();
         let futures = statements.into_iter().zip(plans).map(|(st, plan)| async move {
             let (stmt, _list) = st?;
@@ -594,7 +585,20 @@ impl Engine {
                 internal(plan, "the query failed")
             })
         });
-        let out = juniper::futures::future::join_all(futures).await;
+        // The session's setup is polled first, so it reaches PostgreSQL ahead of the
+        // statements, in the same flight.
+        let (setup, out) = futures_util::future::join(
+            session.setup(ctx),
+            juniper::futures::future::join_all(futures),
+        )
+        .await;
+        if let Err(e) = setup {
+            tracing::error!(target: "fraiseql::graphql", error = %crate::db::describe(&e), "applying the request's session settings failed");
+            return plans
+                .iter()
+                .map(|p| Err(internal(p, "the query failed")))
+                .collect();
+        }
         if let Err(e) = session.finish().await {
             tracing::error!(target: "fraiseql::graphql", error = %crate::db::describe(&e), "ending the request's transaction failed");
             return plans

@@ -515,3 +515,36 @@ fn serve_refuses_to_listen_beyond_loopback_without_auth_unless_told_to() {
         "nothing listened"
     );
 }
+
+#[tokio::test]
+async fn a_read_sees_the_tokens_settings_pipelined_with_its_statement() {
+    let db = TestDb::new().await;
+    db.load_blog().await;
+    // The view answers only while app.user_id is user-1.
+    db.batch(
+        "ALTER VIEW v_post RENAME TO v_post_all; \
+         CREATE VIEW v_post AS SELECT * FROM v_post_all \
+         WHERE current_setting('app.user_id', true) = 'user-1'",
+    )
+    .await;
+    let idp = Idp::start(json!({"keys": [jwk("rsa2.key", "idp-1")]}), 3600).await;
+    let (p, _dir) = serve(
+        &db,
+        &idp,
+        "[auth.settings]\n\"app.user_id\" = \"sub\"\n",
+        3600,
+    )
+    .await;
+    let mut other = claims(STATIC_ISS);
+    other["sub"] = json!("user-2");
+    for (c, rows) in [(claims(STATIC_ISS), 2), (other, 0), (claims(STATIC_ISS), 2)] {
+        let token = format!("Bearer {}", rs256("rsa1.key", None, &c));
+        let (status, _, body) = ask(&p.base, Some(&token)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["data"]["posts"].as_array().unwrap().len(),
+            rows,
+            "{c}: {body}"
+        );
+    }
+}
