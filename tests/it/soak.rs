@@ -12,7 +12,10 @@
 //!
 //! Once quiescent: every (change, action) pair was delivered at least once, to the action it
 //! was made for; every repeated delivery carries the key of the first; nothing was
-//! dead-lettered. Size: `FRAISEQL_SOAK_CHANGES` (default 2,000; the issue's figure is 20,000).
+//! dead-lettered. Size: `SOAK_CHANGES` (default 2,000; the issue's figure is 20,000), e.g.
+//! `SOAK_CHANGES=20000 cargo nextest run --test it -E 'test(/soak/)' --no-capture`. Not
+//! `FRAISEQL_…`: the child processes inherit the environment, and the binary refuses a
+//! `FRAISEQL_` variable that names no config key.
 
 use crate::common;
 use crate::mutations::{CREATE, RAISE_SCORE_ON_NEW_POST};
@@ -36,7 +39,7 @@ const DEFAULT_CHANGES: usize = 2_000;
 const PREFIX: &str = "soak";
 
 fn changes() -> usize {
-    std::env::var("FRAISEQL_SOAK_CHANGES")
+    std::env::var("SOAK_CHANGES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_CHANGES)
@@ -122,6 +125,36 @@ async fn worker(config: &Path, db: &TestDb) -> ServeProcess {
         &[],
     )
     .await
+}
+
+/// The job counters a worker process reports, summed over their labels: executed,
+/// retried, reclaimed, released (handed back), dedup skips, dead-lettered.
+const WORKER_COUNTERS: [&str; 6] = [
+    "fraiseql_job_executed_total",
+    "fraiseql_job_retried_total",
+    "fraiseql_job_reclaimed_total",
+    "fraiseql_job_released_total",
+    "fraiseql_job_dedup_skips_total",
+    "fraiseql_job_dead_lettered_total",
+];
+
+async fn worker_counters(p: &ServeProcess) -> [f64; 6] {
+    let (_, text) = common::get(&format!("{}/metrics", p.base)).await;
+    WORKER_COUNTERS.map(|name| {
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    })
+}
+
+fn add(total: &mut [f64; 6], c: [f64; 6]) {
+    for (t, v) in total.iter_mut().zip(c) {
+        *t += v;
+    }
 }
 
 /// Waits until the generators may commit row number `n` (the controller raises the limit
@@ -221,6 +254,9 @@ async fn soak_serve_two_workers_kill_reorder_redis_restart_loses_nothing() {
     let seed = db.load_blog().await;
     db.batch(RAISE_SCORE_ON_NEW_POST).await;
     let rx = HttpReceiver::start_ok().await;
+    // A receiver taking 20 ms per request: the two workers (8 slots each) then run about as
+    // fast as changes arrive, so each disruption finds jobs in flight.
+    rx.set_delay(Duration::from_millis(20));
     let mut redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let cfg = |n: &str| -> PathBuf { dir.path().join(n) };
@@ -253,7 +289,10 @@ async fn soak_serve_two_workers_kill_reorder_redis_restart_loses_nothing() {
     let mut log = Vec::new();
 
     // 1. kill -9 worker A, start it again.
+    // Counters of every worker process, read just before it goes away and at the end.
+    let mut counters = [0.0; 6];
     reached(total / 5).await;
+    add(&mut counters, worker_counters(&a).await);
     a.child.kill().unwrap();
     a.child.wait().unwrap();
     log.push(format!(
@@ -278,6 +317,7 @@ async fn soak_serve_two_workers_kill_reorder_redis_restart_loses_nothing() {
 
     // 3. stop worker B (SIGTERM), start it with every observer's actions reversed.
     reached(3 * total / 5).await;
+    add(&mut counters, worker_counters(&b).await);
     let status = tokio::task::block_in_place(|| b.terminate(Duration::from_secs(10)));
     assert!(
         status.is_some_and(|s| s.success()),
@@ -388,15 +428,25 @@ async fn soak_serve_two_workers_kill_reorder_redis_restart_loses_nothing() {
     let retried_redis = serve
         .metric("fraiseql_job_backend_retries_total{op=\"enqueue\"}")
         .await;
+    for w in [&a, &b] {
+        add(&mut counters, worker_counters(w).await);
+    }
+    let counted: Vec<String> = WORKER_COUNTERS
+        .iter()
+        .zip(counters)
+        .map(|(n, v)| format!("{}={v}", &n["fraiseql_job_".len()..]))
+        .collect();
     let secs = quiescent_in.as_secs_f64();
     println!(
-        "soak: {generated} changes generated in {generated_in:.1?} ({} via /graphql mutations, \
-         the rest direct SQL); {} change-log rows observed; {} (change, action) pairs expected, \
+        "soak: {generated} changes generated in {generated_in:.1?} ({} of them by {} /graphql \
+         mutations, the rest by direct SQL); {} change-log rows observed; {} (change, action) pairs expected, \
          {} delivered; {} requests, {duplicated} pairs delivered twice or more ({extra} extra \
          deliveries, each with the first's key); dead letters {}; quiescent after {secs:.1} s \
          ({:.0} changes/s, {:.0} deliveries/s); serve's enqueue retries while Redis was down: \
-         {retried_redis}\n  {}",
+         {retried_redis}\n  workers (A before the kill, B before its restart, both at the end): \
+         {}\n  {}",
         2 * (total * 3 / 20),
+        total * 3 / 20,
         rows.len(),
         expected.len(),
         first.len(),
@@ -404,6 +454,7 @@ async fn soak_serve_two_workers_kill_reorder_redis_restart_loses_nothing() {
         dead.as_array().map_or(0, Vec::len),
         rows.len() as f64 / secs,
         reqs.len() as f64 / secs,
+        counted.join(" "),
         log.join("\n  ")
     );
     assert_eq!(
@@ -412,6 +463,13 @@ async fn soak_serve_two_workers_kill_reorder_redis_restart_loses_nothing() {
         "every (change, action) delivered"
     );
     assert_eq!(dead, json!([]), "no dead letters in Redis");
+    assert_eq!(counters[5], 0.0, "no worker dead-lettered a job");
+    // The disruptions hit work in progress (else they prove nothing).
+    assert!(
+        counters[2] > 0.0,
+        "jobs of the killed worker were reclaimed"
+    );
+    assert!(retried_redis > 0.0, "serve waited out the Redis restart");
     assert_eq!(
         db.dead_letter_count().await,
         0,
