@@ -112,6 +112,15 @@ fn write_config(path: &Path, rx: &HttpReceiver, redis_url: &str, reversed: bool)
     std::fs::write(path, toml::to_string(&config).unwrap()).unwrap();
 }
 
+/// Sends `SIG<sig>` to the process.
+fn signal(p: &ServeProcess, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{sig}");
+}
+
 async fn worker(config: &Path, db: &TestDb) -> ServeProcess {
     ServeProcess::start_role(
         &[
@@ -128,17 +137,19 @@ async fn worker(config: &Path, db: &TestDb) -> ServeProcess {
 }
 
 /// The job counters a worker process reports, summed over their labels: executed,
-/// retried, reclaimed, released (handed back), dedup skips, dead-lettered.
-const WORKER_COUNTERS: [&str; 6] = [
+/// retried, reclaimed, released (handed back), dedup skips, dead-lettered, Redis calls
+/// retried (Redis unreachable).
+const WORKER_COUNTERS: [&str; 7] = [
     "fraiseql_job_executed_total",
     "fraiseql_job_retried_total",
     "fraiseql_job_reclaimed_total",
     "fraiseql_job_released_total",
     "fraiseql_job_dedup_skips_total",
     "fraiseql_job_dead_lettered_total",
+    "fraiseql_job_backend_retries_total",
 ];
 
-async fn worker_counters(p: &ServeProcess) -> [f64; 6] {
+async fn worker_counters(p: &ServeProcess) -> [f64; 7] {
     let (_, text) = common::get(&format!("{}/metrics", p.base)).await;
     WORKER_COUNTERS.map(|name| {
         text.lines()
@@ -151,7 +162,7 @@ async fn worker_counters(p: &ServeProcess) -> [f64; 6] {
     })
 }
 
-fn add(total: &mut [f64; 6], c: [f64; 6]) {
+fn add(total: &mut [f64; 7], c: [f64; 7]) {
     for (t, v) in total.iter_mut().zip(c) {
         *t += v;
     }
@@ -288,19 +299,32 @@ async fn soak_serve_two_workers_kill_reorder_redis_restart_loses_nothing() {
     };
     let mut log = Vec::new();
 
-    // 1. kill -9 worker A, start it again.
+    // 1. kill -9 worker A while it is delivering, start it again. To be sure A holds jobs
+    //    whose requests went out: B is frozen (SIGSTOP, well under the visibility timeout)
+    //    and the receiver holds its answers, so the next request that arrives is A's and
+    //    is still unanswered when A dies.
     // Counters of every worker process, read just before it goes away and at the end.
-    let mut counters = [0.0; 6];
+    let mut counters = [0.0; 7];
     reached(total / 5).await;
+    limit_tx.send(2 * total / 5).unwrap();
+    signal(&b, "STOP");
+    // What B wrote before it froze is answered as usual.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    rx.set_delay(Duration::from_secs(10));
+    let seen = rx.len();
+    let a_busy = common::eventually(Duration::from_secs(10), || async { rx.len() > seen }).await;
     add(&mut counters, worker_counters(&a).await);
     a.child.kill().unwrap();
     a.child.wait().unwrap();
+    rx.set_delay(Duration::from_millis(20));
+    signal(&b, "CONT");
+    assert!(a_busy, "worker A was delivering when it was killed");
     log.push(format!(
-        "A killed -9 at {} changes, {} deliveries",
+        "A killed -9 at {} changes, {} deliveries, with {} of its requests unanswered",
         committed.load(Ordering::SeqCst),
-        rx.len()
+        rx.len(),
+        rx.len() - seen
     ));
-    limit_tx.send(2 * total / 5).unwrap();
     a = worker(&a_cfg, &db).await;
 
     // 2. kill -9 Redis, start it again on the same port (its AOF is replayed).
@@ -466,10 +490,13 @@ async fn soak_serve_two_workers_kill_reorder_redis_restart_loses_nothing() {
     assert_eq!(counters[5], 0.0, "no worker dead-lettered a job");
     // The disruptions hit work in progress (else they prove nothing).
     assert!(
-        counters[2] > 0.0,
-        "jobs of the killed worker were reclaimed"
+        counters[2] > 0.0 && duplicated > 0,
+        "jobs of the killed worker were reclaimed and delivered again"
     );
-    assert!(retried_redis > 0.0, "serve waited out the Redis restart");
+    assert!(
+        counters[6] > 0.0,
+        "the workers waited out the Redis restart"
+    );
     assert_eq!(
         db.dead_letter_count().await,
         0,
