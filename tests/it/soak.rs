@@ -452,9 +452,9 @@ async fn soak_serve_two_workers_kill_reorder_redis_restart_loses_nothing() {
     let retried_redis = serve
         .metric("fraiseql_job_backend_retries_total{op=\"enqueue\"}")
         .await;
-    for w in [&a, &b] {
-        add(&mut counters, worker_counters(w).await);
-    }
+    add(&mut counters, worker_counters(&a).await);
+    let reordered = worker_counters(&b).await;
+    add(&mut counters, reordered);
     let counted: Vec<String> = WORKER_COUNTERS
         .iter()
         .zip(counters)
@@ -468,7 +468,7 @@ async fn soak_serve_two_workers_kill_reorder_redis_restart_loses_nothing() {
          deliveries, each with the first's key); dead letters {}; quiescent after {secs:.1} s \
          ({:.0} changes/s, {:.0} deliveries/s); serve's enqueue retries while Redis was down: \
          {retried_redis}\n  workers (A before the kill, B before its restart, both at the end): \
-         {}\n  {}",
+         {}; B with its actions reversed executed {}\n  {}",
         2 * (total * 3 / 20),
         total * 3 / 20,
         rows.len(),
@@ -479,6 +479,7 @@ async fn soak_serve_two_workers_kill_reorder_redis_restart_loses_nothing() {
         rows.len() as f64 / secs,
         reqs.len() as f64 / secs,
         counted.join(" "),
+        reordered[0],
         log.join("\n  ")
     );
     assert_eq!(
@@ -493,6 +494,7 @@ async fn soak_serve_two_workers_kill_reorder_redis_restart_loses_nothing() {
         counters[2] > 0.0 && duplicated > 0,
         "jobs of the killed worker were reclaimed and delivered again"
     );
+    assert!(reordered[0] > 0.0, "the reordered worker ran jobs");
     assert!(
         counters[6] > 0.0,
         "the workers waited out the Redis restart"
