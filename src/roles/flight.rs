@@ -31,7 +31,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         );
     }
     let parts = HttpParts {
-        pool,
+        pool: pool.clone(),
         engine: None,
         observers: false,
         queue: None,
@@ -41,6 +41,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         serve_http(http_listener, config, parts, shutdown.clone()),
         serve_flight(flight, flight_listener, shutdown.clone())
     );
+    // Closed once Flight has stopped too: its draining streams read through this pool.
+    pool.close();
     a.and(b)
 }
 

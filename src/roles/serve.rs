@@ -50,7 +50,7 @@ pub async fn run(
     let auth = authenticator(&config, &shutdown).await?;
     if !with_flight {
         let pool = crate::db::pool(&config.database)?;
-        return serve_http(listener, config, serve_parts(pool, engine, auth), shutdown).await;
+        return serve_http_then_close(listener, config, pool, engine, auth, shutdown).await;
     }
     let flight_listener = bind_flight(&config).await?;
     // One pool for both servers: the connection budget is `database.pool_size` per process.
@@ -61,11 +61,12 @@ pub async fn run(
         serve_http(
             listener,
             config,
-            serve_parts(pool, engine, auth),
+            serve_parts(pool.clone(), engine, auth),
             shutdown.clone()
         ),
         super::flight::serve_flight(flight, flight_listener, shutdown.clone())
     );
+    pool.close();
     a.and(b)
 }
 
@@ -96,7 +97,27 @@ pub async fn run_on(
     let pool = crate::db::pool(&config.database)?;
     let engine = shared_engine(&config)?;
     let auth = authenticator(&config, &shutdown).await?;
-    serve_http(listener, config, serve_parts(pool, engine, auth), shutdown).await
+    serve_http_then_close(listener, config, pool, engine, auth, shutdown).await
+}
+
+/// [`serve_http`] with everything, then the pool closed (nothing else shares it).
+async fn serve_http_then_close(
+    listener: TcpListener,
+    config: Config,
+    pool: deadpool_postgres::Pool,
+    engine: Option<SharedEngine>,
+    auth: Option<Arc<crate::auth::Authenticator>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let served = serve_http(
+        listener,
+        config,
+        serve_parts(pool.clone(), engine, auth),
+        shutdown,
+    )
+    .await;
+    pool.close();
+    served
 }
 
 /// The HTTP side: health and metrics, plus what `parts` names (GraphQL, the observers).
@@ -167,7 +188,8 @@ pub(crate) async fn serve_http(
             tracing::error!(error = %e, "observer runtime ended abnormally");
         }
     }
-    pool.close();
+    // The pool is not closed here: the caller owns it and closes it once every part that
+    // shares it (a draining worker pump, Flight streams) has stopped too.
     tracing::info!("stopped");
     Ok(())
 }

@@ -117,7 +117,7 @@ pub async fn run_on(
     };
 
     let parts = super::serve::HttpParts {
-        pool,
+        pool: pool.clone(),
         engine: None,
         observers: false,
         queue: Some(ready),
@@ -130,6 +130,11 @@ pub async fn run_on(
     if let Err(e) = jobs {
         tracing::error!(error = %e, "the job pump ended abnormally");
     }
+    // Only now: the HTTP side stops at once on shutdown, but jobs finishing during the grace
+    // period still record their successes in the dedup window (and `cache` actions notify)
+    // through this pool; closing it with the HTTP side lost those records, so replays of
+    // those changes were delivered again.
+    pool.close();
     served
 }
 

@@ -37,5 +37,6 @@ mod queue_redis;
 mod queue_redis_restart;
 mod schema;
 mod serve_graphql;
+mod soak;
 mod webhook_e2e;
 mod worker_e2e;

@@ -30,7 +30,7 @@ async fn log_rows(
         .collect()
 }
 
-const CREATE: &str = r#"
+pub(crate) const CREATE: &str = r#"
 mutation Create($input: CreatePostInput!) {
   createPost(input: $input) { id title published rating tags kind: __typename author { identifier } comments { id } }
 }"#;
@@ -331,7 +331,7 @@ async fn failures_commit_nothing() {
 
 /// `fn_create_post` with a side effect on another tracked table: each new post raises its
 /// author's score (as an order decrements a product's stock).
-const RAISE_SCORE_ON_NEW_POST: &str = "CREATE OR REPLACE FUNCTION fn_create_post(input jsonb) RETURNS fraiseql.mutation_response
+pub(crate) const RAISE_SCORE_ON_NEW_POST: &str = "CREATE OR REPLACE FUNCTION fn_create_post(input jsonb) RETURNS fraiseql.mutation_response
          LANGUAGE plpgsql AS $$
          DECLARE v_author tb_user; v_id uuid;
          BEGIN

@@ -189,23 +189,21 @@ async fn kill_dash_nine_of_a_worker_holding_50_jobs_loses_none() {
     assert_eq!(inflight(prefix).await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_running_jobs_then_exits_zero() {
-    let f = Fixture::new(30, Duration::from_millis(800), 30_000).await;
-    let Fixture {
-        db,
-        prefix,
-        rx,
-        config,
-        q,
-        ..
-    } = &f;
-    let mut w = worker(config, db, 10).await;
-    assert!(eventually(Duration::from_secs(10), || async { rx.len() >= 10 }).await);
+/// A worker with 10 slots starts 10 jobs and gets SIGTERM; asserts it exits 0.
+async fn sigterm_while_ten_run(f: &Fixture) {
+    let mut w = worker(&f.config, &f.db, 10).await;
+    assert!(eventually(Duration::from_secs(10), || async { f.rx.len() >= 10 }).await);
     let status = w
         .terminate(Duration::from_secs(10))
         .expect("exits after SIGTERM");
     assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_running_jobs_then_exits_zero() {
+    let f = Fixture::new(30, Duration::from_millis(800), 30_000).await;
+    sigterm_while_ten_run(&f).await;
+    let Fixture { prefix, rx, q, .. } = &f;
     // The 10 running jobs finished (800 ms < 5 s grace) and were acknowledged; nothing new
     // was reserved after the signal: exactly 20 remain, none in flight.
     assert_eq!(
@@ -215,6 +213,58 @@ async fn sigterm_drains_running_jobs_then_exits_zero() {
     );
     assert_eq!(inflight(prefix).await, 0, "nothing left reserved");
     assert_eq!(rx.len(), 10);
+}
+
+/// The jobs that finish while a worker drains after SIGTERM are recorded in the dedup window
+/// like any other success, so when their changes come back as replays (a `serve` restarted
+/// from an older checkpoint re-dispatches them) the next worker does not deliver them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successes_during_the_sigterm_drain_are_recorded_for_dedup() {
+    let f = Fixture::new(30, Duration::from_millis(800), 30_000).await;
+    sigterm_while_ten_run(&f).await;
+    let Fixture {
+        db, rx, config, q, ..
+    } = &f;
+    assert_eq!(q.depth().await.unwrap(), 20, "the 10 running jobs finished");
+    let drained = keys_of(&rx.requests());
+    let recorded: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM fraiseql.tb_observer_dedup WHERE idempotency_key = ANY($1)",
+            &[&drained],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        recorded, 10,
+        "every success of the drain is in the dedup window"
+    );
+
+    // The same 10 changes dispatched again as replays: the next worker skips them.
+    for r in rx.requests() {
+        let pk = r.json()["event"]["pk"].as_i64().unwrap();
+        let mut job = hook_job(pk);
+        job.replay = true;
+        q.enqueue(job).await.unwrap();
+    }
+    rx.set_delay(Duration::ZERO);
+    let _w = worker(config, db, 10).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            q.depth().await.unwrap() == 0
+        })
+        .await
+    );
+    let keys = keys_of(&rx.requests());
+    let distinct: HashSet<&String> = keys.iter().collect();
+    assert_eq!(distinct.len(), 30, "every job delivered");
+    assert_eq!(
+        keys.len(),
+        30,
+        "no replay of a drained success delivered again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,17 +329,7 @@ async fn serve_enqueues_worker_executes_and_dlq_works_on_redis() {
     );
 
     // The dead letter, through the CLI against Redis.
-    let out = bin()
-        .args(["--config", &config, "dlq", "list", "--json"])
-        .env("FRAISEQL_DATABASE_URL", db.url())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = common::dlq_list(&config, &db.url());
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["observer"], "hook");
@@ -311,12 +351,7 @@ async fn serve_enqueues_worker_executes_and_dlq_works_on_redis() {
         eventually(Duration::from_secs(10), || async { rx.len() == 22 }).await,
         "the retried dead letter was delivered"
     );
-    let out = bin()
-        .args(["--config", &config, "dlq", "list", "--json"])
-        .env("FRAISEQL_DATABASE_URL", db.url())
-        .output()
-        .unwrap();
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = common::dlq_list(&config, &db.url());
     assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
     assert!(
         eventually(Duration::from_secs(5), || async {

@@ -73,6 +73,22 @@ pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fraiseql"))
 }
 
+/// `fraiseql --config <config> dlq list --json` against `db_url`: the dead letters of the
+/// configured store (Redis with `[queue] backend = "redis"`), as JSON. Panics if it fails.
+pub fn dlq_list(config: &str, db_url: &str) -> serde_json::Value {
+    let out = bin()
+        .args(["--config", config, "dlq", "list", "--json"])
+        .env("FRAISEQL_DATABASE_URL", db_url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dlq list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("dlq list --json prints JSON")
+}
+
 pub fn bin_path() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fraiseql"))
 }
