@@ -3,6 +3,7 @@
 //! text spliced into the response unparsed), GraphQL-over-HTTP and the database check.
 
 mod accept_encoding;
+mod authz;
 pub mod check;
 pub mod config;
 pub mod execute;

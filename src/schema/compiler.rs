@@ -424,8 +424,20 @@ fn compile_object_types(
             if out.iter().any(|x| x.name == fname) {
                 return Err(ctx.err(&fctx, format!("field `{fname}` is defined twice")));
             }
-            let ty = type_ref(ctx, names, &fctx, f.ty.as_deref(), f.nullable, false)?;
+            let mut ty = type_ref(ctx, names, &fctx, f.ty.as_deref(), f.nullable, false)?;
+            let (requires_scope, on_deny) = field_scope(ctx, &fctx, f)?;
+            if on_deny == OnDeny::Mask && !ty.nullable {
+                // A masked field is null for tokens without the scope, so the schema must
+                // say it may be null: introspection and clients then expect it.
+                ctx.warn(
+                    &fctx,
+                    "on_deny = \"mask\" on a non-null field: compiled as nullable",
+                );
+                ty.nullable = true;
+            }
             out.push(FieldDef {
+                requires_scope,
+                on_deny,
                 key: f
                     .sql_column
                     .clone()
@@ -447,6 +459,7 @@ fn compile_object_types(
             description: t.description.clone(),
             sql_source: Some(sql_source),
             fields: out,
+            requires_role: non_empty(ctx, &context, "requires_role", &t.requires_role)?,
         });
     }
     Ok(types)
@@ -545,6 +558,11 @@ fn where_and_order_fields(
     let mut wfields = Vec::new();
     let mut ofields = Vec::new();
     for f in &t.fields {
+        if f.requires_scope.is_some() {
+            // Filtering or sorting on a field would reveal what a token without its
+            // scope may not read: scoped fields get neither.
+            continue;
+        }
         match f.ty.kind {
             NamedKind::Scalar(_) | NamedKind::Enum => {
                 let Some(filter) = filter_input(&f.ty) else {
@@ -718,6 +736,8 @@ fn compile_query(
         nullable: q.nullable.unwrap_or(!returns_list) && !parsed.bang,
         arguments,
         view,
+        requires_actor: requires_actor(ctx, context, &q.requires_actor)?,
+        inject: inject_params(ctx, context, &q.inject_params, false)?,
     })
 }
 
@@ -868,7 +888,109 @@ fn compile_mutation(
         arguments,
         function,
         operation,
+        requires_actor: requires_actor(ctx, context, &m.requires_actor)?,
+        inject: inject_params(ctx, context, &m.inject_params, true)?,
     })
+}
+
+/// An optional string key that, when present, must not be empty.
+fn non_empty(
+    ctx: &Ctx<'_>,
+    context: &str,
+    key: &str,
+    value: &Option<String>,
+) -> Result<Option<String>, SchemaError> {
+    match value.as_deref().map(str::trim) {
+        None => Ok(None),
+        Some("") => Err(ctx.err(context, format!("`{key}` is empty"))),
+        Some(v) => Ok(Some(v.to_owned())),
+    }
+}
+
+/// A field's `requires_scope` and `on_deny` (`reject` when absent).
+fn field_scope(
+    ctx: &Ctx<'_>,
+    context: &str,
+    f: &AuthoringField,
+) -> Result<(Option<String>, OnDeny), SchemaError> {
+    let scope = non_empty(ctx, context, "requires_scope", &f.requires_scope)?;
+    let on_deny = match f.on_deny.as_deref() {
+        None | Some("reject") => OnDeny::Reject,
+        Some("mask") => OnDeny::Mask,
+        Some(other) => {
+            return Err(ctx.err(
+                context,
+                format!("on_deny `{other}` is neither \"reject\" nor \"mask\""),
+            ));
+        }
+    };
+    if scope.is_none() && f.on_deny.is_some() {
+        return Err(ctx.err(context, "on_deny without requires_scope"));
+    }
+    Ok((scope, on_deny))
+}
+
+/// A root field's `requires_actor`: a non-empty list (an empty one would admit everybody
+/// while reading as a gate, so it is refused, as the SDK does).
+fn requires_actor(
+    ctx: &Ctx<'_>,
+    context: &str,
+    actors: &Option<Vec<String>>,
+) -> Result<Vec<String>, SchemaError> {
+    match actors {
+        None => Ok(Vec::new()),
+        Some(list) if list.is_empty() || list.iter().any(|a| a.trim().is_empty()) => {
+            Err(ctx.err(context, "requires_actor must list at least one actor type"))
+        }
+        Some(list) => Ok(list.clone()),
+    }
+}
+
+/// A root field's `inject_params`: `source` must be `jwt` (or, on a mutation,
+/// `jwt_optional`); anything else fails the compile, naming the field, because ignoring it
+/// would leave a query unfiltered.
+fn inject_params(
+    ctx: &mut Ctx<'_>,
+    context: &str,
+    params: &Option<std::collections::BTreeMap<String, AuthoringInject>>,
+    mutation: bool,
+) -> Result<Vec<InjectParam>, SchemaError> {
+    let Some(params) = params else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(params.len());
+    for (param, spec) in params {
+        let pctx = format!("{context}.inject_params[{param}]");
+        ctx.extra(&pctx, &spec.extra);
+        if param.is_empty() || !param.chars().all(|c| c == '_' || c.is_ascii_alphanumeric()) {
+            return Err(ctx.err(&pctx, format!("`{param}` is not a parameter name")));
+        }
+        let optional = match spec.source.as_deref() {
+            Some("jwt") => false,
+            Some("jwt_optional") if mutation => true,
+            Some("jwt_optional") => {
+                return Err(ctx.err(
+                    &pctx,
+                    "source `jwt_optional` on a query: an absent claim cannot filter rows; use `jwt`",
+                ));
+            }
+            Some(other) => {
+                return Err(ctx.err(
+                    &pctx,
+                    format!("unknown inject source `{other}` (supported: jwt, and jwt_optional on mutations)"),
+                ));
+            }
+            None => return Err(ctx.err(&pctx, "missing required key `source`")),
+        };
+        let claim = non_empty(ctx, &pctx, "claim", &spec.claim)?
+            .ok_or_else(|| ctx.err(&pctx, "missing required key `claim`"))?;
+        out.push(InjectParam {
+            param: param.clone(),
+            claim,
+            optional,
+        });
+    }
+    Ok(out)
 }
 
 /// The `return_type` of the root field at `context`, which must name one of the object
