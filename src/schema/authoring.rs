@@ -32,6 +32,23 @@ pub struct AuthoringSchema {
     pub subscriptions: Vec<Value>,
     #[serde(default)]
     pub naming_convention: Option<String>,
+    /// The project's `[inject_defaults]` (from `fraiseql.toml`), as the SDK exports it.
+    #[serde(default)]
+    pub inject_defaults: Option<InjectDefaults>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `inject_defaults`: `param -> "jwt:<claim>"` for every operation (`base`), and for every
+/// query or every mutation.
+#[derive(Debug, Default, Deserialize)]
+pub struct InjectDefaults {
+    #[serde(default)]
+    pub base: BTreeMap<String, String>,
+    #[serde(default)]
+    pub queries: BTreeMap<String, String>,
+    #[serde(default)]
+    pub mutations: BTreeMap<String, String>,
     #[serde(flatten)]
     pub extra: Extra,
 }
@@ -160,6 +177,9 @@ pub struct AuthoringQuery {
     /// Parameters taken from the verified token, never from the client.
     #[serde(default)]
     pub inject_params: Option<BTreeMap<String, AuthoringInject>>,
+    /// Names of `inject_defaults` this operation opts out of.
+    #[serde(default)]
+    pub exclude_inject_defaults: Option<Vec<String>>,
     #[serde(flatten)]
     pub extra: Extra,
 }
@@ -186,6 +206,9 @@ pub struct AuthoringMutation {
     /// Parameters taken from the verified token, never from the client.
     #[serde(default)]
     pub inject_params: Option<BTreeMap<String, AuthoringInject>>,
+    /// Names of `inject_defaults` this operation opts out of.
+    #[serde(default)]
+    pub exclude_inject_defaults: Option<Vec<String>>,
     #[serde(flatten)]
     pub extra: Extra,
 }

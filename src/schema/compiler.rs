@@ -672,6 +672,7 @@ fn compile_queries(
 ) -> Result<Vec<QueryField>, SchemaError> {
     let mut queries = Vec::new();
     let mut root_names = HashSet::new();
+    let defaults = inject_defaults(ctx, doc, false);
     for (i, q) in doc.queries.iter().enumerate() {
         let qname = ctx.name(&format!("queries[{i}]"), &q.name)?;
         let context = format!("queries[{qname}]");
@@ -682,7 +683,9 @@ fn compile_queries(
         if !root_names.insert(qname.clone()) {
             return Err(ctx.err(&context, "query defined twice"));
         }
-        queries.push(compile_query(ctx, names, types, &context, qname, q)?);
+        queries.push(compile_query(
+            ctx, names, types, &defaults, &context, qname, q,
+        )?);
     }
     if queries.is_empty() {
         return Err(ctx.err("queries", "the schema needs at least one query"));
@@ -697,6 +700,7 @@ fn compile_query(
     ctx: &mut Ctx<'_>,
     names: &Names,
     types: &[ObjectType],
+    defaults: &[(String, String)],
     context: &str,
     name: String,
     q: &AuthoringQuery,
@@ -737,7 +741,14 @@ fn compile_query(
         arguments,
         view,
         requires_actor: requires_actor(ctx, context, &q.requires_actor)?,
-        inject: inject_params(ctx, context, &q.inject_params, false)?,
+        inject: inject_params(
+            ctx,
+            context,
+            &q.inject_params,
+            defaults,
+            &q.exclude_inject_defaults,
+            false,
+        )?,
     })
 }
 
@@ -842,6 +853,7 @@ fn compile_mutations(
 ) -> Result<Vec<MutationField>, SchemaError> {
     let mut mutations = Vec::new();
     let mut mutation_names = HashSet::new();
+    let defaults = inject_defaults(ctx, doc, true);
     for (i, m) in doc.mutations.iter().enumerate() {
         let mname = ctx.name(&format!("mutations[{i}]"), &m.name)?;
         let context = format!("mutations[{mname}]");
@@ -849,7 +861,9 @@ fn compile_mutations(
         if !mutation_names.insert(mname.clone()) {
             return Err(ctx.err(&context, "mutation defined twice"));
         }
-        mutations.push(compile_mutation(ctx, names, types, &context, mname, m)?);
+        mutations.push(compile_mutation(
+            ctx, names, types, &defaults, &context, mname, m,
+        )?);
     }
     Ok(mutations)
 }
@@ -861,6 +875,7 @@ fn compile_mutation(
     ctx: &mut Ctx<'_>,
     names: &Names,
     types: &[ObjectType],
+    defaults: &[(String, String)],
     context: &str,
     name: String,
     m: &AuthoringMutation,
@@ -889,8 +904,39 @@ fn compile_mutation(
         function,
         operation,
         requires_actor: requires_actor(ctx, context, &m.requires_actor)?,
-        inject: inject_params(ctx, context, &m.inject_params, true)?,
+        inject: inject_params(
+            ctx,
+            context,
+            &m.inject_params,
+            defaults,
+            &m.exclude_inject_defaults,
+            true,
+        )?,
     })
+}
+
+/// The project's `inject_defaults` for queries (`mutation` false) or mutations: the `base`
+/// entries, then those of the kind, which replace a `base` entry of the same name.
+fn inject_defaults(
+    ctx: &mut Ctx<'_>,
+    doc: &AuthoringSchema,
+    mutation: bool,
+) -> Vec<(String, String)> {
+    let Some(d) = &doc.inject_defaults else {
+        return Vec::new();
+    };
+    if !mutation {
+        ctx.extra("inject_defaults", &d.extra);
+    }
+    let kind = if mutation { &d.mutations } else { &d.queries };
+    let mut out: Vec<(String, String)> = d
+        .base
+        .iter()
+        .filter(|(k, _)| !kind.contains_key(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    out.extend(kind.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out
 }
 
 /// An optional string key that, when present, must not be empty.
@@ -946,26 +992,49 @@ fn requires_actor(
     }
 }
 
-/// A root field's `inject_params`: `source` must be `jwt` (or, on a mutation,
-/// `jwt_optional`); anything else fails the compile, naming the field, because ignoring it
-/// would leave a query unfiltered.
+/// A root field's `inject_params`, plus the project's `inject_defaults` for its kind
+/// (`defaults`: param → `"jwt:<claim>"`) except those it opts out of; its own entries win.
+/// `source` must be `jwt` (or, on a mutation, `jwt_optional`); anything else fails the
+/// compile, naming the field, because ignoring it would leave a query unfiltered.
 fn inject_params(
     ctx: &mut Ctx<'_>,
     context: &str,
     params: &Option<std::collections::BTreeMap<String, AuthoringInject>>,
+    defaults: &[(String, String)],
+    exclude: &Option<Vec<String>>,
     mutation: bool,
 ) -> Result<Vec<InjectParam>, SchemaError> {
-    let Some(params) = params else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::with_capacity(params.len());
-    for (param, spec) in params {
+    let mut out: Vec<InjectParam> = Vec::new();
+    let exclude = exclude.as_deref().unwrap_or_default();
+    for name in exclude {
+        if !defaults.iter().any(|(p, _)| p == name) {
+            return Err(ctx.err(
+                context,
+                format!("exclude_inject_defaults names `{name}`, which no inject_defaults entry declares"),
+            ));
+        }
+    }
+    let mut specs: Vec<(String, Option<String>, Option<String>)> = Vec::new();
+    for (param, spec) in params.iter().flatten() {
+        ctx.extra(&format!("{context}.inject_params[{param}]"), &spec.extra);
+        specs.push((param.clone(), spec.source.clone(), spec.claim.clone()));
+    }
+    for (param, source) in defaults {
+        if exclude.contains(param) || specs.iter().any(|(p, _, _)| p == param) {
+            continue;
+        }
+        let (src, claim) = match source.split_once(':') {
+            Some((s, c)) => (Some(s.to_owned()), Some(c.to_owned())),
+            None => (Some(source.clone()), None),
+        };
+        specs.push((param.clone(), src, claim));
+    }
+    for (param, source, claim) in specs {
         let pctx = format!("{context}.inject_params[{param}]");
-        ctx.extra(&pctx, &spec.extra);
         if param.is_empty() || !param.chars().all(|c| c == '_' || c.is_ascii_alphanumeric()) {
             return Err(ctx.err(&pctx, format!("`{param}` is not a parameter name")));
         }
-        let optional = match spec.source.as_deref() {
+        let optional = match source.as_deref() {
             Some("jwt") => false,
             Some("jwt_optional") if mutation => true,
             Some("jwt_optional") => {
@@ -982,10 +1051,10 @@ fn inject_params(
             }
             None => return Err(ctx.err(&pctx, "missing required key `source`")),
         };
-        let claim = non_empty(ctx, &pctx, "claim", &spec.claim)?
+        let claim = non_empty(ctx, &pctx, "claim", &claim)?
             .ok_or_else(|| ctx.err(&pctx, "missing required key `claim`"))?;
         out.push(InjectParam {
-            param: param.clone(),
+            param,
             claim,
             optional,
         });

@@ -433,3 +433,51 @@ fn authz_compiler_makes_a_masked_non_null_field_nullable() {
         "{warnings:?}"
     );
 }
+
+/// `inject_defaults` as the SDK exports `fraiseql.toml`'s `[inject_defaults]`: applied to
+/// every query or mutation except those that opt out; an operation's own entry wins.
+#[test]
+fn authz_compiler_applies_inject_defaults() {
+    let mut doc = fixture();
+    doc["inject_defaults"] = json!({
+        "base": {"org": "jwt:org_id", "tenant_id": "jwt:other"},
+        "queries": {"region": "jwt:region"},
+        "mutations": {"user_id": "jwt_optional:sub"},
+    });
+    doc["queries"][1]["exclude_inject_defaults"] = json!(["org", "region", "tenant_id"]);
+    let (s, _) = fraiseql::schema::compile_str(&doc.to_string(), "schema.json").unwrap();
+    let pairs = |inject: &[fraiseql::schema::InjectParam]| -> Vec<(String, String, bool)> {
+        let mut v: Vec<_> = inject
+            .iter()
+            .map(|i| (i.param.clone(), i.claim.clone(), i.optional))
+            .collect();
+        v.sort();
+        v
+    };
+    let own = |p: &str, c: &str, o: bool| (p.to_owned(), c.to_owned(), o);
+    assert_eq!(
+        pairs(&s.query("notes").unwrap().inject),
+        [
+            own("org", "org_id", false),
+            own("region", "region", false),
+            own("tenant_id", "tenant_id", false)
+        ]
+    );
+    assert!(s.query("allNotes").unwrap().inject.is_empty());
+    assert_eq!(
+        pairs(&s.mutation("createNote").unwrap().inject),
+        [
+            own("org", "org_id", false),
+            own("tenant_id", "tenant_id", false),
+            own("user_id", "sub", true)
+        ]
+    );
+    doc["queries"][1]["exclude_inject_defaults"] = json!(["nope"]);
+    let err = fraiseql::schema::compile_str(&doc.to_string(), "schema.json")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("queries[allNotes]") && err.contains("`nope`"),
+        "{err}"
+    );
+}
