@@ -93,6 +93,12 @@ fn joined(errors: &[(String, String)]) -> GraphQLSourceError {
         .any(|(_, c)| c == ErrorCode::ServiceUnavailable.as_str())
     {
         GraphQLSourceError::Unavailable(message)
+    } else if errors
+        .iter()
+        .any(|(_, c)| c == ErrorCode::Forbidden.as_str())
+    {
+        // A schema rule refused the identity (role, actor, missing injected claim).
+        GraphQLSourceError::Forbidden(message)
     } else {
         GraphQLSourceError::Invalid(message)
     }

@@ -481,3 +481,61 @@ fn authz_compiler_applies_inject_defaults() {
         "{err}"
     );
 }
+
+/// A Flight GraphQL ticket plans through the same engine: with a static service token (an
+/// unrestricted identity) role and actor rules pass, and a query with `inject_params` has no
+/// claim and is refused (PermissionDenied), counted with `door="flight"`.
+#[tokio::test]
+async fn authz_flight_graphql_ticket_follows_the_same_rules() {
+    use arrow_flight::Ticket;
+    use common::flight::{TOKEN, TestFlight, config};
+    use futures_util::TryStreamExt;
+    use std::sync::Arc;
+
+    let db = TestDb::new().await;
+    db.batch(SETUP).await;
+    let schema =
+        fraiseql::schema::load(&crate_path("tests/fixtures/authz/schema.json")).expect("schema");
+    let engine = fraiseql::graphql::SharedEngine::new(
+        fraiseql::graphql::Engine::new(Arc::new(schema), Default::default()).expect("engine"),
+    );
+    let source = fraiseql::graphql::EngineSource::new(engine, db.pool().clone());
+    let f = TestFlight::start_with(&db, config(), Some(Arc::new(source))).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", f.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = arrow_flight::client::FlightClient::new(channel);
+    c.add_header("authorization", &format!("Bearer {TOKEN}"))
+        .unwrap();
+    let ticket = |q: &str| Ticket::new(json!({"type": "graphql", "query": q}).to_string());
+
+    let batches: Vec<arrow_array::RecordBatch> = c
+        .do_get(ticket("{ allNotes { title cost } }"))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+
+    let denied = || {
+        fraiseql::metrics::metrics()
+            .auth
+            .denied
+            .with_label_values(&["flight", "other"])
+            .get()
+    };
+    let before = denied();
+    let err = match c.do_get(ticket("{ notes { title } }")).await {
+        Err(e) => e,
+        Ok(s) => s.try_collect::<Vec<_>>().await.unwrap_err(),
+    };
+    let arrow_flight::error::FlightError::Tonic(status) = err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("tenant_id"), "{status:?}");
+    assert_eq!(denied(), before + 1);
+}
