@@ -2,6 +2,12 @@
 //! arguments with variables and defaults applied, and the look-ahead selection merged by
 //! response key and checked against the limits). No database work happens here; juniper
 //! gets a placeholder value and the SQL runs after juniper returns.
+//!
+//! The schema's authorization rules are applied here, against the request's identity: a
+//! root field returning a type of another role, or outside its `requires_actor`, or whose
+//! `inject_params` claim is missing, is a `FORBIDDEN` field error and gets no plan (so no
+//! SQL); nested fields the identity may not read become [`SelItem::Withheld`] (null, or
+//! with `reject` an error at each path, placed by the response layer).
 
 use std::sync::Arc;
 use std::sync::Mutex;

@@ -7,7 +7,9 @@
 //! `compile_enums` → `compile_object_types` → `compile_input_types` →
 //! `generate_inputs` (and `order_direction`) → `compile_queries` →
 //! `compile_mutations` → assembly. `Ctx` carries the file name and the warnings through
-//! all of them.
+//! all of them. The SDK's authorization keys (`requires_role`, `requires_scope`/`on_deny`,
+//! `requires_actor`, `inject_params` and `inject_defaults`) are checked and carried into the
+//! compiled schema, which the planner enforces.
 
 use std::collections::HashSet;
 

@@ -75,6 +75,10 @@ struct Setup {
 }
 
 async fn serve() -> Setup {
+    serve_mode("required").await
+}
+
+async fn serve_mode(mode: &str) -> Setup {
     let db = TestDb::new().await;
     db.batch(SETUP).await;
     let dir = tempfile::tempdir().unwrap();
@@ -85,7 +89,7 @@ async fn serve() -> Setup {
 schema = "{schema}"
 
 [auth]
-mode = "required"
+mode = "{mode}"
 introspection = true
 
 [[auth.jwt]]
@@ -538,4 +542,21 @@ async fn authz_flight_graphql_ticket_follows_the_same_rules() {
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("tenant_id"), "{status:?}");
     assert_eq!(denied(), before + 1);
+}
+
+/// With `mode = "optional"` a request without a token is the anonymous role: refused what
+/// it may not read, and counted as `role="anon"`.
+#[tokio::test]
+async fn authz_anonymous_role_is_refused_and_counted_as_anon() {
+    let s = serve_mode("optional").await;
+    let series = "fraiseql_auth_denied_total{door=\"http\",role=\"anon\"}";
+    let before = s.p.metric(series).await;
+    let (status, body) = ask(&s.p.base, None, "{ audit { id } }").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        codes(&body),
+        vec![(json!(["audit"]), "FORBIDDEN".into())],
+        "{body}"
+    );
+    assert_eq!(s.p.metric(series).await, before + 1.0);
 }
