@@ -3,7 +3,7 @@
 //! lacks disappear, with their generated `<Type>WhereInput` / `<Type>OrderBy`, and so do the
 //! fields, arguments and input fields that reference them (root fields returning them
 //! included). `__type(name: …)` of a hidden type answers null when the selection includes
-//! `name`.
+//! `name`, or `fields { name }` matching the hidden type's fields.
 //!
 //! At this point the juniper value holds only introspection results: root fields served
 //! from SQL are still placeholders (their JSON is spliced in later), so the whole value can
@@ -27,6 +27,9 @@ struct Hidden {
     fields: HashMap<String, HashSet<String>>,
     /// Every field name in `fields`, for field lists whose parent type is not selected.
     any_field: HashSet<String>,
+    /// The field names of each hidden object type, to recognise a `__type` answer that
+    /// does not select `name`.
+    shapes: Vec<HashSet<String>>,
 }
 
 fn hidden(schema: &CompiledSchema, ctx: &PlanCtx) -> Option<Hidden> {
@@ -66,10 +69,17 @@ fn hidden(schema: &CompiledSchema, ctx: &PlanCtx) -> Option<Hidden> {
         }
     }
     let any_field = fields.values().flatten().cloned().collect();
+    let shapes = schema
+        .types
+        .iter()
+        .filter(|t| types.contains(&t.name))
+        .map(|t| t.fields.iter().map(|f| f.name.clone()).collect())
+        .collect();
     Some(Hidden {
         types,
         fields,
         any_field,
+        shapes,
     })
 }
 
@@ -133,13 +143,7 @@ fn walk(h: &Hidden, v: &mut V, parent: Option<&str>, depth: usize) {
                 }
             }
             Value::Object(_) => {
-                if string_field(child, "name").is_some_and(|n| h.types.contains(n))
-                    && child.as_object_value().is_some_and(|o| {
-                        o.contains_field("kind")
-                            || o.contains_field("fields")
-                            || o.contains_field("inputFields")
-                    })
-                {
+                if is_hidden_type(h, child) {
                     *child = Value::null();
                     continue;
                 }
@@ -148,6 +152,28 @@ fn walk(h: &Hidden, v: &mut V, parent: Option<&str>, depth: usize) {
             _ => {}
         }
     }
+}
+
+/// True for a `__Type` answer of a hidden type: by its `name` when selected, else by its
+/// `fields` names matching a hidden object type's exactly.
+fn is_hidden_type(h: &Hidden, v: &V) -> bool {
+    let Some(o) = v.as_object_value() else {
+        return false;
+    };
+    if let Some(n) = string_field(v, "name") {
+        return h.types.contains(n)
+            && (o.contains_field("kind")
+                || o.contains_field("fields")
+                || o.contains_field("inputFields"));
+    }
+    let Some(fields) = o.get_field_value("fields").and_then(|f| f.as_list_value()) else {
+        return false;
+    };
+    let names: HashSet<String> = fields
+        .iter()
+        .filter_map(|f| string_field(f, "name").map(str::to_owned))
+        .collect();
+    !names.is_empty() && h.shapes.contains(&names)
 }
 
 /// Whether a list element of list `key` stays.

@@ -314,7 +314,8 @@ async fn authz_inject_params_filter_rows_and_override_the_client_input() {
 async fn authz_introspection_hides_what_the_role_may_not_use() {
     let s = serve().await;
     let q = r#"{ __schema { types { name } queryType { fields { name type { name kind ofType { name kind ofType { name ofType { name } } } } } } }
-                 hidden: __type(name: "AuditEntry") { name fields { name } } }"#;
+                 hidden: __type(name: "AuditEntry") { name fields { name } }
+                 unnamed: __type(name: "AuditEntry") { kind fields { name } } }"#;
     let names = |body: &Value| -> (Vec<String>, Vec<String>) {
         let types = body["data"]["__schema"]["types"]
             .as_array()
@@ -339,12 +340,14 @@ async fn authz_introspection_hides_what_the_role_may_not_use() {
     assert!(types.contains(&"Note".to_owned()));
     assert_eq!(fields, ["notes", "allNotes"], "{body}");
     assert_eq!(body["data"]["hidden"], Value::Null);
+    assert_eq!(body["data"]["unnamed"], Value::Null, "{body}");
 
     let (_, body) = ask(&s.p.base, Some(&token(json!({"role": "admin"}))), q).await;
     let (types, fields) = names(&body);
     assert!(types.contains(&"AuditEntry".to_owned()), "{types:?}");
     assert_eq!(fields, ["notes", "allNotes", "audit"]);
     assert_eq!(body["data"]["hidden"]["name"], "AuditEntry");
+    assert_eq!(body["data"]["unnamed"]["fields"][1]["name"], "note");
 }
 
 /// Without `[auth]` every request is unrestricted: role, scope and actor rules pass, but a
