@@ -155,20 +155,26 @@ fn internal(plan: &RootPlan, what: &str) -> GqlError {
 
 /// The read statement of a planned root query, with its injected claims as row filters.
 fn read_statement(
-    schema: &crate::schema::CompiledSchema,
+    engine: &Engine,
     q: &crate::schema::QueryField,
     plan: &RootPlan,
     limits: &crate::sql::select::ReadLimits,
 ) -> Result<Statement, SqlError> {
+    let columns = engine.cached_columns(&q.view);
     build_query(
-        schema,
+        &engine.schema,
         q,
         &plan.args,
-        &plan.injected_text(),
+        &plan.injected_filters(columns.as_deref()),
         &plan.selection,
         limits,
     )
 }
+
+/// The catalog's columns of a view (name → type); `$1` is the quoted view name.
+const VIEW_COLUMNS_SQL: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
+     FROM pg_attribute a WHERE a.attrelid = to_regclass($1::text) AND a.attnum > 0 \
+     AND NOT a.attisdropped";
 
 /// The code [`super::plan::field_error`] put on a field error.
 fn extension_code(v: &Value<DefaultScalarValue>) -> Option<ErrorCode> {
@@ -325,7 +331,7 @@ impl Engine {
                     .schema
                     .query(&plan.field)
                     .ok_or_else(|| format!("unknown query {}", plan.field))?;
-                read_statement(&self.schema, q, plan, &limits)
+                read_statement(self, q, plan, &limits)
                     .map(|s| (plan.key.clone(), s))
                     .map_err(|e| e.to_string())
             })
@@ -570,6 +576,9 @@ impl Engine {
         ctx: &RequestContext,
         plans: &[RootPlan],
     ) -> Vec<Result<Option<String>, GqlError>> {
+        if plans.iter().any(|p| !p.injected.is_empty()) {
+            self.load_inject_views(pool).await;
+        }
         let limits = self.read_limits();
         let mut statements: Vec<Result<(Statement, bool), GqlError>> = Vec::new();
         for plan in plans {
@@ -578,7 +587,7 @@ impl Engine {
                 continue;
             };
             statements.push(
-                read_statement(&self.schema, q, plan, &limits)
+                read_statement(self, q, plan, &limits)
                     .map(|s| (s, q.returns_list))
                     .map_err(|e| sql_error(&e, plan)),
             );
@@ -627,6 +636,56 @@ impl Engine {
         }
         self.observe_sql("query", started);
         out
+    }
+
+    /// The cached columns of `view`, when looked up already.
+    pub(crate) fn cached_columns(&self, view: &str) -> Option<Arc<HashMap<String, String>>> {
+        self.view_columns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(view)
+            .cloned()
+    }
+
+    /// Looks up, once, the columns of every view an `inject_params` query reads, so their
+    /// row filters use the view's column (and its index) when it has one. A failed lookup
+    /// is logged and leaves the per-row fallback in place.
+    pub(crate) async fn load_inject_views(&self, pool: &Pool) {
+        let missing: Vec<&str> = self
+            .schema
+            .queries
+            .iter()
+            .filter(|q| !q.inject.is_empty() && self.cached_columns(&q.view).is_none())
+            .map(|q| q.view.as_str())
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let client = match pool.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(target: "fraiseql::graphql", error = %e, "no connection to look up view columns");
+                return;
+            }
+        };
+        for view in missing {
+            let quoted = crate::sql::quote_qualified(view);
+            match client.query(VIEW_COLUMNS_SQL, &[&quoted]).await {
+                Ok(rows) => {
+                    let cols: HashMap<String, String> = rows
+                        .iter()
+                        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+                        .collect();
+                    self.view_columns
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(view.to_owned(), Arc::new(cols));
+                }
+                Err(e) => {
+                    tracing::warn!(target: "fraiseql::graphql", view, error = %crate::db::describe(&e), "looking up the view's columns failed");
+                }
+            }
+        }
     }
 
     async fn signature(

@@ -265,7 +265,7 @@ fn prepare(
         &engine.schema,
         q,
         &plan.args,
-        &plan.injected_text(),
+        &plan.injected_filters(engine.cached_columns(&q.view).as_deref()),
         &plan.selection,
         &engine.read_limits(),
     )
@@ -379,6 +379,7 @@ impl EngineSource {
         operation_name: Option<&str>,
     ) -> Result<GraphQLRows, GraphQLSourceError> {
         let engine = self.engine.current();
+        engine.load_inject_views(&self.pool).await;
         let p = prepare(&engine, identity, query, variables, operation_name)?;
         let ctx = identity.request_context();
         let client = self.pool.get().await.map_err(|e| {

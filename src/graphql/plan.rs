@@ -50,16 +50,27 @@ pub struct RootPlan {
 }
 
 impl RootPlan {
-    /// The injected values as the text a row filter compares with.
-    pub fn injected_text(&self) -> Vec<(String, String)> {
+    /// The injected values as row filters, each on the view's column when `columns` (the
+    /// view's column names and types, when known) has it, else on the `data` key.
+    pub fn injected_filters(
+        &self,
+        columns: Option<&std::collections::HashMap<String, String>>,
+    ) -> Vec<crate::sql::select::InjectedFilter> {
+        use crate::sql::select::{InjectTarget, InjectedFilter};
         self.injected
             .iter()
-            .map(|(k, v)| {
-                let text = match v {
+            .map(|(k, v)| InjectedFilter {
+                param: k.clone(),
+                value: match v {
                     serde_json::Value::String(s) => s.clone(),
                     other => other.to_string(),
-                };
-                (k.clone(), text)
+                },
+                target: match columns {
+                    None => InjectTarget::Unknown,
+                    Some(c) => c
+                        .get(k)
+                        .map_or(InjectTarget::DataKey, |ty| InjectTarget::Column(ty.clone())),
+                },
             })
             .collect()
     }

@@ -78,6 +78,27 @@ impl SelItem {
     }
 }
 
+/// One `inject_params` row filter: the token's value and where the view keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InjectedFilter {
+    pub param: String,
+    /// The claim's value as text.
+    pub value: String,
+    pub target: InjectTarget,
+}
+
+/// Where a view keeps an injected parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InjectTarget {
+    /// A column of that name, of this SQL type (from the catalog): compared in its own type,
+    /// so an index on it serves the filter.
+    Column(String),
+    /// No such column: the `data` key, compared as text.
+    DataKey,
+    /// The view's columns are not known: decided per row (no index use).
+    Unknown,
+}
+
 /// Limits applied while building read statements.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadLimits {
@@ -236,7 +257,7 @@ pub fn build_query(
     schema: &CompiledSchema,
     q: &QueryField,
     args: &[(String, ArgValue)],
-    injected: &[(String, String)],
+    injected: &[InjectedFilter],
     sel: &Selection,
     limits: &ReadLimits,
 ) -> Result<Statement, SqlError> {
@@ -251,7 +272,7 @@ pub fn build_list_rows(
     schema: &CompiledSchema,
     q: &QueryField,
     args: &[(String, ArgValue)],
-    injected: &[(String, String)],
+    injected: &[InjectedFilter],
     sel: &Selection,
     limits: &ReadLimits,
 ) -> Result<Statement, SqlError> {
@@ -268,7 +289,7 @@ fn build(
     schema: &CompiledSchema,
     q: &QueryField,
     args: &[(String, ArgValue)],
-    injected: &[(String, String)],
+    injected: &[InjectedFilter],
     sel: &Selection,
     limits: &ReadLimits,
     item_rows: bool,
@@ -373,23 +394,26 @@ fn build(
         }
     }
     for inj in &q.inject {
-        let value = injected
+        let f = injected
             .iter()
-            .find(|(p, _)| *p == inj.param)
-            .map(|(_, v)| v)
+            .find(|f| f.param == inj.param)
             .ok_or_else(|| {
                 SqlError::BadInput(format!(
                     "`{}` needs the token's claim `{}`",
                     q.name, inj.claim
                 ))
             })?;
-        let p = b.param(Param::Text(Some(value.clone())));
+        let p = b.param(Param::Text(Some(f.value.clone())));
         let k = quote_literal(&inj.param);
-        // The view's column of that name when it has one, else the `data` key: the column
-        // set is not known while building, so the row's own JSON says which exists.
-        conds.push(format!(
-            "(CASE WHEN to_jsonb(v) ? {k} THEN to_jsonb(v) ->> {k} ELSE v.\"data\" ->> {k} END) = {p}"
-        ));
+        conds.push(match &f.target {
+            InjectTarget::Column(ty) => {
+                format!("v.{} = {p}::{ty}", super::quote_ident(&inj.param))
+            }
+            InjectTarget::DataKey => format!("(v.\"data\" ->> {k}) = {p}"),
+            InjectTarget::Unknown => format!(
+                "(CASE WHEN to_jsonb(v) ? {k} THEN to_jsonb(v) ->> {k} ELSE v.\"data\" ->> {k} END) = {p}"
+            ),
+        });
     }
     let view = super::quote_qualified(&q.view);
     let where_clause = if conds.is_empty() {

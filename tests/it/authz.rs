@@ -21,8 +21,10 @@ CREATE TABLE tb_note (
     author_email text,
     cost double precision
 );
+-- The column is character(3) on purpose: the injected filter compares in the column's own
+-- type ('A' = 'A  '), which only the catalog lookup knows (as text they differ).
 CREATE VIEW v_note AS
-    SELECT id, tenant_id,
+    SELECT id, tenant_id::character(3) AS tenant_id,
            jsonb_build_object('id', id, 'title', title, 'tenant_id', tenant_id,
                               'author_email', author_email, 'cost', cost) AS data
       FROM tb_note;
@@ -300,13 +302,26 @@ async fn authz_inject_params_filter_rows_and_override_the_client_input() {
             .unwrap();
     assert_eq!(row.get::<_, String>(0), "A");
 
-    // A view without a `tenant_id` column: the `data` key filters.
+    // A view without a `tenant_id` column: the `data` key filters (the columns are looked
+    // up once per process, so a new server sees the new view).
     s.db.batch(
         "DROP VIEW v_note; CREATE VIEW v_note AS SELECT id, jsonb_build_object('id', id, \
          'title', title, 'tenant_id', tenant_id) AS data FROM tb_note;",
     )
     .await;
-    let (_, body) = ask(&s.p.base, Some(&token(json!({"tenant_id": "B"}))), q).await;
+    let db = s.db;
+    drop(s.p);
+    let again = ServeProcess::start_role(
+        &[
+            "--config",
+            s._dir.path().join("fraiseql.toml").to_str().unwrap(),
+            "serve",
+        ],
+        &db.url(),
+        &[],
+    )
+    .await;
+    let (_, body) = ask(&again.base, Some(&token(json!({"tenant_id": "B"}))), q).await;
     assert_eq!(titles(&body), ["b1"]);
 }
 
