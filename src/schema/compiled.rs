@@ -5,8 +5,13 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Version written into `schema.compiled.json`; the loader refuses other versions.
-pub const COMPILED_SCHEMA_VERSION: u32 = 1;
+/// Version written into `schema.compiled.json`; the loader refuses other versions except
+/// [`COMPILED_SCHEMA_VERSION_NO_RULES`]. Version 2 added the authorization rules, so that a
+/// binary that would ignore them refuses the file instead of serving it unrestricted.
+pub const COMPILED_SCHEMA_VERSION: u32 = 2;
+
+/// The version before authorization rules existed: still read (it cannot carry any).
+pub const COMPILED_SCHEMA_VERSION_NO_RULES: u32 = 1;
 
 /// The compiled schema.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
