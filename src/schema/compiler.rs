@@ -518,7 +518,7 @@ fn generate_inputs(
     let mut where_inputs = Vec::new();
     let mut order_inputs = Vec::new();
     for t in types {
-        let (wfields, ofields) = where_and_order_fields(ctx, names, t, &mut filters)?;
+        let (wfields, ofields) = where_and_order_fields(ctx, names, t, types, &mut filters)?;
         for special in ["_and", "_or", "_not"] {
             if t.fields.iter().any(|f| f.name == special) {
                 return Err(ctx.err(
@@ -555,6 +555,7 @@ fn where_and_order_fields(
     ctx: &Ctx<'_>,
     names: &Names,
     t: &ObjectType,
+    types: &[ObjectType],
     filters: &mut Vec<FilterInput>,
 ) -> Result<(Vec<WhereField>, Vec<OrderField>), SchemaError> {
     let mut wfields = Vec::new();
@@ -595,6 +596,13 @@ fn where_and_order_fields(
                         scalar,
                     });
                 }
+            }
+            NamedKind::Object
+                if types
+                    .iter()
+                    .any(|o| o.name == f.ty.name && o.requires_role.is_some()) =>
+            {
+                // Filtering on a role-restricted type would reveal its rows to every role.
             }
             NamedKind::Object => {
                 let where_input = format!("{}WhereInput", f.ty.name);

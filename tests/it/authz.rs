@@ -81,6 +81,10 @@ async fn serve() -> Setup {
 }
 
 async fn serve_mode(mode: &str) -> Setup {
+    serve_schema(mode, &crate_path("tests/fixtures/authz/schema.json")).await
+}
+
+async fn serve_schema(mode: &str, schema: &std::path::Path) -> Setup {
     let db = TestDb::new().await;
     db.batch(SETUP).await;
     let dir = tempfile::tempdir().unwrap();
@@ -100,7 +104,7 @@ public_key_file = "{pem}"
 issuer = "{ISS}"
 audience = ["fraiseql"]
 "#,
-        schema = crate_path("tests/fixtures/authz/schema.json").display(),
+        schema = schema.display(),
         pem = crate_path("tests/fixtures/jwt/rsa1.pub").display(),
     );
     std::fs::write(&path, toml).unwrap();
@@ -577,4 +581,39 @@ async fn authz_anonymous_role_is_refused_and_counted_as_anon() {
         "{body}"
     );
     assert_eq!(s.p.metric(series).await, before + 1.0);
+}
+
+/// A field of an open type returning a role-restricted type: withheld with an error at each
+/// of its paths (the rest served), and not offered as a `where` filter to anyone.
+#[tokio::test]
+async fn authz_nested_field_of_a_restricted_type_is_forbidden_at_each_path() {
+    let mut doc = fixture();
+    doc["types"][0]["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "audit", "type": "AuditEntry", "nullable": true}));
+    let (s, _) = fraiseql::schema::compile_str(&doc.to_string(), "schema.json").unwrap();
+    let wi = s.where_input("NoteWhereInput").unwrap();
+    assert!(!wi.fields.iter().any(|f| f.name == "audit"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("schema.json");
+    std::fs::write(&path, doc.to_string()).unwrap();
+    let s = serve_schema("required", &path).await;
+    let q = "{ notes(orderBy: [{title: ASC}]) { title audit { note } } }";
+    let (status, body) = ask(&s.p.base, Some(&token(json!({}))), q).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        codes(&body),
+        vec![
+            (json!(["notes", 0, "audit"]), "FORBIDDEN".into()),
+            (json!(["notes", 1, "audit"]), "FORBIDDEN".into()),
+        ],
+        "{body}"
+    );
+    assert_eq!(
+        body["data"],
+        json!({"notes": [{"title": "a1", "audit": null}, {"title": "a2", "audit": null}]})
+    );
+    let (_, body) = ask(&s.p.base, Some(&token(json!({"role": "admin"}))), q).await;
+    assert!(body.get("errors").is_none(), "{body}");
 }
