@@ -14,7 +14,7 @@ use juniper::{
 };
 use tokio_postgres::types::ToSql;
 
-use crate::auth::Identity;
+use crate::auth::{Door, Identity};
 use crate::db::{RequestContext, Session};
 use crate::schema::{MutationField, NamedKind, TypeRef};
 use crate::sql::mutation::{CHANGE_LOG_SQL, FnSignature, SIGNATURE_SQL, build_call, split_name};
@@ -153,6 +153,29 @@ fn internal(plan: &RootPlan, what: &str) -> GqlError {
     .with_path(vec![PathSeg::Key(plan.key.clone())])
 }
 
+/// The read statement of a planned root query, with its injected claims as row filters.
+fn read_statement(
+    engine: &Engine,
+    q: &crate::schema::QueryField,
+    plan: &RootPlan,
+    limits: &crate::sql::select::ReadLimits,
+) -> Result<Statement, SqlError> {
+    let columns = engine.cached_columns(&q.view);
+    build_query(
+        &engine.schema,
+        q,
+        &plan.args,
+        &plan.injected_filters(columns.as_deref()),
+        &plan.selection,
+        limits,
+    )
+}
+
+/// The catalog's columns of a view (name → type); `$1` is the quoted view name.
+const VIEW_COLUMNS_SQL: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
+     FROM pg_attribute a WHERE a.attrelid = to_regclass($1::text) AND a.attnum > 0 \
+     AND NOT a.attisdropped";
+
 /// The code [`super::plan::field_error`] put on a field error.
 fn extension_code(v: &Value<DefaultScalarValue>) -> Option<ErrorCode> {
     v.as_object_value()?
@@ -188,6 +211,7 @@ impl Engine {
         req: &Request,
         allow_mutation: bool,
         identity: &Identity,
+        door: Door,
     ) -> Result<Planned, Executed> {
         if req.query.len() > self.limits.max_query_bytes {
             return Err(self.request_error(vec![GqlError::new(
@@ -244,7 +268,12 @@ impl Engine {
                 )]));
             }
         };
-        let ctx = PlanCtx::new(Arc::clone(&self.schema), self.limits, identity.clone());
+        let ctx = PlanCtx::new(
+            Arc::clone(&self.schema),
+            self.limits,
+            identity.clone(),
+            door,
+        );
         let (data, errors) = op.execute_sync(&variables, &ctx).map_err(|e| {
             let mut errs = parse_error_message(&e);
             for err in &mut errs {
@@ -276,6 +305,8 @@ impl Engine {
             })
             .collect();
         let plans = std::mem::take(&mut *ctx.plans.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut data = data;
+        super::authz::filter_introspection(&self.schema, &ctx, &mut data);
         Ok(Planned {
             op_type,
             data,
@@ -289,7 +320,7 @@ impl Engine {
     /// response body a request would get.
     pub fn explain(&self, req: &Request) -> Result<Vec<(String, Statement)>, String> {
         let planned = self
-            .plan_guarded(req, false, &Identity::unrestricted())
+            .plan_guarded(req, false, &Identity::unrestricted(), Door::Http)
             .map_err(|e| e.body)?;
         let limits = self.read_limits();
         planned
@@ -300,7 +331,7 @@ impl Engine {
                     .schema
                     .query(&plan.field)
                     .ok_or_else(|| format!("unknown query {}", plan.field))?;
-                build_query(&self.schema, q, &plan.args, &plan.selection, &limits)
+                read_statement(self, q, plan, &limits)
                     .map(|s| (plan.key.clone(), s))
                     .map_err(|e| e.to_string())
             })
@@ -313,9 +344,10 @@ impl Engine {
         req: &Request,
         allow_mutation: bool,
         identity: &Identity,
+        door: Door,
     ) -> Result<Planned, Executed> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.plan(req, allow_mutation, identity)
+            self.plan(req, allow_mutation, identity, door)
         }))
         .unwrap_or_else(|_| {
             tracing::error!(target: "fraiseql::graphql", query = %req.query, "planning panicked");
@@ -339,7 +371,7 @@ impl Engine {
         let started = Instant::now();
         let ctx = identity.request_context();
         let op_name = metric_name(req.operation_name.as_deref());
-        let planned = match self.plan_guarded(req, allow_mutation, identity) {
+        let planned = match self.plan_guarded(req, allow_mutation, identity, Door::Http) {
             Ok(p) => p,
             Err(done) => {
                 self.observe(done.op_type, &op_name, "error", started);
@@ -547,6 +579,9 @@ impl Engine {
         ctx: &RequestContext,
         plans: &[RootPlan],
     ) -> Vec<Result<Option<String>, GqlError>> {
+        if plans.iter().any(|p| !p.injected.is_empty()) {
+            self.load_inject_views(pool).await;
+        }
         let limits = self.read_limits();
         let mut statements: Vec<Result<(Statement, bool), GqlError>> = Vec::new();
         for plan in plans {
@@ -555,7 +590,7 @@ impl Engine {
                 continue;
             };
             statements.push(
-                build_query(&self.schema, q, &plan.args, &plan.selection, &limits)
+                read_statement(self, q, plan, &limits)
                     .map(|s| (s, q.returns_list))
                     .map_err(|e| sql_error(&e, plan)),
             );
@@ -608,6 +643,56 @@ impl Engine {
         }
         self.observe_sql("query", started);
         out
+    }
+
+    /// The cached columns of `view`, when looked up already.
+    pub(crate) fn cached_columns(&self, view: &str) -> Option<Arc<HashMap<String, String>>> {
+        self.view_columns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(view)
+            .cloned()
+    }
+
+    /// Looks up, once, the columns of every view an `inject_params` query reads, so their
+    /// row filters use the view's column (and its index) when it has one. A failed lookup
+    /// is logged and leaves the per-row fallback in place.
+    pub(crate) async fn load_inject_views(&self, pool: &Pool) {
+        let missing: Vec<&str> = self
+            .schema
+            .queries
+            .iter()
+            .filter(|q| !q.inject.is_empty() && self.cached_columns(&q.view).is_none())
+            .map(|q| q.view.as_str())
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let client = match pool.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(target: "fraiseql::graphql", error = %e, "no connection to look up view columns");
+                return;
+            }
+        };
+        for view in missing {
+            let quoted = crate::sql::quote_qualified(view);
+            match client.query(VIEW_COLUMNS_SQL, &[&quoted]).await {
+                Ok(rows) => {
+                    let cols: HashMap<String, String> = rows
+                        .iter()
+                        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+                        .collect();
+                    self.view_columns
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(view.to_owned(), Arc::new(cols));
+                }
+                Err(e) => {
+                    tracing::warn!(target: "fraiseql::graphql", view, error = %crate::db::describe(&e), "looking up the view's columns failed");
+                }
+            }
+        }
     }
 
     async fn signature(
@@ -675,8 +760,15 @@ impl Engine {
             tracing::error!(target: "fraiseql::graphql", mutation = %m.name, error = %e, "function lookup failed");
             internal(plan, "the mutation is not available")
         })?;
-        let stmt = build_call(&self.schema, m, &sig, &plan.args, Some(&plan.selection))
-            .map_err(|e| sql_error(&e, plan))?;
+        let stmt = build_call(
+            &self.schema,
+            m,
+            &sig,
+            &plan.args,
+            &plan.injected,
+            Some(&plan.selection),
+        )
+        .map_err(|e| sql_error(&e, plan))?;
         let fail = |e: tokio_postgres::Error| {
             tracing::error!(target: "fraiseql::graphql", mutation = %m.name, error = %e, sql = %stmt.sql, "mutation failed");
             internal(plan, "the mutation failed")

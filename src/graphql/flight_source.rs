@@ -93,6 +93,12 @@ fn joined(errors: &[(String, String)]) -> GraphQLSourceError {
         .any(|(_, c)| c == ErrorCode::ServiceUnavailable.as_str())
     {
         GraphQLSourceError::Unavailable(message)
+    } else if errors
+        .iter()
+        .any(|(_, c)| c == ErrorCode::Forbidden.as_str())
+    {
+        // A schema rule refused the identity (role, actor, missing injected claim).
+        GraphQLSourceError::Forbidden(message)
     } else {
         GraphQLSourceError::Invalid(message)
     }
@@ -152,24 +158,39 @@ fn fields_of(sel: &Selection) -> Vec<GqlField> {
         .iter()
         .map(|item| match item {
             SelItem::Typename { key } => GqlField::new(key, GqlType::String, false),
+            // Withheld fields are masked (a rejected one refuses the ticket beforehand).
+            SelItem::Withheld { key, field, .. } => {
+                GqlField::new(key, column_type(&field.ty, None), true)
+            }
             SelItem::Field { key, field, sub } => {
-                let named = match field.ty.kind {
-                    NamedKind::Scalar(s) => scalar_type(s),
-                    NamedKind::Enum => GqlType::String,
-                    NamedKind::Object => {
-                        GqlType::Object(sub.as_ref().map(fields_of).unwrap_or_default())
-                    }
-                    NamedKind::Input => GqlType::Json,
-                };
-                let ty = if field.ty.list {
-                    GqlType::List(Box::new(named))
-                } else {
-                    named
-                };
-                GqlField::new(key, ty, field.ty.nullable)
+                GqlField::new(key, column_type(&field.ty, sub.as_ref()), field.ty.nullable)
             }
         })
         .collect()
+}
+
+/// The column type of a field of type `ty` (`sub`: an object field's selection).
+fn column_type(ty: &crate::schema::TypeRef, sub: Option<&Selection>) -> GqlType {
+    let named = match ty.kind {
+        NamedKind::Scalar(s) => scalar_type(s),
+        NamedKind::Enum => GqlType::String,
+        NamedKind::Object => GqlType::Object(sub.map(fields_of).unwrap_or_default()),
+        NamedKind::Input => GqlType::Json,
+    };
+    if ty.list {
+        GqlType::List(Box::new(named))
+    } else {
+        named
+    }
+}
+
+/// True when the selection withholds a field with `on_deny = "reject"` somewhere.
+fn rejects(sel: &Selection) -> bool {
+    sel.items.iter().any(|i| match i {
+        SelItem::Withheld { reject, .. } => *reject,
+        SelItem::Field { sub: Some(s), .. } => rejects(s),
+        _ => false,
+    })
 }
 
 fn describe_keys(keys: &[String]) -> String {
@@ -200,7 +221,7 @@ fn prepare(
         variables: Some(Value::Object(variables.clone())),
     };
     let planned = engine
-        .plan_guarded(&req, true, identity)
+        .plan_guarded(&req, true, identity, crate::auth::Door::Flight)
         .map_err(|done| refused(&done))?;
     if planned.op_type != OperationType::Query {
         return Err(GraphQLSourceError::Invalid(
@@ -234,10 +255,17 @@ fn prepare(
             plan.field, q.return_type
         )));
     }
+    if rejects(&plan.selection) {
+        return Err(GraphQLSourceError::Forbidden(format!(
+            "`{}` selects a field this token may not read",
+            plan.key
+        )));
+    }
     let statement = build_list_rows(
         &engine.schema,
         q,
         &plan.args,
+        &plan.injected_filters(engine.cached_columns(&q.view).as_deref()),
         &plan.selection,
         &engine.read_limits(),
     )
@@ -351,6 +379,7 @@ impl EngineSource {
         operation_name: Option<&str>,
     ) -> Result<GraphQLRows, GraphQLSourceError> {
         let engine = self.engine.current();
+        engine.load_inject_views(&self.pool).await;
         let p = prepare(&engine, identity, query, variables, operation_name)?;
         let ctx = identity.request_context();
         let client = self.pool.get().await.map_err(|e| {

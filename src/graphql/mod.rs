@@ -3,6 +3,7 @@
 //! text spliced into the response unparsed), GraphQL-over-HTTP and the database check.
 
 mod accept_encoding;
+mod authz;
 pub mod check;
 pub mod config;
 pub mod execute;
@@ -111,6 +112,9 @@ pub struct Engine {
     pub(crate) limits: Limits,
     pub(crate) root: Root,
     pub(crate) signatures: Mutex<HashMap<String, Arc<FnSignature>>>,
+    /// Column name → SQL type of the views that `inject_params` queries read, looked up
+    /// once (like `signatures`: a view redefined with other columns needs a restart).
+    pub(crate) view_columns: Mutex<HashMap<String, Arc<HashMap<String, String>>>>,
     pub(crate) metrics: Option<GraphqlMetrics>,
 }
 
@@ -155,6 +159,7 @@ impl Engine {
             limits,
             root,
             signatures: Mutex::new(HashMap::new()),
+            view_columns: Mutex::new(HashMap::new()),
             metrics: None,
         })
     }

@@ -2,6 +2,12 @@
 //! arguments with variables and defaults applied, and the look-ahead selection merged by
 //! response key and checked against the limits). No database work happens here; juniper
 //! gets a placeholder value and the SQL runs after juniper returns.
+//!
+//! The schema's authorization rules are applied here, against the request's identity: a
+//! root field returning a type of another role, or outside its `requires_actor`, or whose
+//! `inject_params` claim is missing, is a `FORBIDDEN` field error and gets no plan (so no
+//! SQL); nested fields the identity may not read become [`SelItem::Withheld`] (null, or
+//! with `reject` an error at each path, placed by the response layer).
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -11,8 +17,9 @@ use juniper::{
     LookAheadChildren, LookAheadSelection, Object, Value,
 };
 
+use crate::auth::Door;
 use crate::error_code::ErrorCode;
-use crate::schema::{CompiledSchema, NamedKind, ObjectType};
+use crate::schema::{CompiledSchema, InjectParam, NamedKind, ObjectType, OnDeny};
 use crate::sql::ArgValue;
 use crate::sql::select::{SelItem, Selection};
 
@@ -38,6 +45,35 @@ pub struct RootPlan {
     pub selection: Selection,
     /// 1-based line and column of the field in the document.
     pub location: (usize, usize),
+    /// The field's `inject_params` with the token's claim values (param, value).
+    pub injected: Vec<(String, serde_json::Value)>,
+}
+
+impl RootPlan {
+    /// The injected values as row filters, each on the view's column when `columns` (the
+    /// view's column names and types, when known) has it, else on the `data` key.
+    pub fn injected_filters(
+        &self,
+        columns: Option<&std::collections::HashMap<String, String>>,
+    ) -> Vec<crate::sql::select::InjectedFilter> {
+        use crate::sql::select::{InjectTarget, InjectedFilter};
+        self.injected
+            .iter()
+            .map(|(k, v)| InjectedFilter {
+                param: k.clone(),
+                value: match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                },
+                target: match columns {
+                    None => InjectTarget::Unknown,
+                    Some(c) => c
+                        .get(k)
+                        .map_or(InjectTarget::DataKey, |ty| InjectTarget::Column(ty.clone())),
+                },
+            })
+            .collect()
+    }
 }
 
 /// Per-request context juniper hands to the root resolvers.
@@ -51,6 +87,8 @@ pub struct PlanCtx {
     /// Who asks: the schema's role, scope and actor rules and injected claims are planned
     /// against it.
     pub identity: crate::auth::Identity,
+    /// The door the request came through, for the refusal metric.
+    pub door: Door,
 }
 
 impl PlanCtx {
@@ -58,9 +96,11 @@ impl PlanCtx {
         schema: Arc<CompiledSchema>,
         limits: Limits,
         identity: crate::auth::Identity,
+        door: Door,
     ) -> PlanCtx {
         PlanCtx {
             identity,
+            door,
             schema,
             limits,
             plans: Mutex::new(Vec::new()),
@@ -74,6 +114,91 @@ impl PlanCtx {
         if slot.is_none() {
             *slot = Some(msg);
         }
+    }
+
+    /// Counts one refusal in `auth_denied_total{door, role}`. The role label is a role the
+    /// schema names in a `requires_role`, or `anon`, else `other`: claim values chosen by
+    /// token issuers never become label values.
+    fn count_denied(&self) {
+        let role = self.identity.role();
+        let label = if self.identity.is_anonymous() {
+            "anon"
+        } else if !role.is_empty()
+            && self
+                .schema
+                .types
+                .iter()
+                .any(|t| t.requires_role.as_deref() == Some(role))
+        {
+            role
+        } else {
+            "other"
+        };
+        let door = match self.door {
+            Door::Http => "http",
+            Door::Flight => "flight",
+        };
+        crate::metrics::metrics()
+            .auth
+            .denied
+            .with_label_values(&[door, label])
+            .inc();
+    }
+
+    /// True when the identity may read objects of `object` (its `requires_role`).
+    pub fn may_read(&self, object: &ObjectType) -> bool {
+        object
+            .requires_role
+            .as_deref()
+            .is_none_or(|r| self.identity.has_role(r))
+    }
+
+    /// The root field's `requires_actor` and `inject_params` checked against the identity:
+    /// the injected values, or the refusal.
+    fn root_rules(
+        &self,
+        field: &str,
+        requires_actor: &[String],
+        inject: &[InjectParam],
+    ) -> Result<Vec<(String, serde_json::Value)>, FieldError<DefaultScalarValue>> {
+        if !requires_actor.is_empty()
+            && !self.identity.is_unrestricted()
+            && !self
+                .identity
+                .actor()
+                .is_some_and(|a| requires_actor.iter().any(|r| r == a))
+        {
+            self.count_denied();
+            return Err(field_error(
+                format!("`{field}` is not available to this actor type"),
+                ErrorCode::Forbidden,
+            ));
+        }
+        let mut out = Vec::with_capacity(inject.len());
+        for inj in inject {
+            // Also for an unrestricted identity (no [auth], a service token): there is no
+            // claim to filter with, and running unfiltered would return every tenant's rows.
+            let value = match self.identity.claim(&inj.claim) {
+                Some(
+                    v @ (serde_json::Value::String(_)
+                    | serde_json::Value::Number(_)
+                    | serde_json::Value::Bool(_)),
+                ) => v.clone(),
+                None | Some(serde_json::Value::Null) if inj.optional => serde_json::Value::Null,
+                _ => {
+                    self.count_denied();
+                    return Err(field_error(
+                        format!(
+                            "`{field}` needs the token's claim `{}` (absent, or not a string, number or boolean)",
+                            inj.claim
+                        ),
+                        ErrorCode::Forbidden,
+                    ));
+                }
+            };
+            out.push((inj.param.clone(), value));
+        }
+        Ok(out)
     }
 
     fn count_alias(&self) -> bool {
@@ -194,10 +319,30 @@ fn build_item(
     let Some(field) = object.field(name) else {
         return Ok(None);
     };
+    if let Some(scope) = &field.requires_scope
+        && !ctx.identity.has_scope(scope)
+    {
+        if field.on_deny == OnDeny::Reject {
+            ctx.count_denied();
+        }
+        return Ok(Some(SelItem::Withheld {
+            key,
+            field: field.clone(),
+            reject: field.on_deny == OnDeny::Reject,
+        }));
+    }
     let sub = if field.ty.kind == NamedKind::Object {
         let Some(sub_obj) = ctx.schema.object(&field.ty.name) else {
             return Ok(None);
         };
+        if !ctx.may_read(sub_obj) {
+            ctx.count_denied();
+            return Ok(Some(SelItem::Withheld {
+                key,
+                field: field.clone(),
+                reject: true,
+            }));
+        }
         Some(build_selection(ctx, sub_obj, &child.children(), depth + 1)?)
     } else {
         None
@@ -228,6 +373,7 @@ fn plan_root(
     nullable: bool,
     list: bool,
     kind: PlanKind,
+    rules: (&[String], &[InjectParam]),
     args: &Arguments<DefaultScalarValue>,
     executor: &Executor<PlanCtx, DefaultScalarValue>,
 ) -> ExecutionResult<DefaultScalarValue> {
@@ -239,6 +385,15 @@ fn plan_root(
             ErrorCode::InternalServerError,
         ));
     };
+    // Refused root fields get an error at their path and no plan, so no SQL runs for them.
+    if !ctx.may_read(object) {
+        ctx.count_denied();
+        return Err(field_error(
+            format!("not authorized to read {return_type}"),
+            ErrorCode::Forbidden,
+        ));
+    }
+    let injected = ctx.root_rules(field_name, rules.0, rules.1)?;
     let look = executor.look_ahead();
     if look.field_alias().is_some() && !ctx.count_alias() {
         return Ok(placeholder(nullable, list));
@@ -274,6 +429,7 @@ fn plan_root(
             args,
             selection,
             location: (loc.line() + 1, loc.column() + 1),
+            injected,
         });
     }
     Ok(placeholder(nullable, list))
@@ -301,6 +457,7 @@ pub fn plan_query(
         q.nullable,
         q.returns_list,
         PlanKind::Query,
+        (&q.requires_actor, &q.inject),
         args,
         executor,
     )
@@ -328,6 +485,7 @@ pub fn plan_mutation(
         m.nullable,
         m.returns_list,
         PlanKind::Mutation,
+        (&m.requires_actor, &m.inject),
         args,
         executor,
     )

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 pub use crate::error_code::ErrorCode;
 use crate::schema::TypeRef;
 use crate::sql::select::{
-    SENTINEL_ENUM, SENTINEL_INT, SENTINEL_ITEM, SENTINEL_MARK, SENTINEL_NULL, SelItem, Selection,
+    SENTINEL_ENUM, SENTINEL_FORBIDDEN, SENTINEL_INT, SENTINEL_ITEM, SENTINEL_MARK, SENTINEL_NULL,
+    SelItem, Selection,
 };
 
 /// One segment of an error path.
@@ -352,6 +353,17 @@ fn fix_value(
         return false;
     }
     if let Json::Str(s) = v {
+        if s == SENTINEL_FORBIDDEN {
+            errors.push(
+                GqlError::new(
+                    format!("not authorized to read {parent}.{field}"),
+                    ErrorCode::Forbidden,
+                )
+                .with_path(path.clone()),
+            );
+            *v = Json::Null;
+            return !nullable;
+        }
         if let Some(msg) = sentinel_error(s, parent, field, ty) {
             errors.push(GqlError::new(msg, ErrorCode::InternalServerError).with_path(path.clone()));
             *v = Json::Null;
@@ -410,15 +422,16 @@ fn fix_object(
         return false;
     };
     for (k, child) in fields.iter_mut() {
-        let Some(SelItem::Field { field, sub, .. }) = sel.items.iter().find(|i| i.key() == k)
-        else {
-            continue;
+        let (field, sub) = match sel.items.iter().find(|i| i.key() == k) {
+            Some(SelItem::Field { field, sub, .. }) => (field, sub.as_ref()),
+            Some(SelItem::Withheld { field, .. }) => (field, None),
+            _ => continue,
         };
         path.push(PathSeg::Key(k.clone()));
         let bad = fix_field(
             child,
             &field.ty,
-            sub.as_ref(),
+            sub,
             &sel.type_name,
             &field.name,
             path,
@@ -451,6 +464,8 @@ mod tests {
                     item_nullable: false,
                 },
                 description: None,
+                requires_scope: None,
+                on_deny: Default::default(),
             },
             sub: None,
         };

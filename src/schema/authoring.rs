@@ -32,6 +32,23 @@ pub struct AuthoringSchema {
     pub subscriptions: Vec<Value>,
     #[serde(default)]
     pub naming_convention: Option<String>,
+    /// The project's `[inject_defaults]` (from `fraiseql.toml`), as the SDK exports it.
+    #[serde(default)]
+    pub inject_defaults: Option<InjectDefaults>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `inject_defaults`: `param -> "jwt:<claim>"` for every operation (`base`), and for every
+/// query or every mutation.
+#[derive(Debug, Default, Deserialize)]
+pub struct InjectDefaults {
+    #[serde(default)]
+    pub base: BTreeMap<String, String>,
+    #[serde(default)]
+    pub queries: BTreeMap<String, String>,
+    #[serde(default)]
+    pub mutations: BTreeMap<String, String>,
     #[serde(flatten)]
     pub extra: Extra,
 }
@@ -45,6 +62,9 @@ pub struct AuthoringType {
     pub fields: Option<Vec<AuthoringField>>,
     #[serde(default)]
     pub description: Option<String>,
+    /// Only identities with this role may read the type (and every field returning it).
+    #[serde(default)]
+    pub requires_role: Option<String>,
     #[serde(flatten)]
     pub extra: Extra,
 }
@@ -64,6 +84,12 @@ pub struct AuthoringField {
     pub sql_column: Option<String>,
     #[serde(default)]
     pub default: Option<Value>,
+    /// The scope a token needs to read the field.
+    #[serde(default)]
+    pub requires_scope: Option<String>,
+    /// `reject` (default: an error at the field's path) or `mask` (null).
+    #[serde(default)]
+    pub on_deny: Option<String>,
     #[serde(flatten)]
     pub extra: Extra,
 }
@@ -117,6 +143,17 @@ pub struct AutoParams {
     pub extra: Extra,
 }
 
+/// One `inject_params` entry: `{"source": "jwt", "claim": "tenant_id"}`.
+#[derive(Debug, Deserialize)]
+pub struct AuthoringInject {
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub claim: Option<String>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
 /// A root query field.
 #[derive(Debug, Deserialize)]
 pub struct AuthoringQuery {
@@ -134,6 +171,15 @@ pub struct AuthoringQuery {
     pub sql_source: Option<String>,
     #[serde(default)]
     pub auto_params: Option<AutoParams>,
+    /// Actor types (the token's actor claim) allowed to run the field.
+    #[serde(default)]
+    pub requires_actor: Option<Vec<String>>,
+    /// Parameters taken from the verified token, never from the client.
+    #[serde(default)]
+    pub inject_params: Option<BTreeMap<String, AuthoringInject>>,
+    /// Names of `inject_defaults` this operation opts out of.
+    #[serde(default)]
+    pub exclude_inject_defaults: Option<Vec<String>>,
     #[serde(flatten)]
     pub extra: Extra,
 }
@@ -154,6 +200,15 @@ pub struct AuthoringMutation {
     pub sql_source: Option<String>,
     #[serde(default)]
     pub operation: Option<String>,
+    /// Actor types (the token's actor claim) allowed to run the field.
+    #[serde(default)]
+    pub requires_actor: Option<Vec<String>>,
+    /// Parameters taken from the verified token, never from the client.
+    #[serde(default)]
+    pub inject_params: Option<BTreeMap<String, AuthoringInject>>,
+    /// Names of `inject_defaults` this operation opts out of.
+    #[serde(default)]
+    pub exclude_inject_defaults: Option<Vec<String>>,
     #[serde(flatten)]
     pub extra: Extra,
 }

@@ -5,8 +5,13 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Version written into `schema.compiled.json`; the loader refuses other versions.
-pub const COMPILED_SCHEMA_VERSION: u32 = 1;
+/// Version written into `schema.compiled.json`; the loader refuses other versions except
+/// [`COMPILED_SCHEMA_VERSION_NO_RULES`]. Version 2 added the authorization rules, so that a
+/// binary that would ignore them refuses the file instead of serving it unrestricted.
+pub const COMPILED_SCHEMA_VERSION: u32 = 2;
+
+/// The version before authorization rules existed: still read (it cannot carry any).
+pub const COMPILED_SCHEMA_VERSION_NO_RULES: u32 = 1;
 
 /// The compiled schema.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -275,6 +280,9 @@ pub struct ObjectType {
     pub where_input: String,
     /// Name of the generated `<Type>OrderBy`.
     pub order_input: String,
+    /// Only this role may read the type and every field returning it (SDK `requires_role`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires_role: Option<String>,
 }
 
 impl ObjectType {
@@ -292,6 +300,42 @@ pub struct FieldDef {
     pub key: String,
     pub ty: TypeRef,
     pub description: Option<String>,
+    /// The scope a token needs to read the field (SDK `requires_scope`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires_scope: Option<String>,
+    /// What a token without the scope gets.
+    #[serde(default, skip_serializing_if = "OnDeny::is_reject")]
+    pub on_deny: OnDeny,
+}
+
+/// What a field withheld for a missing scope becomes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDeny {
+    /// An error at the field's path (`FORBIDDEN`), the value null (with null propagation).
+    #[default]
+    Reject,
+    /// Null without an error; the compiler makes such a field nullable.
+    Mask,
+}
+
+impl OnDeny {
+    fn is_reject(&self) -> bool {
+        *self == OnDeny::Reject
+    }
+}
+
+/// A parameter whose value comes from the verified token (SDK `inject_params`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InjectParam {
+    /// The parameter: on a query the view column or `data` key filtered on, on a mutation
+    /// the key of the function's input.
+    pub param: String,
+    /// The claim path read from the token.
+    pub claim: String,
+    /// `jwt_optional` (mutations only): an absent claim passes null instead of refusing.
+    #[serde(default)]
+    pub optional: bool,
 }
 
 /// An enum: GraphQL names and the values stored in `data`.
@@ -440,6 +484,12 @@ pub struct QueryField {
     pub arguments: Vec<QueryArg>,
     /// The view read.
     pub view: String,
+    /// Actor types allowed to run the query (empty: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires_actor: Vec<String>,
+    /// Row filters taken from the token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inject: Vec<InjectParam>,
 }
 
 /// The kind of change a mutation makes, for the change log.
@@ -478,6 +528,12 @@ pub struct MutationField {
     /// The function called (`fn_create_post`).
     pub function: String,
     pub operation: MutationOperation,
+    /// Actor types allowed to run the mutation (empty: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires_actor: Vec<String>,
+    /// Input keys taken from the token, overriding whatever the client sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inject: Vec<InjectParam>,
 }
 
 impl CompiledSchema {

@@ -7,7 +7,9 @@
 //! `compile_enums` → `compile_object_types` → `compile_input_types` →
 //! `generate_inputs` (and `order_direction`) → `compile_queries` →
 //! `compile_mutations` → assembly. `Ctx` carries the file name and the warnings through
-//! all of them.
+//! all of them. The SDK's authorization keys (`requires_role`, `requires_scope`/`on_deny`,
+//! `requires_actor`, `inject_params` and `inject_defaults`) are checked and carried into the
+//! compiled schema, which the planner enforces.
 
 use std::collections::HashSet;
 
@@ -424,8 +426,20 @@ fn compile_object_types(
             if out.iter().any(|x| x.name == fname) {
                 return Err(ctx.err(&fctx, format!("field `{fname}` is defined twice")));
             }
-            let ty = type_ref(ctx, names, &fctx, f.ty.as_deref(), f.nullable, false)?;
+            let mut ty = type_ref(ctx, names, &fctx, f.ty.as_deref(), f.nullable, false)?;
+            let (requires_scope, on_deny) = field_scope(ctx, &fctx, f)?;
+            if on_deny == OnDeny::Mask && !ty.nullable {
+                // A masked field is null for tokens without the scope, so the schema must
+                // say it may be null: introspection and clients then expect it.
+                ctx.warn(
+                    &fctx,
+                    "on_deny = \"mask\" on a non-null field: compiled as nullable",
+                );
+                ty.nullable = true;
+            }
             out.push(FieldDef {
+                requires_scope,
+                on_deny,
                 key: f
                     .sql_column
                     .clone()
@@ -447,6 +461,7 @@ fn compile_object_types(
             description: t.description.clone(),
             sql_source: Some(sql_source),
             fields: out,
+            requires_role: non_empty(ctx, &context, "requires_role", &t.requires_role)?,
         });
     }
     Ok(types)
@@ -503,7 +518,7 @@ fn generate_inputs(
     let mut where_inputs = Vec::new();
     let mut order_inputs = Vec::new();
     for t in types {
-        let (wfields, ofields) = where_and_order_fields(ctx, names, t, &mut filters)?;
+        let (wfields, ofields) = where_and_order_fields(ctx, names, t, types, &mut filters)?;
         for special in ["_and", "_or", "_not"] {
             if t.fields.iter().any(|f| f.name == special) {
                 return Err(ctx.err(
@@ -540,11 +555,17 @@ fn where_and_order_fields(
     ctx: &Ctx<'_>,
     names: &Names,
     t: &ObjectType,
+    types: &[ObjectType],
     filters: &mut Vec<FilterInput>,
 ) -> Result<(Vec<WhereField>, Vec<OrderField>), SchemaError> {
     let mut wfields = Vec::new();
     let mut ofields = Vec::new();
     for f in &t.fields {
+        if f.requires_scope.is_some() {
+            // Filtering or sorting on a field would reveal what a token without its
+            // scope may not read: scoped fields get neither.
+            continue;
+        }
         match f.ty.kind {
             NamedKind::Scalar(_) | NamedKind::Enum => {
                 let Some(filter) = filter_input(&f.ty) else {
@@ -575,6 +596,13 @@ fn where_and_order_fields(
                         scalar,
                     });
                 }
+            }
+            NamedKind::Object
+                if types
+                    .iter()
+                    .any(|o| o.name == f.ty.name && o.requires_role.is_some()) =>
+            {
+                // Filtering on a role-restricted type would reveal its rows to every role.
             }
             NamedKind::Object => {
                 let where_input = format!("{}WhereInput", f.ty.name);
@@ -654,6 +682,7 @@ fn compile_queries(
 ) -> Result<Vec<QueryField>, SchemaError> {
     let mut queries = Vec::new();
     let mut root_names = HashSet::new();
+    let defaults = inject_defaults(ctx, doc, false);
     for (i, q) in doc.queries.iter().enumerate() {
         let qname = ctx.name(&format!("queries[{i}]"), &q.name)?;
         let context = format!("queries[{qname}]");
@@ -664,7 +693,9 @@ fn compile_queries(
         if !root_names.insert(qname.clone()) {
             return Err(ctx.err(&context, "query defined twice"));
         }
-        queries.push(compile_query(ctx, names, types, &context, qname, q)?);
+        queries.push(compile_query(
+            ctx, names, types, &defaults, &context, qname, q,
+        )?);
     }
     if queries.is_empty() {
         return Err(ctx.err("queries", "the schema needs at least one query"));
@@ -679,6 +710,7 @@ fn compile_query(
     ctx: &mut Ctx<'_>,
     names: &Names,
     types: &[ObjectType],
+    defaults: &[(String, String)],
     context: &str,
     name: String,
     q: &AuthoringQuery,
@@ -718,6 +750,15 @@ fn compile_query(
         nullable: q.nullable.unwrap_or(!returns_list) && !parsed.bang,
         arguments,
         view,
+        requires_actor: requires_actor(ctx, context, &q.requires_actor)?,
+        inject: inject_params(
+            ctx,
+            context,
+            &q.inject_params,
+            defaults,
+            &q.exclude_inject_defaults,
+            false,
+        )?,
     })
 }
 
@@ -822,6 +863,7 @@ fn compile_mutations(
 ) -> Result<Vec<MutationField>, SchemaError> {
     let mut mutations = Vec::new();
     let mut mutation_names = HashSet::new();
+    let defaults = inject_defaults(ctx, doc, true);
     for (i, m) in doc.mutations.iter().enumerate() {
         let mname = ctx.name(&format!("mutations[{i}]"), &m.name)?;
         let context = format!("mutations[{mname}]");
@@ -829,7 +871,9 @@ fn compile_mutations(
         if !mutation_names.insert(mname.clone()) {
             return Err(ctx.err(&context, "mutation defined twice"));
         }
-        mutations.push(compile_mutation(ctx, names, types, &context, mname, m)?);
+        mutations.push(compile_mutation(
+            ctx, names, types, &defaults, &context, mname, m,
+        )?);
     }
     Ok(mutations)
 }
@@ -841,6 +885,7 @@ fn compile_mutation(
     ctx: &mut Ctx<'_>,
     names: &Names,
     types: &[ObjectType],
+    defaults: &[(String, String)],
     context: &str,
     name: String,
     m: &AuthoringMutation,
@@ -868,7 +913,163 @@ fn compile_mutation(
         arguments,
         function,
         operation,
+        requires_actor: requires_actor(ctx, context, &m.requires_actor)?,
+        inject: inject_params(
+            ctx,
+            context,
+            &m.inject_params,
+            defaults,
+            &m.exclude_inject_defaults,
+            true,
+        )?,
     })
+}
+
+/// The project's `inject_defaults` for queries (`mutation` false) or mutations: the `base`
+/// entries, then those of the kind, which replace a `base` entry of the same name.
+fn inject_defaults(
+    ctx: &mut Ctx<'_>,
+    doc: &AuthoringSchema,
+    mutation: bool,
+) -> Vec<(String, String)> {
+    let Some(d) = &doc.inject_defaults else {
+        return Vec::new();
+    };
+    if !mutation {
+        ctx.extra("inject_defaults", &d.extra);
+    }
+    let kind = if mutation { &d.mutations } else { &d.queries };
+    let mut out: Vec<(String, String)> = d
+        .base
+        .iter()
+        .filter(|(k, _)| !kind.contains_key(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    out.extend(kind.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out
+}
+
+/// An optional string key that, when present, must not be empty.
+fn non_empty(
+    ctx: &Ctx<'_>,
+    context: &str,
+    key: &str,
+    value: &Option<String>,
+) -> Result<Option<String>, SchemaError> {
+    match value.as_deref().map(str::trim) {
+        None => Ok(None),
+        Some("") => Err(ctx.err(context, format!("`{key}` is empty"))),
+        Some(v) => Ok(Some(v.to_owned())),
+    }
+}
+
+/// A field's `requires_scope` and `on_deny` (`reject` when absent).
+fn field_scope(
+    ctx: &Ctx<'_>,
+    context: &str,
+    f: &AuthoringField,
+) -> Result<(Option<String>, OnDeny), SchemaError> {
+    let scope = non_empty(ctx, context, "requires_scope", &f.requires_scope)?;
+    let on_deny = match f.on_deny.as_deref() {
+        None | Some("reject") => OnDeny::Reject,
+        Some("mask") => OnDeny::Mask,
+        Some(other) => {
+            return Err(ctx.err(
+                context,
+                format!("on_deny `{other}` is neither \"reject\" nor \"mask\""),
+            ));
+        }
+    };
+    if scope.is_none() && f.on_deny.is_some() {
+        return Err(ctx.err(context, "on_deny without requires_scope"));
+    }
+    Ok((scope, on_deny))
+}
+
+/// A root field's `requires_actor`: a non-empty list (an empty one would admit everybody
+/// while reading as a gate, so it is refused, as the SDK does).
+fn requires_actor(
+    ctx: &Ctx<'_>,
+    context: &str,
+    actors: &Option<Vec<String>>,
+) -> Result<Vec<String>, SchemaError> {
+    match actors {
+        None => Ok(Vec::new()),
+        Some(list) if list.is_empty() || list.iter().any(|a| a.trim().is_empty()) => {
+            Err(ctx.err(context, "requires_actor must list at least one actor type"))
+        }
+        Some(list) => Ok(list.clone()),
+    }
+}
+
+/// A root field's `inject_params`, plus the project's `inject_defaults` for its kind
+/// (`defaults`: param → `"jwt:<claim>"`) except those it opts out of; its own entries win.
+/// `source` must be `jwt` (or, on a mutation, `jwt_optional`); anything else fails the
+/// compile, naming the field, because ignoring it would leave a query unfiltered.
+fn inject_params(
+    ctx: &mut Ctx<'_>,
+    context: &str,
+    params: &Option<std::collections::BTreeMap<String, AuthoringInject>>,
+    defaults: &[(String, String)],
+    exclude: &Option<Vec<String>>,
+    mutation: bool,
+) -> Result<Vec<InjectParam>, SchemaError> {
+    let mut out: Vec<InjectParam> = Vec::new();
+    let exclude = exclude.as_deref().unwrap_or_default();
+    for name in exclude {
+        if !defaults.iter().any(|(p, _)| p == name) {
+            return Err(ctx.err(
+                context,
+                format!("exclude_inject_defaults names `{name}`, which no inject_defaults entry declares"),
+            ));
+        }
+    }
+    let mut specs: Vec<(String, Option<String>, Option<String>)> = Vec::new();
+    for (param, spec) in params.iter().flatten() {
+        ctx.extra(&format!("{context}.inject_params[{param}]"), &spec.extra);
+        specs.push((param.clone(), spec.source.clone(), spec.claim.clone()));
+    }
+    for (param, source) in defaults {
+        if exclude.contains(param) || specs.iter().any(|(p, _, _)| p == param) {
+            continue;
+        }
+        let (src, claim) = match source.split_once(':') {
+            Some((s, c)) => (Some(s.to_owned()), Some(c.to_owned())),
+            None => (Some(source.clone()), None),
+        };
+        specs.push((param.clone(), src, claim));
+    }
+    for (param, source, claim) in specs {
+        let pctx = format!("{context}.inject_params[{param}]");
+        if param.is_empty() || !param.chars().all(|c| c == '_' || c.is_ascii_alphanumeric()) {
+            return Err(ctx.err(&pctx, format!("`{param}` is not a parameter name")));
+        }
+        let optional = match source.as_deref() {
+            Some("jwt") => false,
+            Some("jwt_optional") if mutation => true,
+            Some("jwt_optional") => {
+                return Err(ctx.err(
+                    &pctx,
+                    "source `jwt_optional` on a query: an absent claim cannot filter rows; use `jwt`",
+                ));
+            }
+            Some(other) => {
+                return Err(ctx.err(
+                    &pctx,
+                    format!("unknown inject source `{other}` (supported: jwt, and jwt_optional on mutations)"),
+                ));
+            }
+            None => return Err(ctx.err(&pctx, "missing required key `source`")),
+        };
+        let claim = non_empty(ctx, &pctx, "claim", &claim)?
+            .ok_or_else(|| ctx.err(&pctx, "missing required key `claim`"))?;
+        out.push(InjectParam {
+            param,
+            claim,
+            optional,
+        });
+    }
+    Ok(out)
 }
 
 /// The `return_type` of the root field at `context`, which must name one of the object

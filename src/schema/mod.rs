@@ -97,7 +97,9 @@ pub fn load_str(text: &str, file: &str) -> Result<CompiledSchema, SchemaError> {
         return Ok(schema);
     }
     let found = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
-    if found != u64::from(COMPILED_SCHEMA_VERSION) {
+    if found != u64::from(COMPILED_SCHEMA_VERSION)
+        && found != u64::from(COMPILED_SCHEMA_VERSION_NO_RULES)
+    {
         return Err(SchemaError::Version {
             file: file.to_owned(),
             found,

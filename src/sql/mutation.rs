@@ -203,15 +203,33 @@ fn text_of(v: &Value) -> Option<String> {
 
 /// Builds the call statement. Columns: succeeded, state_changed, error_class, message,
 /// entity_id, entity_type, entity, updated_fields, and the selection as JSON text.
+///
+/// `injected` are the mutation's `inject_params` values from the token: each is written
+/// into the input under its key, replacing whatever the client sent there.
 pub fn build_call(
     schema: &CompiledSchema,
     m: &MutationField,
     sig: &FnSignature,
     args: &[(String, ArgValue)],
+    injected: &[(String, Value)],
     sel: Option<&Selection>,
 ) -> Result<Statement, SqlError> {
     let mut b = Builder::default();
-    let input = input_json(schema, m, args)?;
+    let mut input = input_json(schema, m, args)?;
+    if !injected.is_empty() {
+        if matches!(input, Value::Null) {
+            input = Value::Object(Map::new());
+        }
+        let Value::Object(map) = &mut input else {
+            return Err(SqlError::BadInput(format!(
+                "`{}`: the injected parameters need an object input",
+                m.name
+            )));
+        };
+        for (k, v) in injected {
+            map.insert(k.clone(), v.clone());
+        }
+    }
     let call_args = if sig.takes_json_input() {
         let p = b.param(Param::Json(input));
         if sig.params[0].1 == "json" {

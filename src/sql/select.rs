@@ -27,6 +27,11 @@ pub const SENTINEL_INT: &str = "\u{1}fq!int";
 pub const SENTINEL_ENUM: &str = "\u{1}fq!enum";
 /// A null item in a list of non-null scalars.
 pub const SENTINEL_ITEM: &str = "\u{1}fq!item";
+/// A field withheld from the token (a missing scope with `on_deny = "reject"`, or a field
+/// returning a type of a role the token lacks): the response layer puts a `FORBIDDEN`
+/// error at each path where it appears.
+pub const SENTINEL_FORBIDDEN: &str = "\u{1}fq!forbidden";
+const SQL_FORBIDDEN_JSON: &str = "'\"\\u0001fq!forbidden\"'::json";
 
 const SQL_NULL_JSONB: &str = "'\"\\u0001fq!null\"'::jsonb";
 const SQL_NULL_JSON: &str = "'\"\\u0001fq!null\"'::json";
@@ -53,15 +58,45 @@ pub enum SelItem {
         field: FieldDef,
         sub: Option<Selection>,
     },
+    /// A field the identity may not read: null (`mask`) or, with `reject`, an error at
+    /// each of its paths. Nothing of the view is read for it.
+    Withheld {
+        key: String,
+        field: FieldDef,
+        reject: bool,
+    },
 }
 
 impl SelItem {
     /// The response key.
     pub fn key(&self) -> &str {
         match self {
-            SelItem::Typename { key } | SelItem::Field { key, .. } => key,
+            SelItem::Typename { key }
+            | SelItem::Field { key, .. }
+            | SelItem::Withheld { key, .. } => key,
         }
     }
+}
+
+/// One `inject_params` row filter: the token's value and where the view keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InjectedFilter {
+    pub param: String,
+    /// The claim's value as text.
+    pub value: String,
+    pub target: InjectTarget,
+}
+
+/// Where a view keeps an injected parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InjectTarget {
+    /// A column of that name, of this SQL type (from the catalog): compared in its own type,
+    /// so an index on it serves the filter.
+    Column(String),
+    /// No such column: the `data` key, compared as text.
+    DataKey,
+    /// The view's columns are not known: decided per row (no index use).
+    Unknown,
 }
 
 /// Limits applied while building read statements.
@@ -79,6 +114,8 @@ pub fn object_json(b: &mut Builder, schema: &CompiledSchema, sel: &Selection, sr
         let value = match item {
             SelItem::Typename { .. } => quote_literal(&sel.type_name),
             SelItem::Field { field, sub, .. } => field_json(b, schema, field, sub.as_ref(), src),
+            SelItem::Withheld { reject: true, .. } => SQL_FORBIDDEN_JSON.to_owned(),
+            SelItem::Withheld { reject: false, .. } => "NULL::json".to_owned(),
         };
         pairs.push(format!("{}, {}", quote_literal(item.key()), value));
     }
@@ -212,14 +249,19 @@ fn field_json(
 
 /// Builds the statement of one root query field. `args` are the field's arguments with
 /// variables substituted and schema defaults applied.
+///
+/// `injected` holds the value of each of the query's `inject_params` taken from the token
+/// (text); a query with inject params and no value for one of them is refused rather than
+/// run unfiltered.
 pub fn build_query(
     schema: &CompiledSchema,
     q: &QueryField,
     args: &[(String, ArgValue)],
+    injected: &[InjectedFilter],
     sel: &Selection,
     limits: &ReadLimits,
 ) -> Result<Statement, SqlError> {
-    build(schema, q, args, sel, limits, false)
+    build(schema, q, args, injected, sel, limits, false)
 }
 
 /// Builds the statement of one root *list* query field returning one row per item (the
@@ -230,6 +272,7 @@ pub fn build_list_rows(
     schema: &CompiledSchema,
     q: &QueryField,
     args: &[(String, ArgValue)],
+    injected: &[InjectedFilter],
     sel: &Selection,
     limits: &ReadLimits,
 ) -> Result<Statement, SqlError> {
@@ -239,13 +282,14 @@ pub fn build_list_rows(
             q.name
         )));
     }
-    build(schema, q, args, sel, limits, true)
+    build(schema, q, args, injected, sel, limits, true)
 }
 
 fn build(
     schema: &CompiledSchema,
     q: &QueryField,
     args: &[(String, ArgValue)],
+    injected: &[InjectedFilter],
     sel: &Selection,
     limits: &ReadLimits,
     item_rows: bool,
@@ -348,6 +392,28 @@ fn build(
                 conds.push(format!("{expr} = {p}"));
             }
         }
+    }
+    for inj in &q.inject {
+        let f = injected
+            .iter()
+            .find(|f| f.param == inj.param)
+            .ok_or_else(|| {
+                SqlError::BadInput(format!(
+                    "`{}` needs the token's claim `{}`",
+                    q.name, inj.claim
+                ))
+            })?;
+        let p = b.param(Param::Text(Some(f.value.clone())));
+        let k = quote_literal(&inj.param);
+        conds.push(match &f.target {
+            InjectTarget::Column(ty) => {
+                format!("v.{} = {p}::{ty}", super::quote_ident(&inj.param))
+            }
+            InjectTarget::DataKey => format!("(v.\"data\" ->> {k}) = {p}"),
+            InjectTarget::Unknown => format!(
+                "(CASE WHEN to_jsonb(v) ? {k} THEN to_jsonb(v) ->> {k} ELSE v.\"data\" ->> {k} END) = {p}"
+            ),
+        });
     }
     let view = super::quote_qualified(&q.view);
     let where_clause = if conds.is_empty() {

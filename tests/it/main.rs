@@ -9,6 +9,7 @@ mod common;
 mod actions_e2e;
 mod appliance;
 mod auth_http;
+mod authz;
 mod change_log_retention;
 mod check;
 mod db_session;
