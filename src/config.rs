@@ -343,7 +343,7 @@ impl Config {
                 Role::Serve => {}
                 Role::Flight => {
                     self.flight
-                        .validate()
+                        .validate_with(self.auth.is_some())
                         .and_then(|()| self.flight.resolved_tokens().map(drop))
                         .map_err(|e| {
                             let message = e.to_string();

@@ -3,6 +3,7 @@
 //! tables accept DoPut. Parsing is strict (unknown keys are errors) and [`FlightConfig::validate`]
 //! names the offending key, so a typo never silently weakens security.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -74,6 +75,40 @@ pub struct FlightConfig {
     pub follow_poll_ms: u64,
     /// Largest DoPut message accepted, in bytes (one encoded record batch).
     pub max_put_message_bytes: usize,
+    /// What each role of a verified token (`[auth]`) may read and write through Flight,
+    /// keyed by role. A role not listed may run GraphQL tickets only (the schema's rules
+    /// apply there); static service tokens are unrestricted.
+    pub roles: BTreeMap<String, RoleAccess>,
+}
+
+/// `[flight.roles.<role>]`: the allow-lists of one role. Names are exact; `"*"` in
+/// `events` allows every entity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleAccess {
+    /// `va_`/`ta_` views and tables its view tickets may read (and ListFlights shows).
+    pub views: Vec<String>,
+    /// Change-log entities its events tickets may read (the ticket must name one), or
+    /// `["*"]` for the whole change log.
+    pub events: Vec<String>,
+    /// Tables of `flight.put_tables` its DoPut may append to.
+    pub put_tables: Vec<String>,
+}
+
+impl RoleAccess {
+    pub fn may_read(&self, view: &str) -> bool {
+        self.views.iter().any(|v| v == view)
+    }
+
+    /// Events of `entity` (`None`: the whole change log).
+    pub fn may_read_events(&self, entity: Option<&str>) -> bool {
+        self.events.iter().any(|e| e == "*")
+            || entity.is_some_and(|n| self.events.iter().any(|e| e == n))
+    }
+
+    pub fn may_put(&self, table: &str) -> bool {
+        self.put_tables.iter().any(|t| t == table)
+    }
 }
 
 impl Default for FlightConfig {
@@ -91,6 +126,7 @@ impl Default for FlightConfig {
             max_ticket_bytes: 16 * 1024,
             follow_poll_ms: 500,
             max_put_message_bytes: 64 * 1024 * 1024,
+            roles: BTreeMap::new(),
         }
     }
 }
@@ -114,6 +150,7 @@ impl fmt::Debug for FlightConfig {
             .field("max_ticket_bytes", &self.max_ticket_bytes)
             .field("follow_poll_ms", &self.follow_poll_ms)
             .field("max_put_message_bytes", &self.max_put_message_bytes)
+            .field("roles", &self.roles)
             .finish()
     }
 }
@@ -155,8 +192,15 @@ impl FlightConfig {
         self.tls_cert.is_some()
     }
 
-    /// Checks every key; the error names the first bad one.
+    /// Checks every key; the error names the first bad one. Without `[auth]` a bearer
+    /// token is required (see [`FlightConfig::validate_with`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_with(false)
+    }
+
+    /// Checks every key; with `auth_configured` (an `[auth]` section verifies JWTs) the
+    /// static tokens are optional, since tokens of the identity provider are accepted.
+    pub fn validate_with(&self, auth_configured: bool) -> Result<(), ConfigError> {
         self.listen_addr()?;
         if self.batch_rows == 0 || self.batch_rows > MAX_BATCH_ROWS {
             return Err(invalid(
@@ -190,11 +234,42 @@ impl FlightConfig {
         if self.tokens.iter().any(|t| t.trim().is_empty()) {
             return Err(invalid("tokens", "tokens must not be empty strings"));
         }
-        if self.tokens.is_empty() && self.tokens_env.is_none() {
+        if self.tokens.is_empty() && self.tokens_env.is_none() && !auth_configured {
             return Err(invalid(
                 "tokens",
-                "at least one bearer token is required (set tokens or tokens_env)",
+                "at least one bearer token is required (set tokens or tokens_env, or configure \
+                 [auth] to accept JWTs)",
             ));
+        }
+        for (role, access) in &self.roles {
+            if role.trim().is_empty() {
+                return Err(invalid("roles", "a role name must not be empty"));
+            }
+            for v in &access.views {
+                if !(v.starts_with("va_") || v.starts_with("ta_")) {
+                    return Err(invalid(
+                        "roles",
+                        format!("roles.{role}.views: {v:?} is not a va_/ta_ view or table"),
+                    ));
+                }
+            }
+            if access.events.iter().any(|e| e.trim().is_empty()) {
+                return Err(invalid(
+                    "roles",
+                    format!("roles.{role}.events: entity names must not be empty"),
+                ));
+            }
+            for t in &access.put_tables {
+                if !self.put_tables.contains(t) {
+                    return Err(invalid(
+                        "roles",
+                        format!(
+                            "roles.{role}.put_tables: {t:?} is not in flight.put_tables, so no \
+                             DoPut may write it"
+                        ),
+                    ));
+                }
+            }
         }
         for t in &self.put_tables {
             if !t.starts_with("ta_") {

@@ -208,6 +208,7 @@ pub async fn put<S>(
     registry: &Registry,
     allowed: &[String],
     pool: &deadpool_postgres::Pool,
+    ctx: &crate::db::RequestContext,
 ) -> Result<u64, PutError>
 where
     S: Stream<Item = Result<arrow_flight::FlightData, arrow_flight::error::FlightError>>
@@ -243,6 +244,11 @@ where
         .map_err(|e| PutError::Pool(e.to_string()))?;
     let tx = client
         .transaction()
+        .await
+        .map_err(|e| PutError::Database(describe_pg(&e)))?;
+    // The caller's role and settings, as for every statement Flight runs: row-level
+    // security and grants see the token's identity, not the pool's login role.
+    crate::db::request::apply(&*tx, ctx)
         .await
         .map_err(|e| PutError::Database(describe_pg(&e)))?;
     let cols: Vec<String> = targets

@@ -471,7 +471,10 @@ async fn a_mutation_records_the_token_subject_and_tenant_as_actor_and_tenant() {
         .await
         .unwrap();
     let body: Value = r.json().await.unwrap();
-    let id = body["data"]["createPost"]["id"].as_str().expect("created").to_string();
+    let id = body["data"]["createPost"]["id"]
+        .as_str()
+        .expect("created")
+        .to_string();
     let row = db
         .client()
         .await
