@@ -35,6 +35,7 @@ mod queue_conformance;
 mod queue_delivery;
 mod queue_redis;
 mod queue_redis_restart;
+mod rls;
 mod schema;
 mod serve_graphql;
 mod webhook_e2e;
