@@ -321,6 +321,45 @@ mod tests {
     }
 
     #[test]
+    fn tokens_are_optional_with_auth() {
+        assert!(FlightConfig::default().validate_with(true).is_ok());
+    }
+
+    #[test]
+    fn role_allow_lists_parse_and_are_checked() {
+        let cfg = FlightConfig::from_toml(
+            "[flight]\ntokens = [\"t\"]\nput_tables = [\"ta_r\"]\n\
+             [flight.roles.analyst]\nviews = [\"va_orders\"]\nevents = [\"Order\"]\n\
+             put_tables = [\"ta_r\"]\n",
+        )
+        .unwrap();
+        let a = &cfg.roles["analyst"];
+        assert!(a.may_read("va_orders") && !a.may_read("va_other"));
+        assert!(a.may_read_events(Some("Order")) && !a.may_read_events(Some("User")));
+        assert!(!a.may_read_events(None), "the whole change log needs \"*\"");
+        assert!(a.may_put("ta_r") && !a.may_put("ta_x"));
+        let all = RoleAccess {
+            events: vec!["*".into()],
+            ..Default::default()
+        };
+        assert!(all.may_read_events(None));
+        for bad in [
+            "[flight.roles.a]\nviews = [\"tb_user\"]\n",
+            "[flight.roles.a]\nput_tables = [\"ta_r\"]\n",
+            "[flight.roles.a]\nevents = [\"\"]\n",
+            "[flight.roles.a]\nview = [\"va_x\"]\n",
+        ] {
+            let err = FlightConfig::from_toml(&format!("[flight]\ntokens = [\"t\"]\n{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("roles") || err.contains("view"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn parses_section_and_rejects_unknown_keys() {
         let cfg =
             FlightConfig::from_toml("[flight]\ntokens = [\"s3cret\"]\nbatch_rows = 10\n").unwrap();
