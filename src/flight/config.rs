@@ -79,7 +79,25 @@ pub struct FlightConfig {
     /// keyed by role. A role not listed may run GraphQL tickets only (the schema's rules
     /// apply there); static service tokens are unrestricted.
     pub roles: BTreeMap<String, RoleAccess>,
+    /// Mutual TLS: client certificates whose subject maps to a principal with a role
+    /// (`[[flight.client_principals]]`), used when a call carries no token.
+    pub client_principals: Vec<ClientPrincipal>,
 }
+
+/// `[[flight.client_principals]]`: a client certificate name and the role it acts as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientPrincipal {
+    /// `CN=<common name>`, `DNS:<name>`, `URI:<uri>` or `email:<address>`: the subject's
+    /// common name or one of the certificate's subject alternative names, exactly.
+    pub subject: String,
+    /// The role: checked against `[flight.roles]`, and switched to with `SET LOCAL ROLE`
+    /// when it is one of `auth.db_roles` (a role outside a non-empty `db_roles` is refused).
+    pub role: String,
+}
+
+/// The prefixes a principal's `subject` may have.
+pub const SUBJECT_KINDS: &[&str] = &["CN=", "DNS:", "URI:", "email:"];
 
 /// `[flight.roles.<role>]`: the allow-lists of one role. Names are exact; `"*"` in
 /// `events` allows every entity.
@@ -127,6 +145,7 @@ impl Default for FlightConfig {
             follow_poll_ms: 500,
             max_put_message_bytes: 64 * 1024 * 1024,
             roles: BTreeMap::new(),
+            client_principals: Vec::new(),
         }
     }
 }
@@ -151,6 +170,7 @@ impl fmt::Debug for FlightConfig {
             .field("follow_poll_ms", &self.follow_poll_ms)
             .field("max_put_message_bytes", &self.max_put_message_bytes)
             .field("roles", &self.roles)
+            .field("client_principals", &self.client_principals)
             .finish()
     }
 }
@@ -234,7 +254,37 @@ impl FlightConfig {
         if self.tokens.iter().any(|t| t.trim().is_empty()) {
             return Err(invalid("tokens", "tokens must not be empty strings"));
         }
-        if self.tokens.is_empty() && self.tokens_env.is_none() && !auth_configured {
+        if !self.client_principals.is_empty() && self.client_ca.is_none() {
+            return Err(invalid(
+                "client_principals",
+                "client certificates are only verified with mutual TLS: set client_ca",
+            ));
+        }
+        for p in &self.client_principals {
+            let name = SUBJECT_KINDS
+                .iter()
+                .find_map(|k| p.subject.strip_prefix(k))
+                .ok_or_else(|| {
+                    invalid(
+                        "client_principals",
+                        format!(
+                            "subject {:?} must start with one of {SUBJECT_KINDS:?}",
+                            p.subject
+                        ),
+                    )
+                })?;
+            if name.is_empty() || p.role.trim().is_empty() {
+                return Err(invalid(
+                    "client_principals",
+                    "subject names and roles must not be empty",
+                ));
+            }
+        }
+        if self.tokens.is_empty()
+            && self.tokens_env.is_none()
+            && !auth_configured
+            && self.client_principals.is_empty()
+        {
             return Err(invalid(
                 "tokens",
                 "at least one bearer token is required (set tokens or tokens_env, or configure \
@@ -318,6 +368,51 @@ mod tests {
     fn defaults_need_a_token() {
         let err = FlightConfig::default().validate().unwrap_err().to_string();
         assert!(err.contains("flight.tokens"), "{err}");
+    }
+
+    #[test]
+    fn client_principals_need_mutual_tls_and_a_known_subject_kind() {
+        let p = |subject: &str| ClientPrincipal {
+            subject: subject.into(),
+            role: "etl".into(),
+        };
+        let mtls = FlightConfig {
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            client_ca: Some("ca.pem".into()),
+            client_principals: vec![p("CN=etl"), p("DNS:etl.internal")],
+            ..Default::default()
+        };
+        assert!(mtls.validate().is_ok(), "principals stand in for tokens");
+        for (cfg, says) in [
+            (
+                FlightConfig {
+                    client_ca: None,
+                    ..mtls.clone()
+                },
+                "client_ca",
+            ),
+            (
+                FlightConfig {
+                    client_principals: vec![p("etl")],
+                    ..mtls.clone()
+                },
+                "must start with",
+            ),
+            (
+                FlightConfig {
+                    client_principals: vec![p("CN=")],
+                    ..mtls.clone()
+                },
+                "must not be empty",
+            ),
+        ] {
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(
+                err.starts_with("flight.client_principals") && err.contains(says),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 pub use auth::Tokens;
-pub use config::{ConfigError, FlightConfig, RoleAccess};
+pub use config::{ClientPrincipal, ConfigError, FlightConfig, RoleAccess};
 pub use graphql::{GqlField, GqlType, GraphQLRows, GraphQLSource, GraphQLSourceError, NamedQuery};
 pub use registry::{Registry, RegistryError, RegistryHandle};
 
@@ -163,6 +163,7 @@ impl FlightServer {
             tokens: self.tokens,
             auth: self.auth,
             roles: self.cfg.roles.clone(),
+            principals: self.cfg.client_principals.clone(),
             metrics: self.metrics.unwrap_or_else(FlightMetrics::unregistered),
             graphql: self.graphql,
             wake: self.wake,

@@ -33,7 +33,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{self as flight_auth, Tokens};
-use super::config::RoleAccess;
+use super::config::{ClientPrincipal, RoleAccess};
 use super::graphql::{GraphQLSource, arrow_schema as graphql_schema, spawn_rows};
 use super::plan::{events_schema, plan_view};
 use super::registry::Registry;
@@ -62,6 +62,8 @@ pub struct FlightState {
     pub auth: Option<Arc<Authenticator>>,
     /// `[flight.roles]`: what each token role may read and write.
     pub roles: BTreeMap<String, RoleAccess>,
+    /// `[[flight.client_principals]]`: client certificate names and their roles.
+    pub principals: Vec<ClientPrincipal>,
     pub metrics: FlightMetrics,
     pub graphql: Option<Arc<dyn GraphQLSource>>,
     pub wake: Option<Arc<Notify>>,
@@ -92,8 +94,25 @@ impl FraiseFlightService {
     /// Checks the caller and returns who it is: a static service token is unrestricted;
     /// anything else is a JWT for the authenticator of `[auth]` (when configured). Nothing
     /// reaches the database before this answers.
-    async fn authorize(&self, metadata: &MetadataMap) -> Result<Identity, Status> {
+    async fn authorize(
+        &self,
+        metadata: &MetadataMap,
+        certs: Option<Arc<Vec<tonic::transport::CertificateDer<'static>>>>,
+    ) -> Result<Identity, Status> {
         let header = metadata.get("authorization");
+        // No token but a verified client certificate (mutual TLS) of a configured principal.
+        if header.is_none()
+            && let Some(p) = certs.and_then(|c| self.principal(&c))
+        {
+            let db_roles = self
+                .state
+                .auth
+                .as_ref()
+                .map(|a| a.config().db_roles.clone())
+                .unwrap_or_default();
+            return Identity::principal(&p.subject, &p.role, &db_roles)
+                .map_err(|e| self.refused(&e));
+        }
         let value = match header.map(|h| h.to_str()) {
             None => None,
             Some(Ok(v)) => Some(v),
@@ -117,6 +136,40 @@ impl FraiseFlightService {
         auth.authenticate(value, Door::Flight)
             .await
             .map_err(|e| self.refused(&e))
+    }
+
+    /// The first configured principal the client's (leaf) certificate names: its subject's
+    /// common name or a subject alternative name. The certificate was verified against
+    /// `client_ca` by the TLS layer; an unparsable one names nobody.
+    fn principal(
+        &self,
+        certs: &[tonic::transport::CertificateDer<'static>],
+    ) -> Option<&ClientPrincipal> {
+        if self.state.principals.is_empty() {
+            return None;
+        }
+        let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?).ok()?;
+        let mut names: Vec<String> = cert
+            .subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok())
+            .map(|cn| format!("CN={cn}"))
+            .collect();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            use x509_parser::extensions::GeneralName;
+            for n in &san.value.general_names {
+                match n {
+                    GeneralName::DNSName(d) => names.push(format!("DNS:{d}")),
+                    GeneralName::URI(u) => names.push(format!("URI:{u}")),
+                    GeneralName::RFC822Name(e) => names.push(format!("email:{e}")),
+                    _ => {}
+                }
+            }
+        }
+        self.state
+            .principals
+            .iter()
+            .find(|p| names.contains(&p.subject))
     }
 
     /// The gRPC answer to an authentication failure: `PERMISSION_DENIED` for a valid token
@@ -487,7 +540,9 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<Criteria>,
     ) -> Result<Response<Self::ListFlightsStream>, Status> {
-        let identity = self.authorize(request.metadata()).await?;
+        let identity = self
+            .authorize(request.metadata(), request.peer_certs())
+            .await?;
         // The criteria expression, when given, is a name prefix.
         let prefix = String::from_utf8_lossy(&request.get_ref().expression).to_string();
         let mut infos = Vec::new();
@@ -534,7 +589,9 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let identity = self.authorize(request.metadata()).await?;
+        let identity = self
+            .authorize(request.metadata(), request.peer_certs())
+            .await?;
         let d = request.into_inner();
         let (t, schema) = self.resolve(&identity, &d).await?;
         Ok(Response::new(Self::flight_info(d, t, &schema)?))
@@ -544,7 +601,8 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<PollInfo>, Status> {
-        self.authorize(request.metadata()).await?;
+        self.authorize(request.metadata(), request.peer_certs())
+            .await?;
         Err(Status::unimplemented(
             "PollFlightInfo is not supported: use GetFlightInfo",
         ))
@@ -554,7 +612,9 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
-        let identity = self.authorize(request.metadata()).await?;
+        let identity = self
+            .authorize(request.metadata(), request.peer_certs())
+            .await?;
         let (_, schema) = self.resolve(&identity, request.get_ref()).await?;
         let options = IpcWriteOptions::default();
         let result: SchemaResult = SchemaAsIpc::new(&schema, &options)
@@ -567,7 +627,9 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<FlightTicket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        let identity = self.authorize(request.metadata()).await?;
+        let identity = self
+            .authorize(request.metadata(), request.peer_certs())
+            .await?;
         let ctx = identity.request_context().clone();
         let s = &self.state;
         let t = self.parse_ticket(&request.get_ref().ticket)?;
@@ -633,7 +695,9 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        let identity = self.authorize(request.metadata()).await?;
+        let identity = self
+            .authorize(request.metadata(), request.peer_certs())
+            .await?;
         let mut incoming = request.into_inner();
         let Some(first) = incoming.message().await? else {
             return Err(Status::invalid_argument("DoPut received no data"));
@@ -677,7 +741,8 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        self.authorize(request.metadata()).await?;
+        self.authorize(request.metadata(), request.peer_certs())
+            .await?;
         Err(Status::unimplemented("DoExchange is not supported"))
     }
 
@@ -685,7 +750,9 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
-        let identity = self.authorize(request.metadata()).await?;
+        let identity = self
+            .authorize(request.metadata(), request.peer_certs())
+            .await?;
         let s = &self.state;
         let body: Value = match request.get_ref().r#type.as_str() {
             "health" => {
@@ -728,7 +795,8 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<Empty>,
     ) -> Result<Response<Self::ListActionsStream>, Status> {
-        self.authorize(request.metadata()).await?;
+        self.authorize(request.metadata(), request.peer_certs())
+            .await?;
         let actions = vec![
             ActionType {
                 r#type: "health".into(),
