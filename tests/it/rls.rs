@@ -214,6 +214,7 @@ async fn flight(rls: &Rls, auth: &AuthConfig, roles: BTreeMap<String, RoleAccess
     };
     let server = FlightServer::with_auth(cfg, rls.pool.clone(), Some(authenticator))
         .unwrap()
+        .with_metrics(fraiseql::metrics::metrics().flight.clone())
         .with_graphql(Arc::new(EngineSource::new(engine, rls.pool.clone())));
     server
         .registry_handle()
@@ -423,6 +424,10 @@ async fn rls_flight_token_refusals_and_allow_lists() {
             .sum::<u64>()
     };
     let started_before = started();
+    // Flight reaches PostgreSQL only through this pool: emptied now, still empty after the
+    // refusals means no connection was taken, so no statement ran.
+    rls.pool.retain(|_, _| false);
+    assert_eq!(rls.pool.status().size, 0);
 
     let b64 = |v: &Value| {
         use base64::Engine as _;
@@ -476,9 +481,21 @@ async fn rls_flight_token_refusals_and_allow_lists() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     assert_eq!(started(), started_before);
+    assert_eq!(
+        rls.pool.status().size,
+        0,
+        "no connection taken for a refused role"
+    );
 
-    // Allow-lists: the tenant role reads va_order but not ta_order-less views it lacks,
-    // nor the change log; ListFlights shows only its views.
+    // The counter does count: one accepted stream.
+    let mut ok = client(&f, Some(&format!("Bearer {}", rls.token("acme")))).await;
+    fetch(&mut ok, json!({"type": "view", "view": "va_order"}))
+        .await
+        .unwrap();
+    assert_eq!(started(), started_before + 1);
+
+    // Allow-lists: the tenant role reads va_order but not views outside its list, nor the
+    // change log; ListFlights shows only its views.
     rls.db()
         .batch(&format!(
             "CREATE VIEW va_secret WITH (security_invoker = true) AS SELECT 1 AS x;
