@@ -332,6 +332,29 @@ impl FlightConfig {
         Ok(())
     }
 
+    /// With a non-empty `auth.db_roles`, every principal's role must be one of them: any
+    /// other would be refused on every call, so it is refused at start instead.
+    pub fn check_principal_roles(&self, db_roles: &[String]) -> Result<(), ConfigError> {
+        if db_roles.is_empty() {
+            return Ok(());
+        }
+        match self
+            .client_principals
+            .iter()
+            .find(|p| !db_roles.contains(&p.role))
+        {
+            Some(p) => Err(invalid(
+                "client_principals",
+                format!(
+                    "the role {:?} of {:?} is not in auth.db_roles, so its calls would all be \
+                     refused",
+                    p.role, p.subject
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// All accepted tokens: `tokens` plus those in the `tokens_env` variable.
     pub fn resolved_tokens(&self) -> Result<Vec<String>, ConfigError> {
         let mut out = self.tokens.clone();
@@ -384,6 +407,13 @@ mod tests {
             ..Default::default()
         };
         assert!(mtls.validate().is_ok(), "principals stand in for tokens");
+        assert!(mtls.check_principal_roles(&[]).is_ok());
+        assert!(mtls.check_principal_roles(&["etl".into()]).is_ok());
+        let err = mtls
+            .check_principal_roles(&["web".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not in auth.db_roles"), "{err}");
         for (cfg, says) in [
             (
                 FlightConfig {

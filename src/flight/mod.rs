@@ -83,6 +83,9 @@ impl FlightServer {
         auth: Option<Arc<Authenticator>>,
     ) -> Result<FlightServer, FlightError> {
         cfg.validate_with(auth.is_some())?;
+        if let Some(a) = &auth {
+            cfg.check_principal_roles(&a.config().db_roles)?;
+        }
         let tokens = Tokens::new(cfg.resolved_tokens()?);
         Ok(FlightServer {
             cfg,
