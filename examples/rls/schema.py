@@ -27,5 +27,16 @@ def orders(limit: int = 100) -> list[Order]:
     """The caller's tenant's orders."""
 
 
+@fraiseql.input
+class CreateOrderInput:
+    item: str
+    amount: decimal.Decimal
+
+
+@fraiseql.mutation(sql_source="fn_create_order", operation="CREATE")
+def create_order(input: CreateOrderInput) -> Order:
+    """Creates an order for the caller's tenant (the row's tenant_id defaults to it)."""
+
+
 if __name__ == "__main__":
     fraiseql.export_schema(str(Path(__file__).with_name("schema.json")))

@@ -58,8 +58,24 @@ SELECT id, tenant_id, item, amount FROM tb_order;
 CREATE VIEW va_reading WITH (security_invoker = true) AS
 SELECT id, tenant_id, sensor, value FROM ta_reading;
 
+-- The GraphQL mutation createOrder. The row's tenant_id is the request's app.tenant_id
+-- (the column default); the policy's WITH CHECK refuses anything else.
+CREATE FUNCTION fn_create_order(input jsonb) RETURNS fraiseql.mutation_response
+LANGUAGE plpgsql AS $$
+DECLARE v_id uuid;
+BEGIN
+    INSERT INTO tb_order (item, amount)
+    VALUES (input ->> 'item', (input ->> 'amount')::numeric)
+    RETURNING id INTO v_id;
+    RETURN fraiseql.mutation_ok(v_id, 'Order', (SELECT data FROM v_order WHERE id = v_id));
+END;
+$$;
+
 -- With auth.db_roles = ["rls_tenant"]: requests run as rls_tenant, which has the rights;
 -- the login role has none of them itself.
 GRANT SELECT, INSERT ON tb_order, ta_reading TO rls_tenant;
 GRANT SELECT ON v_order, va_order, va_reading TO rls_tenant;
-GRANT USAGE ON SCHEMA public TO rls_tenant;
+GRANT USAGE ON SCHEMA public, fraiseql TO rls_tenant;
+-- A mutation records its event in the change log as the request's role.
+GRANT SELECT, INSERT, UPDATE ON fraiseql.tb_entity_change_log TO rls_tenant;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA fraiseql TO rls_tenant;

@@ -70,6 +70,9 @@ impl Rls {
             rls.db()
                 .batch(&format!(
                     "GRANT SELECT, INSERT ON tb_order, ta_reading TO {login};
+                     GRANT USAGE ON SCHEMA fraiseql TO {login};
+                     GRANT SELECT, INSERT, UPDATE ON fraiseql.tb_entity_change_log TO {login};
+                     GRANT USAGE ON ALL SEQUENCES IN SCHEMA fraiseql TO {login};
                      GRANT SELECT ON v_order, va_order, va_reading TO {login};"
                 ))
                 .await;
@@ -305,10 +308,19 @@ async fn put_readings(
 }
 
 async fn graphql_http(server: &TestServer, token: &str) -> Value {
+    post_graphql(
+        server,
+        token,
+        json!({"query": "{ orders { item tenantId } }"}),
+    )
+    .await
+}
+
+async fn post_graphql(server: &TestServer, token: &str, body: Value) -> Value {
     common::http()
         .post(server.url("/graphql"))
         .bearer_auth(token)
-        .json(&json!({"query": "{ orders { item tenantId } }"}))
+        .json(&body)
         .send()
         .await
         .unwrap()
@@ -350,6 +362,22 @@ async fn two_tenants(with_db_roles: bool) {
     };
     assert_eq!(tenants(&a), vec!["acme", "acme"], "{a}");
     assert_eq!(tenants(&g), vec!["globex"], "{g}");
+    // A mutation writes the token's tenant (the column default reads the setting).
+    let created = post_graphql(
+        &server,
+        &globex,
+        json!({"query": "mutation { createOrder(input: {item: \"parasol\", amount: 3.5}) { item tenantId } }"}),
+    )
+    .await;
+    assert_eq!(
+        created["data"]["createOrder"]["tenantId"], "globex",
+        "{created}"
+    );
+    assert_eq!(tenants(&graphql_http(&server, &globex).await).len(), 2);
+    assert_eq!(
+        tenants(&graphql_http(&server, &acme).await),
+        vec!["acme", "acme"]
+    );
     server.stop().await;
 
     // Flight: view ticket, GraphQL ticket, DoPut.
@@ -360,12 +388,12 @@ async fn two_tenants(with_db_roles: bool) {
     let rows = fetch(&mut ca, view.clone()).await.unwrap();
     assert_eq!(texts(&rows, "tenant_id"), vec!["acme", "acme"]);
     let rows = fetch(&mut cg, view).await.unwrap();
-    assert_eq!(texts(&rows, "tenant_id"), vec!["globex"]);
+    assert_eq!(texts(&rows, "tenant_id"), vec!["globex", "globex"]);
     let gql = json!({"type": "graphql", "query": "{ orders { item tenantId } }"});
     let rows = fetch(&mut ca, gql.clone()).await.unwrap();
     assert_eq!(texts(&rows, "tenantId"), vec!["acme", "acme"]);
     let rows = fetch(&mut cg, gql).await.unwrap();
-    assert_eq!(texts(&rows, "tenantId"), vec!["globex"]);
+    assert_eq!(texts(&rows, "tenantId"), vec!["globex", "globex"]);
 
     let before = rls.counts("ta_reading").await;
     put_readings(&mut ca, &["acme-2", "acme-3"], None)
