@@ -26,15 +26,18 @@ pub async fn bind_flight(config: &Config) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {} (flight.listen)", config.flight.listen))
 }
 
-/// The Flight server; with an engine, GraphQL tickets run through it.
+/// The Flight server; with an engine, GraphQL tickets run through it; with `auth` (the
+/// process's one authenticator, shared with the HTTP side) it accepts JWTs too.
 pub fn flight_server(
     config: &Config,
     pool: deadpool_postgres::Pool,
     engine: Option<SharedEngine>,
+    auth: Option<Arc<crate::auth::Authenticator>>,
 ) -> anyhow::Result<crate::flight::FlightServer> {
-    let mut server = crate::flight::FlightServer::new(config.flight.clone(), pool.clone())
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .with_metrics(crate::metrics::metrics().flight.clone());
+    let mut server =
+        crate::flight::FlightServer::with_auth(config.flight.clone(), pool.clone(), auth)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .with_metrics(crate::metrics::metrics().flight.clone());
     if let Some(engine) = engine {
         server = server.with_graphql(Arc::new(EngineSource::new(engine, pool)));
     }

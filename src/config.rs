@@ -359,7 +359,7 @@ impl Config {
                 }
                 Role::Flight => {
                     self.flight
-                        .validate()
+                        .validate_with(self.auth.is_some())
                         .and_then(|()| self.flight.resolved_tokens().map(drop))
                         .map_err(|e| {
                             let message = e.to_string();
@@ -373,6 +373,16 @@ impl Config {
                                 key,
                             }
                         })?;
+                    if let Some(auth) = &self.auth
+                        && let Err(e) = self.flight.check_principal_roles(&auth.db_roles)
+                    {
+                        let key = e.key();
+                        let message = e.to_string();
+                        let message = message
+                            .strip_prefix(&format!("{key}: "))
+                            .unwrap_or(&message);
+                        return Err(self.value_error(&key, message));
+                    }
                 }
                 Role::Worker => {
                     if !self.queue.backend.is_external() {

@@ -149,6 +149,33 @@ impl Identity {
         }
     }
 
+    /// A principal authenticated by other means than a token (a Flight client certificate)
+    /// acting as `role`: with a non-empty `db_roles` the role must be one of them and is
+    /// switched to, as for a token's role claim; `subject` is the change log's actor.
+    pub fn principal(
+        subject: &str,
+        role: &str,
+        db_roles: &[String],
+    ) -> Result<Identity, AuthError> {
+        let mut context = RequestContext::anonymous();
+        if !db_roles.is_empty() {
+            if !db_roles.iter().any(|r| r == role) {
+                return Err(AuthError::RoleNotAllowed);
+            }
+            context = context.with_role(role);
+        }
+        Ok(Identity {
+            unrestricted: false,
+            anonymous: false,
+            role: role.to_string(),
+            subject: Some(subject.to_string()),
+            scopes: BTreeSet::new(),
+            actor: None,
+            claims: Arc::new(Map::new()),
+            context: context.with_setting("fraiseql.actor", subject),
+        })
+    }
+
     pub fn is_unrestricted(&self) -> bool {
         self.unrestricted
     }

@@ -64,7 +64,7 @@ impl Tokens {
     /// Each comparison has no early exit (`subtle`), so timing does not reveal how much of a
     /// token matched; and every token is compared, `Choice`s or-ed without short-circuit, so
     /// timing does not reveal which one matched either.
-    fn accepts(&self, candidate: &[u8]) -> bool {
+    pub fn accepts(&self, candidate: &[u8]) -> bool {
         self.tokens
             .iter()
             .fold(Choice::from(0), |ok, t| ok | t.as_slice().ct_eq(candidate))
@@ -93,24 +93,30 @@ impl Tokens {
     /// Handshake: a bearer token, or Basic credentials whose password is a token. Returns
     /// the token to hand back as `authorization: Bearer <token>`.
     pub fn handshake(&self, metadata: &MetadataMap) -> Result<String, AuthError> {
-        let value = Self::header(metadata)?;
-        let token = if let Some(t) = strip_scheme(value, "bearer") {
-            t.to_string()
-        } else if let Some(b) = strip_scheme(value, "basic") {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .map_err(|_| AuthError::Malformed)?;
-            let text = String::from_utf8(decoded).map_err(|_| AuthError::Malformed)?;
-            let (_, password) = text.split_once(':').ok_or(AuthError::Malformed)?;
-            password.to_string()
-        } else {
-            return Err(AuthError::Malformed);
-        };
+        let token = handshake_token(metadata)?;
         if self.accepts(token.as_bytes()) {
             Ok(token)
         } else {
             Err(AuthError::InvalidToken)
         }
+    }
+}
+
+/// The token a Handshake presents: the bearer token, or the password of Basic
+/// credentials (the user name is ignored). Not checked here.
+pub fn handshake_token(metadata: &MetadataMap) -> Result<String, AuthError> {
+    let value = Tokens::header(metadata)?;
+    if let Some(t) = strip_scheme(value, "bearer") {
+        Ok(t.to_string())
+    } else if let Some(b) = strip_scheme(value, "basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b.trim())
+            .map_err(|_| AuthError::Malformed)?;
+        let text = String::from_utf8(decoded).map_err(|_| AuthError::Malformed)?;
+        let (_, password) = text.split_once(':').ok_or(AuthError::Malformed)?;
+        Ok(password.to_string())
+    } else {
+        Err(AuthError::Malformed)
     }
 }
 

@@ -3,6 +3,7 @@
 //! tables accept DoPut. Parsing is strict (unknown keys are errors) and [`FlightConfig::validate`]
 //! names the offending key, so a typo never silently weakens security.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -74,6 +75,58 @@ pub struct FlightConfig {
     pub follow_poll_ms: u64,
     /// Largest DoPut message accepted, in bytes (one encoded record batch).
     pub max_put_message_bytes: usize,
+    /// What each role of a verified token (`[auth]`) may read and write through Flight,
+    /// keyed by role. A role not listed may run GraphQL tickets only (the schema's rules
+    /// apply there); static service tokens are unrestricted.
+    pub roles: BTreeMap<String, RoleAccess>,
+    /// Mutual TLS: client certificates whose subject maps to a principal with a role
+    /// (`[[flight.client_principals]]`), used when a call carries no token.
+    pub client_principals: Vec<ClientPrincipal>,
+}
+
+/// `[[flight.client_principals]]`: a client certificate name and the role it acts as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientPrincipal {
+    /// `CN=<common name>`, `DNS:<name>`, `URI:<uri>` or `email:<address>`: the subject's
+    /// common name or one of the certificate's subject alternative names, exactly.
+    pub subject: String,
+    /// The role: checked against `[flight.roles]`, and switched to with `SET LOCAL ROLE`
+    /// when it is one of `auth.db_roles` (a role outside a non-empty `db_roles` is refused).
+    pub role: String,
+}
+
+/// The prefixes a principal's `subject` may have.
+pub const SUBJECT_KINDS: &[&str] = &["CN=", "DNS:", "URI:", "email:"];
+
+/// `[flight.roles.<role>]`: the allow-lists of one role. Names are exact; `"*"` in
+/// `events` allows every entity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleAccess {
+    /// `va_`/`ta_` views and tables its view tickets may read (and ListFlights shows).
+    pub views: Vec<String>,
+    /// Change-log entities its events tickets may read (the ticket must name one), or
+    /// `["*"]` for the whole change log.
+    pub events: Vec<String>,
+    /// Tables of `flight.put_tables` its DoPut may append to.
+    pub put_tables: Vec<String>,
+}
+
+impl RoleAccess {
+    pub fn may_read(&self, view: &str) -> bool {
+        self.views.iter().any(|v| v == view)
+    }
+
+    /// Events of `entity` (`None`: the whole change log).
+    pub fn may_read_events(&self, entity: Option<&str>) -> bool {
+        self.events.iter().any(|e| e == "*")
+            || entity.is_some_and(|n| self.events.iter().any(|e| e == n))
+    }
+
+    pub fn may_put(&self, table: &str) -> bool {
+        self.put_tables.iter().any(|t| t == table)
+    }
 }
 
 impl Default for FlightConfig {
@@ -91,6 +144,8 @@ impl Default for FlightConfig {
             max_ticket_bytes: 16 * 1024,
             follow_poll_ms: 500,
             max_put_message_bytes: 64 * 1024 * 1024,
+            roles: BTreeMap::new(),
+            client_principals: Vec::new(),
         }
     }
 }
@@ -114,6 +169,8 @@ impl fmt::Debug for FlightConfig {
             .field("max_ticket_bytes", &self.max_ticket_bytes)
             .field("follow_poll_ms", &self.follow_poll_ms)
             .field("max_put_message_bytes", &self.max_put_message_bytes)
+            .field("roles", &self.roles)
+            .field("client_principals", &self.client_principals)
             .finish()
     }
 }
@@ -155,8 +212,15 @@ impl FlightConfig {
         self.tls_cert.is_some()
     }
 
-    /// Checks every key; the error names the first bad one.
+    /// Checks every key; the error names the first bad one. Without `[auth]` a bearer
+    /// token is required (see [`FlightConfig::validate_with`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_with(false)
+    }
+
+    /// Checks every key; with `auth_configured` (an `[auth]` section verifies JWTs) the
+    /// static tokens are optional, since tokens of the identity provider are accepted.
+    pub fn validate_with(&self, auth_configured: bool) -> Result<(), ConfigError> {
         self.listen_addr()?;
         if self.batch_rows == 0 || self.batch_rows > MAX_BATCH_ROWS {
             return Err(invalid(
@@ -190,11 +254,72 @@ impl FlightConfig {
         if self.tokens.iter().any(|t| t.trim().is_empty()) {
             return Err(invalid("tokens", "tokens must not be empty strings"));
         }
-        if self.tokens.is_empty() && self.tokens_env.is_none() {
+        if !self.client_principals.is_empty() && self.client_ca.is_none() {
+            return Err(invalid(
+                "client_principals",
+                "client certificates are only verified with mutual TLS: set client_ca",
+            ));
+        }
+        for p in &self.client_principals {
+            let name = SUBJECT_KINDS
+                .iter()
+                .find_map(|k| p.subject.strip_prefix(k))
+                .ok_or_else(|| {
+                    invalid(
+                        "client_principals",
+                        format!(
+                            "subject {:?} must start with one of {SUBJECT_KINDS:?}",
+                            p.subject
+                        ),
+                    )
+                })?;
+            if name.is_empty() || p.role.trim().is_empty() {
+                return Err(invalid(
+                    "client_principals",
+                    "subject names and roles must not be empty",
+                ));
+            }
+        }
+        if self.tokens.is_empty()
+            && self.tokens_env.is_none()
+            && !auth_configured
+            && self.client_principals.is_empty()
+        {
             return Err(invalid(
                 "tokens",
-                "at least one bearer token is required (set tokens or tokens_env)",
+                "at least one bearer token is required (set tokens or tokens_env, or configure \
+                 [auth] to accept JWTs)",
             ));
+        }
+        for (role, access) in &self.roles {
+            if role.trim().is_empty() {
+                return Err(invalid("roles", "a role name must not be empty"));
+            }
+            for v in &access.views {
+                if !(v.starts_with("va_") || v.starts_with("ta_")) {
+                    return Err(invalid(
+                        "roles",
+                        format!("roles.{role}.views: {v:?} is not a va_/ta_ view or table"),
+                    ));
+                }
+            }
+            if access.events.iter().any(|e| e.trim().is_empty()) {
+                return Err(invalid(
+                    "roles",
+                    format!("roles.{role}.events: entity names must not be empty"),
+                ));
+            }
+            for t in &access.put_tables {
+                if !self.put_tables.contains(t) {
+                    return Err(invalid(
+                        "roles",
+                        format!(
+                            "roles.{role}.put_tables: {t:?} is not in flight.put_tables, so no \
+                             DoPut may write it"
+                        ),
+                    ));
+                }
+            }
         }
         for t in &self.put_tables {
             if !t.starts_with("ta_") {
@@ -205,6 +330,29 @@ impl FlightConfig {
             }
         }
         Ok(())
+    }
+
+    /// With a non-empty `auth.db_roles`, every principal's role must be one of them: any
+    /// other would be refused on every call, so it is refused at start instead.
+    pub fn check_principal_roles(&self, db_roles: &[String]) -> Result<(), ConfigError> {
+        if db_roles.is_empty() {
+            return Ok(());
+        }
+        match self
+            .client_principals
+            .iter()
+            .find(|p| !db_roles.contains(&p.role))
+        {
+            Some(p) => Err(invalid(
+                "client_principals",
+                format!(
+                    "the role {:?} of {:?} is not in auth.db_roles, so its calls would all be \
+                     refused",
+                    p.role, p.subject
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// All accepted tokens: `tokens` plus those in the `tokens_env` variable.
@@ -243,6 +391,97 @@ mod tests {
     fn defaults_need_a_token() {
         let err = FlightConfig::default().validate().unwrap_err().to_string();
         assert!(err.contains("flight.tokens"), "{err}");
+    }
+
+    #[test]
+    fn client_principals_need_mutual_tls_and_a_known_subject_kind() {
+        let p = |subject: &str| ClientPrincipal {
+            subject: subject.into(),
+            role: "etl".into(),
+        };
+        let mtls = FlightConfig {
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            client_ca: Some("ca.pem".into()),
+            client_principals: vec![p("CN=etl"), p("DNS:etl.internal")],
+            ..Default::default()
+        };
+        assert!(mtls.validate().is_ok(), "principals stand in for tokens");
+        assert!(mtls.check_principal_roles(&[]).is_ok());
+        assert!(mtls.check_principal_roles(&["etl".into()]).is_ok());
+        let err = mtls
+            .check_principal_roles(&["web".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not in auth.db_roles"), "{err}");
+        for (cfg, says) in [
+            (
+                FlightConfig {
+                    client_ca: None,
+                    ..mtls.clone()
+                },
+                "client_ca",
+            ),
+            (
+                FlightConfig {
+                    client_principals: vec![p("etl")],
+                    ..mtls.clone()
+                },
+                "must start with",
+            ),
+            (
+                FlightConfig {
+                    client_principals: vec![p("CN=")],
+                    ..mtls.clone()
+                },
+                "must not be empty",
+            ),
+        ] {
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(
+                err.starts_with("flight.client_principals") && err.contains(says),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn tokens_are_optional_with_auth() {
+        assert!(FlightConfig::default().validate_with(true).is_ok());
+    }
+
+    #[test]
+    fn role_allow_lists_parse_and_are_checked() {
+        let cfg = FlightConfig::from_toml(
+            "[flight]\ntokens = [\"t\"]\nput_tables = [\"ta_r\"]\n\
+             [flight.roles.analyst]\nviews = [\"va_orders\"]\nevents = [\"Order\"]\n\
+             put_tables = [\"ta_r\"]\n",
+        )
+        .unwrap();
+        let a = &cfg.roles["analyst"];
+        assert!(a.may_read("va_orders") && !a.may_read("va_other"));
+        assert!(a.may_read_events(Some("Order")) && !a.may_read_events(Some("User")));
+        assert!(!a.may_read_events(None), "the whole change log needs \"*\"");
+        assert!(a.may_put("ta_r") && !a.may_put("ta_x"));
+        let all = RoleAccess {
+            events: vec!["*".into()],
+            ..Default::default()
+        };
+        assert!(all.may_read_events(None));
+        for bad in [
+            "[flight.roles.a]\nviews = [\"tb_user\"]\n",
+            "[flight.roles.a]\nput_tables = [\"ta_r\"]\n",
+            "[flight.roles.a]\nevents = [\"\"]\n",
+            "[flight.roles.a]\nview = [\"va_x\"]\n",
+        ] {
+            let err = FlightConfig::from_toml(&format!("[flight]\ntokens = [\"t\"]\n{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("roles") || err.contains("view"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -29,10 +29,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 pub use auth::Tokens;
-pub use config::{ConfigError, FlightConfig};
+pub use config::{ClientPrincipal, ConfigError, FlightConfig, RoleAccess};
 pub use graphql::{GqlField, GqlType, GraphQLRows, GraphQLSource, GraphQLSourceError, NamedQuery};
 pub use registry::{Registry, RegistryError, RegistryHandle};
 
+use crate::auth::Authenticator;
 use crate::backoff::Backoff;
 use crate::metrics::FlightMetrics;
 
@@ -60,19 +61,36 @@ pub struct FlightServer {
     metrics: Option<FlightMetrics>,
     graphql: Option<Arc<dyn GraphQLSource>>,
     wake: Option<Arc<Notify>>,
+    auth: Option<Arc<Authenticator>>,
 }
 
 impl FlightServer {
-    /// Validates the config and resolves the tokens (including `tokens_env`).
+    /// Validates the config and resolves the tokens (including `tokens_env`); only the
+    /// static tokens are accepted.
     pub fn new(
         cfg: FlightConfig,
         pool: deadpool_postgres::Pool,
     ) -> Result<FlightServer, FlightError> {
-        cfg.validate()?;
+        FlightServer::with_auth(cfg, pool, None)
+    }
+
+    /// As [`FlightServer::new`], and with `auth` the JWTs its verifiers accept too (the
+    /// static tokens are then optional). The authenticator is the one the HTTP side uses
+    /// in the same process, so keys and metrics are shared.
+    pub fn with_auth(
+        cfg: FlightConfig,
+        pool: deadpool_postgres::Pool,
+        auth: Option<Arc<Authenticator>>,
+    ) -> Result<FlightServer, FlightError> {
+        cfg.validate_with(auth.is_some())?;
+        if let Some(a) = &auth {
+            cfg.check_principal_roles(&a.config().db_roles)?;
+        }
         let tokens = Tokens::new(cfg.resolved_tokens()?);
         Ok(FlightServer {
             cfg,
             tokens,
+            auth,
             pool,
             registry: Arc::new(Registry::default()),
             metrics: None,
@@ -146,6 +164,9 @@ impl FlightServer {
             pool: self.pool,
             registry: self.registry,
             tokens: self.tokens,
+            auth: self.auth,
+            roles: self.cfg.roles.clone(),
+            principals: self.cfg.client_principals.clone(),
             metrics: self.metrics.unwrap_or_else(FlightMetrics::unregistered),
             graphql: self.graphql,
             wake: self.wake,

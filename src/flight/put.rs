@@ -201,6 +201,10 @@ fn plan_targets(
     Ok(targets)
 }
 
+/// The staging table of an upload into a table with row-level security (session-local,
+/// dropped at commit or rollback).
+const STAGE: &str = "pg_temp.fraiseql_put_stage";
+
 /// Runs one DoPut: returns the number of rows written.
 pub async fn put<S>(
     descriptor: Option<FlightDescriptor>,
@@ -208,6 +212,7 @@ pub async fn put<S>(
     registry: &Registry,
     allowed: &[String],
     pool: &deadpool_postgres::Pool,
+    ctx: &crate::db::RequestContext,
 ) -> Result<u64, PutError>
 where
     S: Stream<Item = Result<arrow_flight::FlightData, arrow_flight::error::FlightError>>
@@ -245,13 +250,44 @@ where
         .transaction()
         .await
         .map_err(|e| PutError::Database(describe_pg(&e)))?;
+    // The caller's role and settings, as for every statement Flight runs: row-level
+    // security and grants see the token's identity, not the pool's login role.
+    crate::db::request::apply(&*tx, ctx)
+        .await
+        .map_err(|e| PutError::Database(describe_pg(&e)))?;
     let cols: Vec<String> = targets
         .iter()
         .map(|t| quote_ident(&t.column.name))
         .collect();
+    // PostgreSQL refuses COPY FROM into a table with row-level security: such uploads are
+    // staged in a temporary table and moved with INSERT … SELECT, where the policies'
+    // WITH CHECK applies to every row (one violation refuses the whole upload).
+    let rls: bool = tx
+        .query_one(
+            "SELECT relrowsecurity FROM pg_class WHERE oid = $1::text::regclass",
+            &[&rel.qualified()],
+        )
+        .await
+        .map_err(|e| PutError::Database(describe_pg(&e)))?
+        .get(0);
+    let copy_into = if rls {
+        // Column types come from the catalog (format_type), not from the client.
+        let defs: Vec<String> = targets
+            .iter()
+            .map(|t| format!("{} {}", quote_ident(&t.column.name), t.column.sql_type))
+            .collect();
+        tx.batch_execute(&format!(
+            "CREATE TEMPORARY TABLE {STAGE} ({}) ON COMMIT DROP",
+            defs.join(", ")
+        ))
+        .await
+        .map_err(|e| PutError::Database(describe_pg(&e)))?;
+        STAGE.to_string()
+    } else {
+        rel.qualified()
+    };
     let copy = format!(
-        "COPY {} ({}) FROM STDIN (FORMAT binary)",
-        rel.qualified(),
+        "COPY {copy_into} ({}) FROM STDIN (FORMAT binary)",
         cols.join(", ")
     );
     let sink = tx
@@ -306,6 +342,18 @@ where
         .finish()
         .await
         .map_err(|e| PutError::Database(describe_pg(&e)))?;
+    if rls {
+        let cols = cols.join(", ");
+        tx.execute(
+            &format!(
+                "INSERT INTO {} ({cols}) SELECT {cols} FROM {STAGE}",
+                rel.qualified()
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| PutError::Database(describe_pg(&e)))?;
+    }
     tx.commit()
         .await
         .map_err(|e| PutError::Database(describe_pg(&e)))?;

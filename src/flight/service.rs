@@ -29,17 +29,20 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::Tokens;
+use super::auth::{self as flight_auth, Tokens};
+use super::config::{ClientPrincipal, RoleAccess};
 use super::graphql::{GraphQLSource, arrow_schema as graphql_schema, spawn_rows};
 use super::plan::{events_schema, plan_view};
 use super::registry::Registry;
 use super::stream::{BatchResult, Follow, Producer, spawn_events, spawn_sql};
 use super::ticket::{self, Ticket, TicketError};
-use crate::auth::Identity;
+use crate::auth::{Authenticator, Door, Identity};
 use crate::db::changelog::Position;
 use crate::metrics::FlightMetrics;
+use std::collections::BTreeMap;
 
 impl From<TicketError> for Status {
     fn from(e: TicketError) -> Status {
@@ -55,6 +58,12 @@ pub struct FlightState {
     pub pool: deadpool_postgres::Pool,
     pub registry: Arc<Registry>,
     pub tokens: Tokens,
+    /// The verifiers of `[auth]`: JWTs are accepted besides the static tokens.
+    pub auth: Option<Arc<Authenticator>>,
+    /// `[flight.roles]`: what each token role may read and write.
+    pub roles: BTreeMap<String, RoleAccess>,
+    /// `[[flight.client_principals]]`: client certificate names and their roles.
+    pub principals: Vec<ClientPrincipal>,
     pub metrics: FlightMetrics,
     pub graphql: Option<Arc<dyn GraphQLSource>>,
     pub wake: Option<Arc<Notify>>,
@@ -82,13 +91,156 @@ impl FraiseFlightService {
         }
     }
 
-    /// Checks the caller and returns who it is (a static service token is unrestricted).
-    fn authorize<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
-        self.state.tokens.check(request.metadata()).map_err(|e| {
+    /// Checks the caller and returns who it is: a static service token is unrestricted;
+    /// anything else is a JWT for the authenticator of `[auth]` (when configured). Nothing
+    /// reaches the database before this answers.
+    async fn authorize(
+        &self,
+        metadata: &MetadataMap,
+        certs: Option<Arc<Vec<tonic::transport::CertificateDer<'static>>>>,
+    ) -> Result<Identity, Status> {
+        let header = metadata.get("authorization");
+        // No token but a verified client certificate (mutual TLS) of a configured principal.
+        if header.is_none()
+            && let Some(p) = certs.and_then(|c| self.principal(&c))
+        {
+            let db_roles = self
+                .state
+                .auth
+                .as_ref()
+                .map(|a| a.config().db_roles.clone())
+                .unwrap_or_default();
+            return Identity::principal(&p.subject, &p.role, &db_roles)
+                .map_err(|e| self.refused(&e));
+        }
+        let value = match header.map(|h| h.to_str()) {
+            None => None,
+            Some(Ok(v)) => Some(v),
+            Some(Err(_)) => return Err(Status::from(flight_auth::AuthError::Malformed)),
+        };
+        if let Some(token) = value.and_then(crate::auth::bearer)
+            && self.state.tokens.accepts(token.as_bytes())
+        {
+            return Ok(Identity::unrestricted());
+        }
+        let Some(auth) = &self.state.auth else {
+            let e = self
+                .state
+                .tokens
+                .check(metadata)
+                .err()
+                .unwrap_or(flight_auth::AuthError::InvalidToken);
             tracing::debug!(error = %e, "flight call refused");
-            Status::from(e)
-        })?;
-        Ok(Identity::unrestricted())
+            return Err(Status::from(e));
+        };
+        auth.authenticate(value, Door::Flight)
+            .await
+            .map_err(|e| self.refused(&e))
+    }
+
+    /// The first configured principal the client's (leaf) certificate names: its subject's
+    /// common name or a subject alternative name. The certificate was verified against
+    /// `client_ca` by the TLS layer; an unparsable one names nobody.
+    fn principal(
+        &self,
+        certs: &[tonic::transport::CertificateDer<'static>],
+    ) -> Option<&ClientPrincipal> {
+        if self.state.principals.is_empty() {
+            return None;
+        }
+        let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?).ok()?;
+        let mut names: Vec<String> = cert
+            .subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok())
+            .map(|cn| format!("CN={cn}"))
+            .collect();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            use x509_parser::extensions::GeneralName;
+            for n in &san.value.general_names {
+                match n {
+                    GeneralName::DNSName(d) => names.push(format!("DNS:{d}")),
+                    GeneralName::URI(u) => names.push(format!("URI:{u}")),
+                    GeneralName::RFC822Name(e) => names.push(format!("email:{e}")),
+                    _ => {}
+                }
+            }
+        }
+        self.state
+            .principals
+            .iter()
+            .find(|p| names.contains(&p.subject))
+    }
+
+    /// The gRPC answer to an authentication failure: `PERMISSION_DENIED` for a valid token
+    /// that may not be used (counted as a refusal of its role), else `UNAUTHENTICATED`.
+    fn refused(&self, e: &crate::auth::AuthError) -> Status {
+        tracing::debug!(error = %e, "flight call refused");
+        if e.is_forbidden() {
+            self.count_denied("other");
+            Status::permission_denied(e.to_string())
+        } else {
+            Status::unauthenticated(e.to_string())
+        }
+    }
+
+    /// Counts a refusal in `fraiseql_auth_denied_total{door="flight"}`. Role values come
+    /// from tokens, so only configured roles become labels (bounded cardinality).
+    fn count_denied(&self, role: &str) {
+        let known = self.state.roles.contains_key(role)
+            || self.state.auth.as_ref().is_some_and(|a| {
+                let c = a.config();
+                c.db_roles.iter().any(|r| r == role) || c.anonymous_role == role
+            });
+        let label = if known { role } else { "other" };
+        crate::metrics::metrics()
+            .auth
+            .denied
+            .with_label_values(&["flight", label])
+            .inc();
+    }
+
+    /// The allow-lists of a restricted identity's role (`None` for unrestricted ones).
+    fn access(&self, identity: &Identity) -> Option<&RoleAccess> {
+        static NOTHING: std::sync::OnceLock<RoleAccess> = std::sync::OnceLock::new();
+        if identity.is_unrestricted() {
+            return None;
+        }
+        Some(
+            self.state
+                .roles
+                .get(identity.role())
+                .unwrap_or_else(|| NOTHING.get_or_init(RoleAccess::default)),
+        )
+    }
+
+    fn deny(&self, identity: &Identity, what: String) -> Status {
+        self.count_denied(identity.role());
+        Status::permission_denied(format!(
+            "{what} is not allowed for this token's role (see flight.roles)"
+        ))
+    }
+
+    /// May `identity` read view or table `name`?
+    fn check_view(&self, identity: &Identity, name: &str) -> Result<(), Status> {
+        match self.access(identity) {
+            Some(a) if !a.may_read(name) => Err(self.deny(identity, format!("reading {name:?}"))),
+            _ => Ok(()),
+        }
+    }
+
+    /// May `identity` read the change log of `entity` (`None`: all of it)?
+    fn check_events(&self, identity: &Identity, entity: Option<&str>) -> Result<(), Status> {
+        match self.access(identity) {
+            Some(a) if !a.may_read_events(entity) => Err(self.deny(
+                identity,
+                match entity {
+                    Some(e) => format!("reading the events of {e:?}"),
+                    None => "reading the whole change log (name an entity)".to_string(),
+                },
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn graphql(&self) -> Result<&Arc<dyn GraphQLSource>, Status> {
@@ -117,10 +269,14 @@ impl FraiseFlightService {
     async fn ticket_schema(&self, identity: &Identity, t: &Ticket) -> Result<SchemaRef, Status> {
         match t {
             Ticket::View(v) => {
+                self.check_view(identity, &v.view)?;
                 self.require_registry()?;
                 Ok(plan_view(v, &self.state.registry)?.schema)
             }
-            Ticket::Events(_) => Ok(events_schema()),
+            Ticket::Events(e) => {
+                self.check_events(identity, e.entity.as_deref())?;
+                Ok(events_schema())
+            }
             Ticket::GraphQL(g) => {
                 let empty = Map::new();
                 let fields = self
@@ -152,10 +308,12 @@ impl FraiseFlightService {
                     ));
                 };
                 if let Some(rel) = self.state.registry.get(name) {
+                    self.check_view(identity, name)?;
                     let t = json!({"type": "view", "view": rel.name}).to_string();
                     return Ok((Bytes::from(t), rel.arrow_schema.clone()));
                 }
                 if name == EVENTS_PATH {
+                    self.check_events(identity, None)?;
                     let t = json!({"type": "events"}).to_string();
                     return Ok((Bytes::from(t), events_schema()));
                 }
@@ -351,7 +509,17 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        let token = self.state.tokens.handshake(request.metadata())?;
+        // A static token, or a JWT (as the bearer or as the Basic password, what pyarrow's
+        // authenticate_basic_token and ADBC send): verified now, handed back as the bearer.
+        let token = flight_auth::handshake_token(request.metadata())?;
+        if !self.state.tokens.accepts(token.as_bytes()) {
+            let Some(auth) = &self.state.auth else {
+                return Err(Status::from(flight_auth::AuthError::InvalidToken));
+            };
+            auth.authenticate_token(&token, Door::Flight)
+                .await
+                .map_err(|e| self.refused(&e))?;
+        }
         let bearer = format!("Bearer {token}");
         let reply = HandshakeResponse {
             protocol_version: 0,
@@ -372,12 +540,16 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<Criteria>,
     ) -> Result<Response<Self::ListFlightsStream>, Status> {
-        let identity = self.authorize(&request)?;
+        let identity = self
+            .authorize(request.metadata(), request.peer_certs())
+            .await?;
         // The criteria expression, when given, is a name prefix.
         let prefix = String::from_utf8_lossy(&request.get_ref().expression).to_string();
         let mut infos = Vec::new();
+        // A restricted role sees only what it may read.
+        let access = self.access(&identity);
         for (name, rel) in &self.state.registry.snapshot().relations {
-            if !name.starts_with(&prefix) {
+            if !name.starts_with(&prefix) || access.is_some_and(|a| !a.may_read(name)) {
                 continue;
             }
             let t = json!({"type": "view", "view": name}).to_string();
@@ -387,7 +559,7 @@ impl FlightService for FraiseFlightService {
                 &rel.arrow_schema,
             )?);
         }
-        if EVENTS_PATH.starts_with(&prefix) {
+        if EVENTS_PATH.starts_with(&prefix) && access.is_none_or(|a| a.may_read_events(None)) {
             infos.push(Self::flight_info(
                 FlightDescriptor::new_path(vec![EVENTS_PATH.into()]),
                 Bytes::from(json!({"type": "events"}).to_string()),
@@ -400,8 +572,12 @@ impl FlightService for FraiseFlightService {
                     continue;
                 }
                 let d = FlightDescriptor::new_path(vec![q.name.clone()]);
-                let (t, schema) = self.resolve(&identity, &d).await?;
-                infos.push(Self::flight_info(d, t, &schema)?);
+                match self.resolve(&identity, &d).await {
+                    Ok((t, schema)) => infos.push(Self::flight_info(d, t, &schema)?),
+                    // A query the schema's rules refuse this identity is not listed.
+                    Err(e) if e.code() == tonic::Code::PermissionDenied => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(Response::new(
@@ -413,7 +589,9 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let identity = self.authorize(&request)?;
+        let identity = self
+            .authorize(request.metadata(), request.peer_certs())
+            .await?;
         let d = request.into_inner();
         let (t, schema) = self.resolve(&identity, &d).await?;
         Ok(Response::new(Self::flight_info(d, t, &schema)?))
@@ -423,7 +601,8 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<PollInfo>, Status> {
-        self.authorize(&request)?;
+        self.authorize(request.metadata(), request.peer_certs())
+            .await?;
         Err(Status::unimplemented(
             "PollFlightInfo is not supported: use GetFlightInfo",
         ))
@@ -433,7 +612,9 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
-        let identity = self.authorize(&request)?;
+        let identity = self
+            .authorize(request.metadata(), request.peer_certs())
+            .await?;
         let (_, schema) = self.resolve(&identity, request.get_ref()).await?;
         let options = IpcWriteOptions::default();
         let result: SchemaResult = SchemaAsIpc::new(&schema, &options)
@@ -446,7 +627,9 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<FlightTicket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        let identity = self.authorize(&request)?;
+        let identity = self
+            .authorize(request.metadata(), request.peer_certs())
+            .await?;
         let ctx = identity.request_context().clone();
         let s = &self.state;
         let t = self.parse_ticket(&request.get_ref().ticket)?;
@@ -459,6 +642,7 @@ impl FlightService for FraiseFlightService {
         };
         let (schema, rx) = match t {
             Ticket::View(v) => {
+                self.check_view(&identity, &v.view)?;
                 self.require_registry()?;
                 let plan = plan_view(&v, &s.registry)?;
                 let schema = plan.schema.clone();
@@ -466,6 +650,7 @@ impl FlightService for FraiseFlightService {
                 (schema, rx)
             }
             Ticket::Events(e) => {
+                self.check_events(&identity, e.entity.as_deref())?;
                 let rx = spawn_events(
                     s.pool.clone(),
                     ctx,
@@ -510,18 +695,41 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        self.authorize(&request)?;
+        let identity = self
+            .authorize(request.metadata(), request.peer_certs())
+            .await?;
         let mut incoming = request.into_inner();
         let Some(first) = incoming.message().await? else {
             return Err(Status::invalid_argument("DoPut received no data"));
         };
         let descriptor = first.flight_descriptor.clone();
+        // A restricted role writes only its own put_tables (a subset of flight.put_tables).
+        let s = &self.state;
+        let allowed: Vec<String> = match self.access(&identity) {
+            None => s.put_tables.clone(),
+            Some(a) => {
+                if let Some(d) = &descriptor {
+                    let table = super::put::descriptor_table(d)?;
+                    if !a.may_put(&table) {
+                        return Err(self.deny(&identity, format!("DoPut to {table:?}")));
+                    }
+                }
+                a.put_tables.clone()
+            }
+        };
         let data = stream::once(async move { Ok(first) })
             .chain(incoming)
             .map_err(ArrowFlightError::from)
             .boxed();
-        let s = &self.state;
-        let rows = super::put::put(descriptor, data, &s.registry, &s.put_tables, &s.pool).await?;
+        let rows = super::put::put(
+            descriptor,
+            data,
+            &s.registry,
+            &allowed,
+            &s.pool,
+            identity.request_context(),
+        )
+        .await?;
         tracing::info!(rows, "flight DoPut committed");
         let result = PutResult {
             app_metadata: Bytes::from(json!({ "rows": rows }).to_string()),
@@ -533,7 +741,8 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        self.authorize(&request)?;
+        self.authorize(request.metadata(), request.peer_certs())
+            .await?;
         Err(Status::unimplemented("DoExchange is not supported"))
     }
 
@@ -541,7 +750,9 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
-        self.authorize(&request)?;
+        let identity = self
+            .authorize(request.metadata(), request.peer_certs())
+            .await?;
         let s = &self.state;
         let body: Value = match request.get_ref().r#type.as_str() {
             "health" => {
@@ -559,6 +770,10 @@ impl FlightService for FraiseFlightService {
                 json!({"status": "ok", "relations": s.registry.snapshot().relations.len()})
             }
             "refresh" => {
+                // Reloading reads the catalog: for service accounts only.
+                if !identity.is_unrestricted() {
+                    return Err(self.deny(&identity, "the refresh action".to_string()));
+                }
                 let n = s
                     .registry
                     .refresh(&s.pool)
@@ -580,7 +795,8 @@ impl FlightService for FraiseFlightService {
         &self,
         request: Request<Empty>,
     ) -> Result<Response<Self::ListActionsStream>, Status> {
-        self.authorize(&request)?;
+        self.authorize(request.metadata(), request.peer_certs())
+            .await?;
         let actions = vec![
             ActionType {
                 r#type: "health".into(),

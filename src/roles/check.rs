@@ -166,7 +166,16 @@ fn check_flight(config: &Config) -> Option<Item> {
         .and_then(|()| flight.resolved_tokens().map_err(|e| e.to_string()))
         .map(|tokens| {
             let tls = if flight.tls_enabled() { ", TLS" } else { "" };
-            format!("listen {}, {} token(s){tls}", flight.listen, tokens.len())
+            let jwt = if config.auth.is_some() {
+                ", JWTs of [auth]"
+            } else {
+                ""
+            };
+            format!(
+                "listen {}, {} token(s){jwt}{tls}",
+                flight.listen,
+                tokens.len()
+            )
         });
     Some(Item {
         name: "flight".into(),

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::serve::{HttpParts, serve_http};
 use crate::compose::{
-    bind_flight, bind_http, flight_server, shared_engine, spawn_reload_on_sighup,
+    authenticator, bind_flight, bind_http, flight_server, shared_engine, spawn_reload_on_sighup,
 };
 use crate::config::Config;
 
@@ -21,7 +21,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // GraphQL tickets use the engine; the HTTP side of this role serves no /graphql, so the
     // schema reload on SIGHUP is started here.
     let engine = shared_engine(&config)?;
-    let flight = flight_server(&config, pool.clone(), engine.clone())?;
+    let auth = authenticator(&config, &shutdown).await?;
+    let flight = flight_server(&config, pool.clone(), engine.clone(), auth)?;
     if let Some(engine) = engine {
         spawn_reload_on_sighup(
             Arc::new(config.clone()),

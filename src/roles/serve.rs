@@ -56,7 +56,8 @@ pub async fn run(
     // One pool for both servers: the connection budget is `database.pool_size` per process.
     // One engine too: a SIGHUP reload (handled by the HTTP side) is seen by Flight tickets.
     let pool = crate::db::pool(&config.database)?;
-    let flight = flight_server(&config, pool.clone(), engine.clone())?;
+    // One authenticator too: JWKS fetched and refreshed once, for both doors.
+    let flight = flight_server(&config, pool.clone(), engine.clone(), auth.clone())?;
     let (a, b) = tokio::join!(
         serve_http(
             listener,

@@ -90,6 +90,7 @@ async fn put_direct(
         &registry,
         &[table.into()],
         db.pool(),
+        &fraiseql::db::RequestContext::anonymous(),
     )
     .await
 }

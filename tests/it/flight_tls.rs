@@ -144,16 +144,7 @@ async fn tls_serves_trusted_clients_and_refuses_plaintext() {
 async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
     let pki = pki();
     let db = db().await;
-    let f = TestFlight::start(
-        &db,
-        FlightConfig {
-            tls_cert: Some(pki.server_cert.clone()),
-            tls_key: Some(pki.server_key.clone()),
-            client_ca: Some(pki.ca.clone()),
-            ..config()
-        },
-    )
-    .await;
+    let f = TestFlight::start(&db, mtls_config(&pki)).await;
     let with_cert = tls_get(
         &f,
         &[
@@ -268,4 +259,73 @@ async fn plaintext_off_loopback_is_refused_unless_allowed() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("flight.tls_cert"), "{err}");
+}
+
+/// TLS with client certificates of the test CA required, and the test token.
+fn mtls_config(pki: &Pki) -> FlightConfig {
+    FlightConfig {
+        tls_cert: Some(pki.server_cert.clone()),
+        tls_key: Some(pki.server_key.clone()),
+        client_ca: Some(pki.ca.clone()),
+        ..config()
+    }
+}
+
+/// The client's TLS arguments: trust the test CA, present the client certificate.
+fn cert_args(pki: &Pki) -> [String; 6] {
+    let flag = |f: &str| f.to_string();
+    [
+        flag("--tls-ca"),
+        s(&pki.ca),
+        flag("--cert"),
+        s(&pki.client_cert),
+        flag("--key"),
+        s(&pki.client_key),
+    ]
+}
+
+/// A client certificate of a configured principal, without a token: the principal's role
+/// and its `[flight.roles]` allow-list apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_client_principal_gets_its_role() {
+    let pki = pki();
+    let db = db().await;
+    db.batch("CREATE VIEW va_m AS SELECT 1 AS m").await;
+    let f = TestFlight::start(
+        &db,
+        FlightConfig {
+            client_principals: vec![fraiseql::flight::ClientPrincipal {
+                subject: "CN=analyst".into(),
+                role: "analyst".into(),
+            }],
+            roles: std::collections::BTreeMap::from([(
+                "analyst".to_string(),
+                fraiseql::flight::RoleAccess {
+                    views: vec!["va_n".into()],
+                    ..Default::default()
+                },
+            )]),
+            ..mtls_config(&pki)
+        },
+    )
+    .await;
+    let get = |view: &str| {
+        let ticket = json!({"type": "view", "view": view}).to_string();
+        let mut args: Vec<String> = vec!["--port".into(), f.port()];
+        args.extend(cert_args(&pki));
+        args.extend(["get".into(), "--ticket".into(), ticket]);
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            py(&refs).await
+        }
+    };
+    let out = get("va_n").await;
+    assert_eq!(out["num_rows"], json!(3), "{out}");
+    let (class, message) = expect_error(&get("va_m").await);
+    assert!(class.contains("Unauthorized"), "{class}: {message}");
+    assert!(
+        message.contains("not allowed for this token's role"),
+        "{message}"
+    );
+    f.stop().await;
 }

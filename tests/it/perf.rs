@@ -210,6 +210,7 @@ async fn do_put_throughput() {
             &registry,
             &["ta_bulk".into()],
             db.pool(),
+            &fraiseql::db::RequestContext::anonymous(),
         )
         .await
         .unwrap();
