@@ -172,7 +172,8 @@ impl Identity {
             scopes: BTreeSet::new(),
             actor: None,
             claims: Arc::new(Map::new()),
-            context: context.with_setting("fraiseql.actor", subject),
+            write_context: context.clone().with_setting("fraiseql.actor", subject),
+            context,
         })
     }
 

@@ -727,7 +727,7 @@ impl FlightService for FraiseFlightService {
             &s.registry,
             &allowed,
             &s.pool,
-            identity.request_context(),
+            identity.write_context(),
         )
         .await?;
         tracing::info!(rows, "flight DoPut committed");
