@@ -14,14 +14,13 @@ import argparse
 import base64
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from graphql_bench import ROOT, post, psql, psql_file, wait_http, wrk  # noqa: E402
+from graphql_bench import ROOT, post, psql, psql_file, stop, wait_http, wrk  # noqa: E402
 
 DB = "fraiseql_auth_bench"
 URL = f"postgres://postgres@127.0.0.1:5432/{DB}"
@@ -133,14 +132,7 @@ required_claims = ["sub", "exp"]
         print("\ncost = 1 - authenticated req/s ÷ unauthenticated req/s (goal: <= 10 % at 16 connections)")
         return 1 if failed else 0
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        psql("postgres", f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+        stop(procs, DB)
 
 
 if __name__ == "__main__":

@@ -120,6 +120,18 @@ def explain_sql(binary, schema, query):
     return statements[0]
 
 
+def stop(procs, db):
+    """Stops the servers (SIGTERM, then SIGKILL after 10 s) and drops the bench database."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    psql("postgres", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
@@ -210,14 +222,7 @@ def main():
               "(above 1 means fraiseql's tail is lower); of ceiling = fraiseql req/s ÷ pgbench tps of the "
               "same statement at the same concurrency")
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        psql("postgres", f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+        stop(procs, DB)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const SERVICE_TOKEN: &str = "rls-service-token-0123456789";
 
 /// The test's database and roles; dropping it drops the database, then the roles.
@@ -148,28 +147,12 @@ impl Drop for Rls {
     fn drop(&mut self) {
         self.pool.close();
         drop(self.db.take());
-        let roles = [self.login.clone(), self.tenant.clone()];
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(ADMIN_URL, tokio_postgres::NoTls).await
-                {
-                    let h = tokio::spawn(conn);
-                    for r in roles {
-                        let _ = client
-                            .batch_execute(&format!("DROP ROLE IF EXISTS {r}"))
-                            .await;
-                    }
-                    drop(client);
-                    let _ = h.await;
-                }
-            });
-        })
-        .join();
+        common::admin_batch_on_drop(
+            [&self.login, &self.tenant]
+                .iter()
+                .map(|r| format!("DROP ROLE IF EXISTS {r}"))
+                .collect(),
+        );
     }
 }
 

@@ -178,29 +178,35 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         self.pool.close();
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime; a fresh thread with its own runtime avoids
-        // blocking it.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(ADMIN_URL, tokio_postgres::NoTls).await
-                {
-                    let h = tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                    drop(client);
-                    let _ = h.await;
-                }
-            });
-        })
-        .join();
+        admin_batch_on_drop(vec![format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )]);
     }
+}
+
+/// Runs `statements` as the admin, ignoring errors, from a `Drop`: it runs inside the
+/// test's runtime, so a fresh thread with its own runtime avoids blocking it.
+pub fn admin_batch_on_drop(statements: Vec<String>) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            if let Ok((client, conn)) =
+                tokio_postgres::connect(ADMIN_URL, tokio_postgres::NoTls).await
+            {
+                let h = tokio::spawn(conn);
+                for sql in statements {
+                    let _ = client.batch_execute(&sql).await;
+                }
+                drop(client);
+                let _ = h.await;
+            }
+        });
+    })
+    .join();
 }
 
 /// Path of a file of this crate.
