@@ -56,6 +56,15 @@ impl RequestContext {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The role (as setting `role`) and the settings, in the order they are applied.
+    fn pairs(&self) -> (Vec<&str>, Vec<&str>) {
+        self.role
+            .iter()
+            .map(|r| ("role", r.as_str()))
+            .chain(self.settings.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+            .unzip()
+    }
+
     /// True when there is nothing to set, so no transaction is needed.
     pub fn is_empty(&self) -> bool {
         self.role.is_none() && self.settings.is_empty()
@@ -76,12 +85,7 @@ pub async fn apply<C: tokio_postgres::GenericClient + Sync>(
     if ctx.is_empty() {
         return Ok(());
     }
-    let (names, values): (Vec<&str>, Vec<&str>) = ctx
-        .role
-        .iter()
-        .map(|r| ("role", r.as_str()))
-        .chain(ctx.settings.iter().map(|(n, v)| (n.as_str(), v.as_str())))
-        .unzip();
+    let (names, values) = ctx.pairs();
     // Typed parameters: no prepare round trip (the unnamed statement is parsed with the
     // execution, one round trip in all).
     let text_array = tokio_postgres::types::Type::TEXT_ARRAY;
@@ -97,7 +101,8 @@ pub async fn apply<C: tokio_postgres::GenericClient + Sync>(
 /// A pooled connection serving one request (see the module docs).
 pub struct Session {
     client: Option<Object>,
-    in_transaction: bool,
+    /// `APPLY_SQL` prepared on this connection, when `ctx` sets anything.
+    apply: Option<tokio_postgres::Statement>,
 }
 
 impl Session {
@@ -106,32 +111,54 @@ impl Session {
         client: Object,
         ctx: &RequestContext,
     ) -> Result<Session, tokio_postgres::Error> {
-        let session = Session::open(client, ctx);
+        let session = Session::open(client, ctx).await?;
         session.setup(ctx).await?;
         Ok(session)
     }
 
-    /// Takes `client` for a request without any I/O; [`Session::setup`] must be polled
-    /// before (or together with, first) the request's statements. Polled together — as
-    /// `join!(session.setup(ctx), statements)` does — the `BEGIN`, the settings and the
-    /// statements go to PostgreSQL in one flight: tokio-postgres pipelines requests in the
-    /// order they are first polled.
-    pub fn open(client: Object, ctx: &RequestContext) -> Session {
-        Session {
+    /// Takes `client` for a request; [`Session::setup`] must be polled before (or together
+    /// with, first) the request's statements. Polled together, the `BEGIN`, the settings,
+    /// the statements and [`Session::commit`] go to PostgreSQL in one flight:
+    /// tokio-postgres sends a request on its first poll, in the order of first polls.
+    ///
+    /// The settings statement is prepared here (once per connection, from its statement
+    /// cache) so that `setup` sends everything on its first poll: a prepare round trip
+    /// inside `setup` would let statements polled after it reach PostgreSQL before the
+    /// settings.
+    pub async fn open(
+        client: Object,
+        ctx: &RequestContext,
+    ) -> Result<Session, tokio_postgres::Error> {
+        let apply = if ctx.is_empty() {
+            None
+        } else {
+            let text_array = tokio_postgres::types::Type::TEXT_ARRAY;
+            Some(
+                client
+                    .prepare_typed_cached(APPLY_SQL, &[text_array.clone(), text_array])
+                    .await?,
+            )
+        };
+        Ok(Session {
             client: Some(client),
-            in_transaction: !ctx.is_empty(),
-        }
+            apply,
+        })
     }
 
-    /// `BEGIN` and `ctx`'s role and settings, one round trip (nothing when `ctx` is empty).
+    /// `BEGIN` and `ctx`'s role and settings, sent on the first poll (nothing when `ctx`
+    /// is empty).
     pub async fn setup(&self, ctx: &RequestContext) -> Result<(), tokio_postgres::Error> {
-        if !self.in_transaction {
+        let Some(apply) = &self.apply else {
             return Ok(());
-        }
+        };
         let client = self.client();
+        let (names, values) = ctx.pairs();
         // `try_join` polls its first future first: BEGIN is sent ahead of the settings.
-        futures_util::future::try_join(client.batch_execute("BEGIN"), apply(&***client, ctx))
-            .await?;
+        futures_util::future::try_join(
+            client.batch_execute("BEGIN"),
+            client.query(apply, &[&names, &values]),
+        )
+        .await?;
         Ok(())
     }
 
@@ -142,13 +169,28 @@ impl Session {
             .expect("a session holds its connection until finished or dropped")
     }
 
-    /// Ends the request normally: commits its transaction, if any, and returns the
-    /// connection to the pool.
-    pub async fn finish(mut self) -> Result<(), tokio_postgres::Error> {
-        if self.in_transaction {
+    /// `COMMIT` of the request's transaction, if any, sent on the first poll: polled once
+    /// after every statement of the request was first polled, it shares their flight. A
+    /// read whose statement failed leaves the transaction aborted, and PostgreSQL answers
+    /// that `COMMIT` with a rollback, which is all a read needs. [`Session::release`]
+    /// then returns the connection.
+    pub async fn commit(&self) -> Result<(), tokio_postgres::Error> {
+        if self.apply.is_some() {
             self.client().batch_execute("COMMIT").await?;
         }
+        Ok(())
+    }
+
+    /// Returns the connection to the pool after a successful [`Session::commit`].
+    pub fn release(mut self) {
         drop(self.client.take());
+    }
+
+    /// Ends the request normally: commits its transaction, if any, and returns the
+    /// connection to the pool.
+    pub async fn finish(self) -> Result<(), tokio_postgres::Error> {
+        self.commit().await?;
+        self.release();
         Ok(())
     }
 }

@@ -604,43 +604,98 @@ impl Engine {
             Err(failed) => return failed,
         };
         // Dropped with the request (the client went away), the session cancels what runs.
-        let session = Session::open(client, ctx);
+        let session = match Session::open(client, ctx).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(target: "fraiseql::graphql", error = %crate::db::describe(&e), "preparing the request's session settings failed");
+                return plans
+                    .iter()
+                    .map(|p| Err(internal(p, "the query failed")))
+                    .collect();
+            }
+        };
         let client = session.client();
-        let futures = statements.into_iter().zip(plans).map(|(st, plan)| async move {
-            let (stmt, _list) = st?;
-            let run = async {
-                let prepared = client.prepare_cached(&stmt.sql).await?;
-                let params: Vec<&(dyn ToSql + Sync)> =
-                    stmt.params.iter().map(|p| p.as_sql()).collect();
-                let row = client.query_opt(&prepared, &params).await?;
-                Ok::<_, tokio_postgres::Error>(row.and_then(|r| r.get::<_, Option<String>>(0)))
-            };
-            run.await.map_err(|e| {
-                tracing::error!(target: "fraiseql::graphql", field = %plan.field, error = %crate::db::describe(&e), sql = %stmt.sql, "query failed");
-                internal(plan, "the query failed")
+        // Prepared first (from the connection's cache: no I/O once seen), so that each
+        // statement below is sent on its first poll.
+        let prepared = juniper::futures::future::join_all(statements.into_iter().zip(plans).map(
+            |(st, plan)| async move {
+                let (stmt, _list) = st?;
+                match client.prepare_cached(&stmt.sql).await {
+                    Ok(prepared) => Ok((prepared, stmt)),
+                    Err(e) => {
+                        tracing::error!(target: "fraiseql::graphql", field = %plan.field, error = %crate::db::describe(&e), sql = %stmt.sql, "query failed");
+                        Err(internal(plan, "the query failed"))
+                    }
+                }
+            },
+        ))
+        .await;
+        let mut queries: Vec<_> = prepared
+            .into_iter()
+            .zip(plans)
+            .map(|(p, plan)| {
+                Box::pin(futures_util::future::maybe_done(async move {
+                    let (prepared, stmt) = p?;
+                    let params: Vec<&(dyn ToSql + Sync)> =
+                        stmt.params.iter().map(|p| p.as_sql()).collect();
+                    match client.query_opt(&prepared, &params).await {
+                        Ok(row) => Ok(row.and_then(|r| r.get::<_, Option<String>>(0))),
+                        Err(e) => {
+                            tracing::error!(target: "fraiseql::graphql", field = %plan.field, error = %crate::db::describe(&e), sql = %stmt.sql, "query failed");
+                            Err(internal(plan, "the query failed"))
+                        }
+                    }
+                }))
             })
-        });
-        // The session's setup is polled first, so it reaches PostgreSQL ahead of the
-        // statements, in the same flight.
-        let (setup, out) = futures_util::future::join(
-            session.setup(ctx),
-            juniper::futures::future::join_all(futures),
+            .collect();
+        // One flight, in this order: BEGIN and the settings, every statement, COMMIT. Each
+        // is polled once explicitly, so the order does not depend on how a combinator
+        // schedules its futures.
+        let mut setup_f = Box::pin(futures_util::future::maybe_done(session.setup(ctx)));
+        let _ = futures_util::poll!(setup_f.as_mut());
+        for q in &mut queries {
+            let _ = futures_util::poll!(q.as_mut());
+        }
+        let mut commit_f = Box::pin(futures_util::future::maybe_done(session.commit()));
+        let _ = futures_util::poll!(commit_f.as_mut());
+        futures_util::future::join3(
+            setup_f.as_mut(),
+            futures_util::future::join_all(queries.iter_mut().map(|q| q.as_mut())),
+            commit_f.as_mut(),
         )
         .await;
-        if let Err(e) = setup {
-            tracing::error!(target: "fraiseql::graphql", error = %crate::db::describe(&e), "applying the request's session settings failed");
+        // Joined above: every output is there.
+        let setup = setup_f.as_mut().take_output();
+        let commit = commit_f.as_mut().take_output();
+        let out: Vec<_> = queries
+            .iter_mut()
+            .zip(plans)
+            .map(|(q, plan)| {
+                q.as_mut()
+                    .take_output()
+                    .unwrap_or_else(|| Err(internal(plan, "the query failed")))
+            })
+            .collect();
+        drop((setup_f, commit_f, queries));
+        let failure = match (setup, commit) {
+            (Some(Ok(())), Some(Ok(()))) => None,
+            (Some(Err(e)), _) => Some((e, "applying the request's session settings failed")),
+            (_, Some(Err(e))) => Some((e, "ending the request's transaction failed")),
+            _ => {
+                return plans
+                    .iter()
+                    .map(|p| Err(internal(p, "the query failed")))
+                    .collect();
+            }
+        };
+        if let Some((e, what)) = failure {
+            tracing::error!(target: "fraiseql::graphql", error = %crate::db::describe(&e), "{what}");
             return plans
                 .iter()
                 .map(|p| Err(internal(p, "the query failed")))
                 .collect();
         }
-        if let Err(e) = session.finish().await {
-            tracing::error!(target: "fraiseql::graphql", error = %crate::db::describe(&e), "ending the request's transaction failed");
-            return plans
-                .iter()
-                .map(|p| Err(internal(p, "the query failed")))
-                .collect();
-        }
+        session.release();
         self.observe_sql("query", started);
         out
     }

@@ -110,6 +110,16 @@ async fn serve(
     extra: &str,
     cooldown_s: u64,
 ) -> (ServeProcess, tempfile::TempDir) {
+    serve_env(db, idp, extra, cooldown_s, &[]).await
+}
+
+async fn serve_env(
+    db: &TestDb,
+    idp: &Idp,
+    extra: &str,
+    cooldown_s: u64,
+    env: &[(&str, &str)],
+) -> (ServeProcess, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fraiseql.toml");
     let toml = format!(
@@ -145,7 +155,7 @@ jwks_timeout_ms = 1000
     let p = ServeProcess::start_role(
         &["--config", path.to_str().unwrap(), "serve"],
         &db.url(),
-        &[],
+        env,
     )
     .await;
     (p, dir)
@@ -514,6 +524,82 @@ fn serve_refuses_to_listen_beyond_loopback_without_auth_unless_told_to() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "nothing listened"
     );
+}
+
+#[tokio::test]
+async fn forty_root_fields_in_one_flight_all_run_inside_the_tokens_transaction() {
+    let db = TestDb::new().await;
+    db.load_blog().await;
+    // The view answers only as the token's role with its setting applied: a statement
+    // sent ahead of the settings, or after the COMMIT, would see no rows.
+    let role = format!("fq_flight_{}", db.name());
+    db.batch(&format!(
+        "CREATE ROLE {role} NOLOGIN; GRANT {role} TO CURRENT_USER; \
+         GRANT USAGE ON SCHEMA public TO {role}; \
+         ALTER VIEW v_post RENAME TO v_post_all; \
+         CREATE VIEW v_post AS SELECT * FROM v_post_all \
+         WHERE current_setting('app.user_id', true) = 'user-1' AND current_user = '{role}'; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"
+    ))
+    .await;
+    common::admin_batch_on_drop(vec![format!("DROP ROLE IF EXISTS {role}")]);
+    let idp = Idp::start(json!({"keys": [jwk("rsa2.key", "idp-1")]}), 3600).await;
+    let (p, _dir) = serve_env(
+        &db,
+        &idp,
+        &format!(
+            "role_claim = \"role\"\nanonymous_role = \"{role}\"\ndb_roles = [\"{role}\"]\n\
+             [auth.settings]\n\"app.user_id\" = \"sub\"\n"
+        ),
+        3600,
+        &[
+            ("FRAISEQL_GRAPHQL_MAX_ROOT_FIELDS", "40"),
+            ("FRAISEQL_GRAPHQL_MAX_ALIASES", "40"),
+        ],
+    )
+    .await;
+    let mut c = claims(STATIC_ISS);
+    c["role"] = json!(role);
+    let token = format!("Bearer {}", rs256("rsa1.key", None, &c));
+    let query = format!(
+        "{{ {} }}",
+        (0..40)
+            .map(|i| format!("p{i}: posts(limit: 2) {{ title }}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    for _ in 0..5 {
+        let r = common::http()
+            .post(format!("{}/graphql", p.base))
+            .header("authorization", &token)
+            .json(&json!({ "query": query }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        assert!(body.get("errors").is_none(), "{body}");
+        for i in 0..40 {
+            assert_eq!(
+                body["data"][format!("p{i}")].as_array().map(Vec::len),
+                Some(2),
+                "p{i}: {body}"
+            );
+        }
+    }
+    // Every transaction ended: no pooled connection is left inside one.
+    let open: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND state LIKE 'idle in transaction%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 0, "connections left inside a transaction");
 }
 
 #[tokio::test]
