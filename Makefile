@@ -20,7 +20,7 @@ NEXTEST := $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "$(CARGO) ne
 DEMO_DB ?= fraiseql_demo
 DEMO_URL ?= postgres://postgres@127.0.0.1:5432/$(DEMO_DB)
 
-.PHONY: help build run test test-deps static lint bench demo
+.PHONY: help build run test test-deps static dist lint bench demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -42,6 +42,18 @@ static: ## build dist/fraiseql, statically linked (no dynamic section)
 	cp $(TARGET_DIR)/$(STATIC_TARGET)/release/fraiseql dist/fraiseql
 	@if readelf -d dist/fraiseql | grep -q 'Dynamic section'; then echo "dist/fraiseql is not static" >&2; exit 1; fi
 	@echo "dist/fraiseql: static, $$(du -m dist/fraiseql | cut -f1) MB"
+
+VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+
+dist: static ## release files in dist/: static binary and source tarballs, SHA256SUMS, the Homebrew formula
+	tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C dist -cf - fraiseql \
+	  | gzip -n > dist/fraiseql-$(VERSION)-$(STATIC_TARGET).tar.gz
+	git archive --format=tar --prefix=fraiseql-$(VERSION)/ HEAD | gzip -n > dist/fraiseql-$(VERSION).tar.gz
+	cd dist && sha256sum fraiseql-$(VERSION)-$(STATIC_TARGET).tar.gz fraiseql-$(VERSION).tar.gz > SHA256SUMS
+	sed -e 's/@VERSION@/$(VERSION)/g' \
+	  -e "s/@SHA256@/$$(sha256sum dist/fraiseql-$(VERSION).tar.gz | cut -d' ' -f1)/" \
+	  packaging/homebrew/fraiseql.rb.in > dist/fraiseql.rb
+	@cat dist/SHA256SUMS
 
 test: static test-deps ## run every test (unit + integration) against the local services
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(STATIC_ENV) $(NEXTEST) run --release --target $(STATIC_TARGET) --no-fail-fast

@@ -103,6 +103,20 @@ pub enum Command {
     },
     /// Print the Grafana dashboard JSON built into this binary.
     Dashboard,
+    /// Probe a health endpoint: exit 0 when it answers 2xx, 1 otherwise. Needs no shell
+    /// or curl (the image's HEALTHCHECK) and reads no configuration.
+    Health {
+        /// The URL to GET.
+        #[arg(
+            long,
+            value_name = "URL",
+            default_value = "http://127.0.0.1:8080/healthz"
+        )]
+        url: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 3000)]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -18,6 +18,9 @@ fn main() -> ExitCode {
         log_format: cli.log_format,
         ..Default::default()
     };
+    if let Command::Health { url, timeout_ms } = &cli.command {
+        return health(url, *timeout_ms);
+    }
     match &cli.command {
         Command::Serve { listen, schema, .. } => {
             overrides.listen = *listen;
@@ -103,12 +106,38 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Dlq { command } => return roles::dlq::run(command, &config).await,
+        Command::Health { .. } => unreachable!("handled before the configuration is loaded"),
         Command::Dashboard => {
             use std::io::Write;
             std::io::stdout().write_all(&fraiseql::assets::dashboard())?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `fraiseql health`: before any configuration is read (see [`fraiseql::roles::health`]).
+fn health(url: &str, timeout_ms: u64) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let timeout = std::time::Duration::from_millis(timeout_ms);
+    match runtime.block_on(fraiseql::roles::health::probe(url, timeout)) {
+        Ok(status) => {
+            println!("ok    {url}: {status}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging(config: &Config) {

@@ -739,3 +739,241 @@ async fn tls_to_postgres_verifies_the_server_certificate() {
         .to_string();
     assert!(err.contains("certificate"), "{err}");
 }
+
+/// The final stage of packaging/Dockerfile: its ENV, HEALTHCHECK and ENTRYPOINT + CMD.
+struct ImageSpec {
+    env: Vec<(String, String)>,
+    healthcheck: Vec<String>,
+    command: Vec<String>,
+}
+
+fn image_spec() -> ImageSpec {
+    let text = std::fs::read_to_string(common::crate_path("packaging/Dockerfile")).unwrap();
+    // Continuation lines joined, comments dropped, only the last stage kept.
+    let joined = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("\\\n", " ");
+    let last = joined.rsplit("\nFROM ").next().unwrap();
+    assert!(
+        last.starts_with("scratch"),
+        "the last stage is FROM scratch: {last}"
+    );
+    let exec_form = |line: &str| -> Vec<String> {
+        let json = &line[line.find('[').expect("exec form")..];
+        serde_json::from_str(json).unwrap()
+    };
+    let mut spec = ImageSpec {
+        env: Vec::new(),
+        healthcheck: Vec::new(),
+        command: Vec::new(),
+    };
+    let (mut entrypoint, mut cmd) = (Vec::new(), Vec::new());
+    for line in last.lines().map(str::trim) {
+        if let Some(kv) = line.strip_prefix("ENV ") {
+            let (k, v) = kv.split_once('=').expect("ENV key=value");
+            spec.env.push((k.to_string(), v.to_string()));
+        } else if line.starts_with("HEALTHCHECK ") {
+            let cmd_at = line.find(" CMD ").expect("HEALTHCHECK ... CMD");
+            spec.healthcheck = exec_form(&line[cmd_at..]);
+        } else if line.starts_with("ENTRYPOINT ") {
+            entrypoint = exec_form(line);
+        } else if line.starts_with("CMD ") {
+            cmd = exec_form(line);
+        }
+    }
+    spec.command = entrypoint.into_iter().chain(cmd).collect();
+    spec
+}
+
+/// The image without docker: its root file system assembled (the static binary and the
+/// device nodes every runtime adds), its ENV, user, ENTRYPOINT + CMD and HEALTHCHECK run
+/// under `chroot`. As shipped it refuses to listen on 0.0.0.0 without [auth]; with the
+/// explicit opt-out it serves, and its HEALTHCHECK (no shell in the image) passes.
+#[tokio::test]
+async fn static_binary_image_refuses_without_auth_and_its_healthcheck_passes() {
+    let spec = image_spec();
+    assert_eq!(spec.command, ["/fraiseql", "serve"]);
+    assert_eq!(
+        spec.healthcheck[..2],
+        ["/fraiseql".to_string(), "health".into()]
+    );
+    let root = empty_root_with_static_binary();
+    std::fs::create_dir(root.path().join("dev")).unwrap();
+    for (name, minor) in [("random", "8"), ("urandom", "9")] {
+        let mknod = std::process::Command::new("mknod")
+            .args(["-m", "444"])
+            .arg(root.path().join("dev").join(name))
+            .args(["c", "1", minor])
+            .status()
+            .unwrap();
+        assert!(mknod.success(), "mknod /dev/{name} (run the tests as root)");
+    }
+    let db = TestDb::new().await;
+    // The image's port, moved to a free one: the chroot shares this machine's network.
+    let port = common::free_port().to_string();
+    let image_env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.replace(":8080", &format!(":{port}"))))
+        .collect();
+    assert!(
+        image_env.contains(&("FRAISEQL_SERVER_LISTEN".into(), format!("0.0.0.0:{port}"))),
+        "{image_env:?}"
+    );
+    let in_image = |args: &[String], extra: &[(&str, &str)]| {
+        let mut c = std::process::Command::new("/usr/sbin/chroot");
+        c.arg("--userspec=65532:65532")
+            .arg(root.path())
+            .args(args)
+            .env_clear()
+            .envs(image_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("FRAISEQL_DATABASE_URL", db.url())
+            .envs(extra.iter().copied());
+        c
+    };
+
+    let out = in_image(&spec.command, &[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("0.0.0.0:{port} is reachable beyond this machine"))
+            && stderr.contains("[auth]")
+            && stderr.contains("server.allow_unauthenticated = true"),
+        "{stderr}"
+    );
+
+    let health: Vec<String> = spec
+        .healthcheck
+        .iter()
+        .map(|a| a.replace(":8080", &format!(":{port}")))
+        .collect();
+    let down = in_image(&health, &[]).output().unwrap();
+    assert!(!down.status.success(), "nothing listens yet");
+
+    let mut serve = in_image(
+        &spec.command,
+        &[("FRAISEQL_SERVER_ALLOW_UNAUTHENTICATED", "true")],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let started = Instant::now();
+    let passed = loop {
+        let out = in_image(&health, &[]).output().unwrap();
+        if out.status.success() {
+            break Some(String::from_utf8_lossy(&out.stdout).to_string());
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let stdout = passed.expect("the HEALTHCHECK passes once serve listens");
+    assert!(stdout.contains(": 200"), "{stdout}");
+}
+
+/// The systemd units as shipped (binary path aside): `systemd-analyze verify` finds
+/// nothing to say, and `systemd-analyze security` rates each one's exposure low.
+#[test]
+fn systemd_units_verify_and_are_sandboxed() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = common::bin_path();
+    for role in ["serve", "flight", "worker"] {
+        let name = format!("fraiseql-{role}.service");
+        let unit =
+            std::fs::read_to_string(common::crate_path(&format!("packaging/systemd/{name}")))
+                .unwrap();
+        assert!(
+            unit.contains(&format!(
+                "ExecStart=/usr/local/bin/fraiseql --config /etc/fraiseql/fraiseql.toml {role}\n"
+            )),
+            "{name}: {unit}"
+        );
+        for key in [
+            "DynamicUser=yes",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "CapabilityBoundingSet=\n",
+        ] {
+            assert!(unit.contains(key), "{name} lacks {key}");
+        }
+        // verify checks that ExecStart is executable: point it at the binary under test.
+        let path = dir.path().join(&name);
+        std::fs::write(
+            &path,
+            unit.replace("/usr/local/bin/fraiseql", bin.to_str().unwrap()),
+        )
+        .unwrap();
+        let out = std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .expect("systemd-analyze (Debian's systemd package)");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.trim().is_empty(),
+            "{name}: {stderr}"
+        );
+        let out = std::process::Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--no-pager"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let level: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.split_once("Overall exposure level for ")?
+                    .1
+                    .split_once(": ")?
+                    .1
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("{name}: no exposure level in {text}"));
+        println!("{name}: exposure {level}");
+        assert!(level <= 2.0, "{name}: exposure {level}\n{text}");
+    }
+}
+
+/// The Homebrew formula builds from source with Rust and tests the binary it installed;
+/// rendered as `make dist` renders it, it is valid Ruby (`ruby -c`), with no placeholder left.
+#[test]
+fn homebrew_formula_builds_from_source_and_is_valid_ruby() {
+    let template =
+        std::fs::read_to_string(common::crate_path("packaging/homebrew/fraiseql.rb.in")).unwrap();
+    for needed in [
+        "depends_on \"rust\" => :build",
+        "system \"cargo\", \"install\", *std_cargo_args",
+        "test do",
+        "#{bin}/fraiseql --version",
+    ] {
+        assert!(template.contains(needed), "the formula lacks {needed}");
+    }
+    let rendered = template
+        .replace("@VERSION@", env!("CARGO_PKG_VERSION"))
+        .replace("@SHA256@", &"ab".repeat(32));
+    assert!(!rendered.contains('@'), "{rendered}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fraiseql.rb");
+    std::fs::write(&path, rendered).unwrap();
+    let out = std::process::Command::new("ruby")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("ruby (Debian's ruby package)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Syntax OK");
+}
