@@ -18,8 +18,12 @@ fn main() -> ExitCode {
         log_format: cli.log_format,
         ..Default::default()
     };
+    // Before any configuration is read: a probe must not depend on it.
     if let Command::Health { url, timeout_ms } = &cli.command {
-        return health(url, *timeout_ms);
+        return match runtime(false) {
+            Ok(rt) => rt.block_on(health(url, *timeout_ms)),
+            Err(code) => code,
+        };
     }
     match &cli.command {
         Command::Serve { listen, schema, .. } => {
@@ -49,15 +53,9 @@ fn main() -> ExitCode {
     };
     init_logging(&config);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(true) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(run(cli.command, config)) {
         Ok(code) => code,
@@ -106,7 +104,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Dlq { command } => return roles::dlq::run(command, &config).await,
-        Command::Health { .. } => unreachable!("handled before the configuration is loaded"),
+        Command::Health { url, timeout_ms } => return Ok(health(&url, timeout_ms).await),
         Command::Dashboard => {
             use std::io::Write;
             std::io::stdout().write_all(&fraiseql::assets::dashboard())?;
@@ -115,20 +113,23 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `fraiseql health`: before any configuration is read (see [`fraiseql::roles::health`]).
-fn health(url: &str, timeout_ms: u64) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+/// The async runtime: multi-threaded for the roles, one thread for a probe.
+fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
     };
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// `fraiseql health` (see [`fraiseql::roles::health`]).
+async fn health(url: &str, timeout_ms: u64) -> ExitCode {
     let timeout = std::time::Duration::from_millis(timeout_ms);
-    match runtime.block_on(fraiseql::roles::health::probe(url, timeout)) {
+    match fraiseql::roles::health::probe(url, timeout).await {
         Ok(status) => {
             println!("ok    {url}: {status}");
             ExitCode::SUCCESS

@@ -603,15 +603,22 @@ impl Engine {
             Ok(c) => c,
             Err(failed) => return failed,
         };
+        let all_failed = || {
+            plans
+                .iter()
+                .map(|p| Err(internal(p, "the query failed")))
+                .collect()
+        };
+        let query_failed = |plan: &RootPlan, sql: &str, e: &tokio_postgres::Error| {
+            tracing::error!(target: "fraiseql::graphql", field = %plan.field, error = %crate::db::describe(e), sql = %sql, "query failed");
+            internal(plan, "the query failed")
+        };
         // Dropped with the request (the client went away), the session cancels what runs.
         let session = match Session::open(client, ctx).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(target: "fraiseql::graphql", error = %crate::db::describe(&e), "preparing the request's session settings failed");
-                return plans
-                    .iter()
-                    .map(|p| Err(internal(p, "the query failed")))
-                    .collect();
+                return all_failed();
             }
         };
         let client = session.client();
@@ -622,10 +629,7 @@ impl Engine {
                 let (stmt, _list) = st?;
                 match client.prepare_cached(&stmt.sql).await {
                     Ok(prepared) => Ok((prepared, stmt)),
-                    Err(e) => {
-                        tracing::error!(target: "fraiseql::graphql", field = %plan.field, error = %crate::db::describe(&e), sql = %stmt.sql, "query failed");
-                        Err(internal(plan, "the query failed"))
-                    }
+                    Err(e) => Err(query_failed(plan, &stmt.sql, &e)),
                 }
             },
         ))
@@ -640,10 +644,7 @@ impl Engine {
                         stmt.params.iter().map(|p| p.as_sql()).collect();
                     match client.query_opt(&prepared, &params).await {
                         Ok(row) => Ok(row.and_then(|r| r.get::<_, Option<String>>(0))),
-                        Err(e) => {
-                            tracing::error!(target: "fraiseql::graphql", field = %plan.field, error = %crate::db::describe(&e), sql = %stmt.sql, "query failed");
-                            Err(internal(plan, "the query failed"))
-                        }
+                        Err(e) => Err(query_failed(plan, &stmt.sql, &e)),
                     }
                 }))
             })
@@ -665,8 +666,10 @@ impl Engine {
         )
         .await;
         // Joined above: every output is there.
-        let setup = setup_f.as_mut().take_output();
-        let commit = commit_f.as_mut().take_output();
+        let ended = setup_f
+            .as_mut()
+            .take_output()
+            .zip(commit_f.as_mut().take_output());
         let out: Vec<_> = queries
             .iter_mut()
             .zip(plans)
@@ -677,23 +680,19 @@ impl Engine {
             })
             .collect();
         drop((setup_f, commit_f, queries));
-        let failure = match (setup, commit) {
-            (Some(Ok(())), Some(Ok(()))) => None,
-            (Some(Err(e)), _) => Some((e, "applying the request's session settings failed")),
-            (_, Some(Err(e))) => Some((e, "ending the request's transaction failed")),
-            _ => {
-                return plans
-                    .iter()
-                    .map(|p| Err(internal(p, "the query failed")))
-                    .collect();
+        let ended = ended.map(|(setup, commit)| {
+            setup
+                .map_err(|e| (e, "applying the request's session settings failed"))
+                .and_then(|()| commit.map_err(|e| (e, "ending the request's transaction failed")))
+        });
+        match ended {
+            Some(Ok(())) => {}
+            failed => {
+                if let Some(Err((e, what))) = failed {
+                    tracing::error!(target: "fraiseql::graphql", error = %crate::db::describe(&e), "{what}");
+                }
+                return all_failed();
             }
-        };
-        if let Some((e, what)) = failure {
-            tracing::error!(target: "fraiseql::graphql", error = %crate::db::describe(&e), "{what}");
-            return plans
-                .iter()
-                .map(|p| Err(internal(p, "the query failed")))
-                .collect();
         }
         session.release();
         self.observe_sql("query", started);

@@ -532,7 +532,7 @@ async fn forty_root_fields_in_one_flight_all_run_inside_the_tokens_transaction()
     db.load_blog().await;
     // The view answers only as the token's role with its setting applied: a statement
     // sent ahead of the settings, or after the COMMIT, would see no rows.
-    let role = format!("fq_flight_{}", db.name());
+    let role = format!("fq_reader_{}", db.name());
     db.batch(&format!(
         "CREATE ROLE {role} NOLOGIN; GRANT {role} TO CURRENT_USER; \
          GRANT USAGE ON SCHEMA public TO {role}; \
