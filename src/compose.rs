@@ -37,11 +37,25 @@ pub fn flight_server(
     let mut server =
         crate::flight::FlightServer::with_auth(config.flight.clone(), pool.clone(), auth)
             .map_err(|e| anyhow::anyhow!("{e}"))?
-            .with_metrics(crate::metrics::metrics().flight.clone());
+            .with_metrics(crate::metrics::metrics().flight.clone())
+            .with_rate_limit(rate_limiter(config)?);
     if let Some(engine) = engine {
         server = server.with_graphql(Arc::new(EngineSource::new(engine, pool)));
     }
     Ok(server)
+}
+
+/// The limiter of `[rate_limit]`, or `None` when it sets no rule.
+pub fn rate_limiter(config: &Config) -> anyhow::Result<Option<Arc<crate::ratelimit::RateLimiter>>> {
+    let Some(rl) = &config.rate_limit else {
+        return Ok(None);
+    };
+    crate::ratelimit::RateLimiter::new(
+        rl,
+        &config.queue.url,
+        config.auth.as_ref().map(|a| a.tenant_claim.as_str()),
+    )
+    .map_err(|e| anyhow::anyhow!("rate_limit: {e}"))
 }
 
 /// Builds the configured queue backend, waiting (and logging) while an external one is
@@ -124,6 +138,7 @@ pub async fn authenticator(
 pub fn load_engine(config: &Config, path: &str) -> anyhow::Result<crate::graphql::Engine> {
     let schema = crate::schema::load(std::path::Path::new(path))?;
     let engine = crate::graphql::Engine::new(Arc::new(schema), config.graphql_limits())?
+        .with_role_limits(&config.graphql.roles)
         .with_metrics(crate::metrics::metrics().graphql.clone());
     Ok(engine)
 }

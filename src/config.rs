@@ -64,6 +64,8 @@ pub struct Config {
     pub auth: Option<crate::auth::AuthConfig>,
     /// Retention of the change log (`fraiseql db prune`, `serve`'s periodic prune).
     pub change_log: crate::db::retention::ChangeLogConfig,
+    /// Rate limits (`[rate_limit]`); absent: none.
+    pub rate_limit: Option<crate::ratelimit::RateLimitConfig>,
     /// Where each top-level key came from, for error messages. Not part of the file format.
     #[serde(skip)]
     pub origins: Origins,
@@ -247,6 +249,7 @@ impl Config {
             self.queue.validate(),
             self.nats.validate(),
             self.auth.as_ref().map_or(Ok(()), |a| a.validate()),
+            self.rate_limit.as_ref().map_or(Ok(()), |r| r.validate()),
             self.change_log.validate(),
             self.validate_across(),
         ];
@@ -271,6 +274,23 @@ impl Config {
 
     /// Rules that tie two sections together.
     fn validate_across(&self) -> Result<(), Invalid> {
+        if let Some(rl) = &self.rate_limit {
+            if rl.tenant.is_some() && self.auth.is_none() {
+                return Err(Invalid::new(
+                    "rate_limit.tenant",
+                    "needs [auth]: the tenant is the auth.tenant_claim of the request's token",
+                ));
+            }
+            if rl.store == crate::ratelimit::config::Store::Redis
+                && rl.redis_url.is_empty()
+                && self.queue.url.is_empty()
+            {
+                return Err(Invalid::new(
+                    "rate_limit.redis_url",
+                    "a redis:// URL for store = \"redis\" (or set queue.url)",
+                ));
+            }
+        }
         // Who runs the jobs: with the in-process queue, this process (observer_runtime);
         // with Redis, `queue.run_workers` (serve joins the workers) — never a silent winner.
         let rt = &self.observer_runtime;
@@ -511,6 +531,7 @@ fn apply_env(
     // Optional sections count with their defaults, so `FRAISEQL_AUTH_MODE` is known.
     let defaults = toml::Table::try_from(Config {
         auth: Some(Default::default()),
+        rate_limit: Some(Default::default()),
         ..Config::default()
     })
     .expect("defaults serialize");
@@ -564,7 +585,17 @@ fn apply_env(
         // Optional keys without a default (unset paths) are absent from the defaults: they
         // are taken as strings, and an unknown key is refused when the table is deserialized.
         let string_default = toml::Value::String(String::new());
-        let default = section_defaults.get(&key).unwrap_or(&string_default);
+        // An optional table without a default (`FRAISEQL_RATE_LIMIT_CLIENT`) is given as an
+        // inline table: `{ requests_per_minute = 600 }`.
+        let table_default = toml::Value::Table(toml::Table::new());
+        let default =
+            section_defaults
+                .get(&key)
+                .unwrap_or(if value.trim_start().starts_with('{') {
+                    &table_default
+                } else {
+                    &string_default
+                });
         let parsed = match default {
             toml::Value::String(_) => toml::Value::String(value.clone()),
             toml::Value::Integer(_) => value
@@ -844,6 +875,35 @@ mod tests {
             e.contains("FRAISEQL_GRAPHQL_MAX_DEPTH") && e.contains("integer"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn rate_limit_rules_take_env_overrides_as_inline_tables() {
+        let c = load(
+            "",
+            &[
+                ("FRAISEQL_RATE_LIMIT_STORE", "redis"),
+                ("FRAISEQL_RATE_LIMIT_REDIS_URL", "redis://127.0.0.1:6379"),
+                (
+                    "FRAISEQL_RATE_LIMIT_CLIENT",
+                    "{ requests_per_minute = 600, burst = 50 }",
+                ),
+                ("FRAISEQL_RATE_LIMIT_TRUSTED_PROXIES", "[\"10.0.0.0/8\"]"),
+            ],
+        )
+        .unwrap();
+        let rl = c.rate_limit.unwrap();
+        assert_eq!(rl.store, crate::ratelimit::config::Store::Redis);
+        assert_eq!(rl.client.unwrap().requests_per_minute, 600);
+        assert_eq!(rl.client.unwrap().burst(), 50);
+        assert_eq!(rl.trusted_proxies, ["10.0.0.0/8"]);
+        let e = load(
+            "",
+            &[("FRAISEQL_RATE_LIMIT_CLIENT", "{ requests_per_minute = 0 }")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("rate_limit.client.requests_per_minute"), "{e}");
     }
 
     #[test]

@@ -44,6 +44,13 @@ pub enum ErrorCode {
     ServiceUnavailable,
     /// The request body's media type is not one the endpoint reads.
     UnsupportedMediaType,
+    /// Over a rate limit: nothing ran; `Retry-After` says when to try again.
+    RateLimited,
+    /// The change conflicts with existing data (a unique or foreign key violation) or with a
+    /// concurrent transaction (after one retry).
+    Conflict,
+    /// The statement was cancelled: `statement_timeout`, or the client went away.
+    Timeout,
 }
 
 impl ErrorCode {
@@ -51,6 +58,7 @@ impl ErrorCode {
     pub const ALL: &'static [ErrorCode] = &[
         ErrorCode::BadRequest,
         ErrorCode::BadUserInput,
+        ErrorCode::Conflict,
         ErrorCode::Forbidden,
         ErrorCode::GraphqlParseFailed,
         ErrorCode::GraphqlValidationFailed,
@@ -64,7 +72,9 @@ impl ErrorCode {
         ErrorCode::OperationNotFound,
         ErrorCode::OperationNotSupported,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::RateLimited,
         ErrorCode::ServiceUnavailable,
+        ErrorCode::Timeout,
         ErrorCode::Unauthenticated,
         ErrorCode::UnsupportedMediaType,
     ];
@@ -90,6 +100,9 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => "UNAUTHENTICATED",
             ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             ErrorCode::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            ErrorCode::Conflict => "CONFLICT",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::Timeout => "TIMEOUT",
         }
     }
 
@@ -119,7 +132,7 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(strs, sorted);
-        assert_eq!(ErrorCode::parse("CONFLICT"), None);
+        assert_eq!(ErrorCode::parse("ALREADY_SHIPPED"), None);
     }
 
     #[test]
@@ -144,9 +157,12 @@ mod tests {
                 | ErrorCode::Forbidden
                 | ErrorCode::Unauthenticated
                 | ErrorCode::ServiceUnavailable
-                | ErrorCode::UnsupportedMediaType => {}
+                | ErrorCode::UnsupportedMediaType
+                | ErrorCode::Conflict
+                | ErrorCode::RateLimited
+                | ErrorCode::Timeout => {}
             }
         }
-        assert_eq!(ErrorCode::ALL.len(), 18);
+        assert_eq!(ErrorCode::ALL.len(), 21);
     }
 }

@@ -45,9 +45,24 @@ pub struct Metrics {
     pub flight: FlightMetrics,
     /// Authentication outcomes and authorization refusals (no claim values as labels).
     pub auth: AuthMetrics,
+    /// Rate-limit decisions and the state of the limiter's store.
+    pub rate_limit: RateLimitMetrics,
     /// Build information as labels; the value is always 1.
     pub build_info: IntGaugeVec,
 }
+
+pub struct RateLimitMetrics {
+    /// Budget checks by rule (`global`, `client`, `tenant`, `mutations`, `flight`) and
+    /// outcome (`allowed`, `limited`, `store_error`).
+    pub decisions: IntCounterVec,
+    /// 1 while the rate-limit store answers (always 1 for the memory store), else 0.
+    pub store_up: IntGauge,
+}
+
+/// The rule labels of `fraiseql_rate_limit_decisions_total`.
+pub const RATE_LIMIT_RULES: &[&str] = &["global", "client", "tenant", "mutations", "flight"];
+/// Its outcome labels.
+pub const RATE_LIMIT_OUTCOMES: &[&str] = &["allowed", "limited", "store_error"];
 
 pub struct AuthMetrics {
     /// Requests by door (`http`, `flight`) and outcome (`ok`, `anonymous`, or why a token
@@ -172,6 +187,21 @@ impl Metrics {
                 ),
             }
             .with_known_labels(),
+            rate_limit: RateLimitMetrics {
+                decisions: counter_vec(
+                    &registry,
+                    "rate_limit_decisions_total",
+                    "Rate-limit budget checks by rule and outcome (allowed, limited, \
+                     store_error).",
+                    &["rule", "outcome"],
+                ),
+                store_up: gauge(
+                    &registry,
+                    "rate_limit_store_up",
+                    "1 while the rate-limit store answers, else 0.",
+                ),
+            }
+            .with_known_labels(),
             db_pool_size: gauge(
                 &registry,
                 "db_pool_connections",
@@ -229,12 +259,25 @@ impl Metrics {
     }
 }
 
+impl RateLimitMetrics {
+    fn with_known_labels(self) -> Self {
+        for rule in RATE_LIMIT_RULES {
+            for outcome in RATE_LIMIT_OUTCOMES {
+                self.decisions.with_label_values(&[rule, outcome]);
+            }
+        }
+        self
+    }
+}
+
 /// The route labels of `fraiseql_http_*` (a closed set: unknown paths are `other`) and the
 /// statuses each can answer (every route can time out: 503).
 pub const HTTP_ROUTES: &[(&str, &[&str])] = &[
     (
         "/graphql",
-        &["200", "400", "405", "406", "413", "415", "500", "503"],
+        &[
+            "200", "204", "400", "401", "403", "405", "406", "413", "415", "429", "500", "503",
+        ],
     ),
     ("/graphiql", &["200", "404", "503"]),
     ("/healthz", &["200", "503"]),

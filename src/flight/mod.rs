@@ -62,6 +62,7 @@ pub struct FlightServer {
     graphql: Option<Arc<dyn GraphQLSource>>,
     wake: Option<Arc<Notify>>,
     auth: Option<Arc<Authenticator>>,
+    rate_limit: Option<Arc<crate::ratelimit::RateLimiter>>,
 }
 
 impl FlightServer {
@@ -96,7 +97,17 @@ impl FlightServer {
             metrics: None,
             graphql: None,
             wake: None,
+            rate_limit: None,
         })
+    }
+
+    /// Spends these budgets on every DoGet and DoPut (`RESOURCE_EXHAUSTED` when spent).
+    pub fn with_rate_limit(
+        mut self,
+        limiter: Option<Arc<crate::ratelimit::RateLimiter>>,
+    ) -> FlightServer {
+        self.rate_limit = limiter;
+        self
     }
 
     /// Records `fraiseql_flight_*` into these metrics (default: an unexported registry).
@@ -175,6 +186,7 @@ impl FlightServer {
             max_ticket_bytes: self.cfg.max_ticket_bytes,
             put_tables: self.cfg.put_tables.clone(),
             follow_poll: Duration::from_millis(self.cfg.follow_poll_ms),
+            rate_limit: self.rate_limit,
         };
         let svc = FlightServiceServer::new(service::FraiseFlightService::new(state))
             .max_decoding_message_size(self.cfg.max_put_message_bytes);

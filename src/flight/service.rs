@@ -72,6 +72,8 @@ pub struct FlightState {
     pub max_ticket_bytes: usize,
     pub put_tables: Vec<String>,
     pub follow_poll: Duration,
+    /// `[rate_limit]`: the `flight` and `global` budgets each stream or upload spends.
+    pub rate_limit: Option<Arc<crate::ratelimit::RateLimiter>>,
 }
 
 #[derive(Clone)]
@@ -136,6 +138,54 @@ impl FraiseFlightService {
         auth.authenticate(value, Door::Flight)
             .await
             .map_err(|e| self.refused(&e))
+    }
+
+    /// Spends the caller's Flight budget: `RESOURCE_EXHAUSTED` (with `retry-after` seconds
+    /// in the metadata) when it is spent, `UNAVAILABLE` when the store is down and calls are
+    /// refused meanwhile. Nothing runs for a refused call.
+    async fn admit<T>(&self, identity: &Identity, request: &Request<T>) -> Result<(), Status> {
+        use crate::ratelimit::{Caller, Scope, Verdict};
+        let Some(rl) = &self.state.rate_limit else {
+            return Ok(());
+        };
+        let peer = request
+            .remote_addr()
+            .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
+        let forwarded = request
+            .metadata()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::auth::bearer);
+        let caller = Caller {
+            identity,
+            token,
+            addr: rl.client_addr(peer, forwarded),
+        };
+        match rl.admit(&caller, Scope::Flight).await {
+            Verdict::Allowed(_) => Ok(()),
+            Verdict::Limited(c) => {
+                let secs = c.retry_after_secs();
+                let mut status = Status::resource_exhausted(format!(
+                    "rate limit exceeded ({} budget); retry in {secs} s",
+                    c.refused_by().unwrap_or("flight")
+                ));
+                status.metadata_mut().insert(
+                    "retry-after",
+                    secs.to_string()
+                        .parse()
+                        .map_err(|_| Status::internal("retry-after"))?,
+                );
+                Err(status)
+            }
+            Verdict::Unavailable => Err(Status::unavailable(
+                "the rate-limit store is unreachable; try again shortly",
+            )),
+        }
     }
 
     /// The first configured principal the client's (leaf) certificate names: its subject's
@@ -630,6 +680,7 @@ impl FlightService for FraiseFlightService {
         let identity = self
             .authorize(request.metadata(), request.peer_certs())
             .await?;
+        self.admit(&identity, &request).await?;
         let ctx = identity.request_context().clone();
         let s = &self.state;
         let t = self.parse_ticket(&request.get_ref().ticket)?;
@@ -698,6 +749,7 @@ impl FlightService for FraiseFlightService {
         let identity = self
             .authorize(request.metadata(), request.peer_certs())
             .await?;
+        self.admit(&identity, &request).await?;
         let mut incoming = request.into_inner();
         let Some(first) = incoming.message().await? else {
             return Err(Status::invalid_argument("DoPut received no data"));

@@ -2,6 +2,8 @@
 //! limits are the engine's own [`Limits`], read from the same table: one list of fields, one
 //! set of defaults.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::Limits;
@@ -16,6 +18,45 @@ pub struct GraphqlConfig {
     pub graphiql: bool,
     /// Every other key of the section (`max_depth`, `max_limit`, `introspection`, …).
     pub limits: Limits,
+    /// `[graphql.roles.<role>]`: limits that replace the section's for requests of that
+    /// role (the token's role claim), and a statement timeout of their own.
+    pub roles: BTreeMap<String, RoleLimits>,
+}
+
+/// The limits one role has instead of the section's; unset keys keep the section's value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleLimits {
+    pub max_depth: Option<usize>,
+    pub max_aliases: Option<usize>,
+    pub max_root_fields: Option<usize>,
+    pub default_limit: Option<i64>,
+    pub max_limit: Option<i64>,
+    pub max_list_input: Option<usize>,
+    pub max_filter_depth: Option<usize>,
+    pub max_filter_conditions: Option<usize>,
+    /// `statement_timeout` of the role's requests (set in their transaction); a statement
+    /// that runs longer is cancelled and answered `TIMEOUT`.
+    pub statement_timeout_ms: Option<u64>,
+}
+
+impl RoleLimits {
+    /// `base` with this role's values in place.
+    pub fn apply(&self, base: Limits) -> Limits {
+        Limits {
+            max_depth: self.max_depth.unwrap_or(base.max_depth),
+            max_aliases: self.max_aliases.unwrap_or(base.max_aliases),
+            max_root_fields: self.max_root_fields.unwrap_or(base.max_root_fields),
+            default_limit: self.default_limit.unwrap_or(base.default_limit),
+            max_limit: self.max_limit.unwrap_or(base.max_limit),
+            max_list_input: self.max_list_input.unwrap_or(base.max_list_input),
+            max_filter_depth: self.max_filter_depth.unwrap_or(base.max_filter_depth),
+            max_filter_conditions: self
+                .max_filter_conditions
+                .unwrap_or(base.max_filter_conditions),
+            ..base
+        }
+    }
 }
 
 impl Default for GraphqlConfig {
@@ -24,6 +65,7 @@ impl Default for GraphqlConfig {
             schema: String::new(),
             graphiql: true,
             limits: Limits::default(),
+            roles: BTreeMap::new(),
         }
     }
 }
@@ -34,6 +76,7 @@ impl Default for GraphqlConfig {
 struct Own {
     schema: String,
     graphiql: bool,
+    roles: BTreeMap<String, RoleLimits>,
 }
 
 impl Default for Own {
@@ -42,6 +85,7 @@ impl Default for Own {
         Own {
             schema: d.schema,
             graphiql: d.graphiql,
+            roles: d.roles,
         }
     }
 }
@@ -52,22 +96,23 @@ impl<'de> Deserialize<'de> for GraphqlConfig {
         // unknown key is refused there, naming the limits expected).
         let mut table = toml::Table::deserialize(d)?;
         let mut own = toml::Table::new();
-        for key in ["schema", "graphiql"] {
+        for key in ["schema", "graphiql", "roles"] {
             if let Some(v) = table.remove(key) {
                 own.insert(key.to_owned(), v);
             }
         }
         let own: Own = own.try_into().map_err(serde::de::Error::custom)?;
         let limits: Limits = table.try_into().map_err(|e: toml::de::Error| {
-            serde::de::Error::custom(
-                e.message()
-                    .replace("expected one of", "expected schema, graphiql or one of"),
-            )
+            serde::de::Error::custom(e.message().replace(
+                "expected one of",
+                "expected schema, graphiql, roles or one of",
+            ))
         })?;
         Ok(GraphqlConfig {
             schema: own.schema,
             graphiql: own.graphiql,
             limits,
+            roles: own.roles,
         })
     }
 }
@@ -77,6 +122,7 @@ impl Serialize for GraphqlConfig {
         let mut table = toml::Table::try_from(Own {
             schema: self.schema.clone(),
             graphiql: self.graphiql,
+            roles: self.roles.clone(),
         })
         .map_err(serde::ser::Error::custom)?;
         let limits = toml::Table::try_from(self.limits).map_err(serde::ser::Error::custom)?;
@@ -102,21 +148,42 @@ impl GraphqlConfig {
                 format!("{} is not a readable file", self.schema),
             ));
         }
-        let l = &self.limits;
-        if l.default_limit < 1 || l.default_limit > l.max_limit {
-            return Err(Invalid::new(
-                "graphql.default_limit",
-                format!("must be between 1 and graphql.max_limit ({})", l.max_limit),
-            ));
+        check_limits("graphql", &self.limits)?;
+        for (role, r) in &self.roles {
+            let key = format!("graphql.roles.{role}");
+            if role.is_empty() || role.len() > 63 {
+                return Err(Invalid::new(key, "role names of 1 to 63 bytes"));
+            }
+            check_limits(&key, &r.apply(self.limits))?;
+            if r.statement_timeout_ms == Some(0) || r.statement_timeout_ms > Some(86_400_000) {
+                return Err(Invalid::new(
+                    format!("{key}.statement_timeout_ms"),
+                    "must be between 1 and 86400000",
+                ));
+            }
         }
-        at_least_one(&[
-            ("graphql.max_depth", l.max_depth),
-            ("graphql.max_tokens", l.max_tokens),
-            ("graphql.max_fields", l.max_fields),
-            ("graphql.max_query_bytes", l.max_query_bytes),
-            ("graphql.max_root_fields", l.max_root_fields),
-        ])
+        Ok(())
     }
+}
+
+fn check_limits(section: &str, l: &Limits) -> Result<(), Invalid> {
+    if l.default_limit < 1 || l.default_limit > l.max_limit {
+        return Err(Invalid::new(
+            format!("{section}.default_limit"),
+            format!(
+                "must be between 1 and {section}.max_limit ({})",
+                l.max_limit
+            ),
+        ));
+    }
+    at_least_one(&[
+        ("max_depth", l.max_depth),
+        ("max_tokens", l.max_tokens),
+        ("max_fields", l.max_fields),
+        ("max_query_bytes", l.max_query_bytes),
+        ("max_root_fields", l.max_root_fields),
+    ])
+    .map_err(|e| Invalid::new(format!("{section}.{}", e.key), e.expected))
 }
 
 #[cfg(test)]
@@ -143,6 +210,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_depth") || e.contains("usize"), "{e}");
+    }
+
+    #[test]
+    fn roles_replace_some_limits() {
+        let c: GraphqlConfig = toml::from_str(
+            "max_limit = 100\n[roles.analyst]\nmax_limit = 10000\nstatement_timeout_ms = 50",
+        )
+        .unwrap();
+        let r = c.roles["analyst"];
+        assert_eq!(r.apply(c.limits).max_limit, 10_000);
+        assert_eq!(r.apply(c.limits).max_depth, c.limits.max_depth);
+        assert_eq!(r.statement_timeout_ms, Some(50));
+        assert!(c.validate().is_ok());
+        let bad: GraphqlConfig = toml::from_str("[roles.analyst]\ndefault_limit = 5000").unwrap();
+        assert_eq!(
+            bad.validate().unwrap_err().key,
+            "graphql.roles.analyst.default_limit"
+        );
+        let e = toml::from_str::<GraphqlConfig>("[roles.analyst]\nmax_limt = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_limt"), "{e}");
+        let t = toml::Table::try_from(c.clone()).unwrap();
+        let back: GraphqlConfig = t.try_into().unwrap();
+        assert_eq!(back, c);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::auth::{Door, Identity};
 use crate::db::{RequestContext, Session};
 use crate::schema::{MutationField, NamedKind, TypeRef};
 use crate::sql::mutation::{CHANGE_LOG_SQL, FnSignature, SIGNATURE_SQL, build_call, split_name};
-use crate::sql::select::build_query;
+use crate::sql::select::{ReadLimits, build_query};
 use crate::sql::{SqlError, Statement};
 
 use super::plan::{PlanCtx, PlanKind, RootPlan};
@@ -42,7 +42,14 @@ pub enum Outcome {
     RequestError,
     /// A mutation was sent where only queries are allowed (GET).
     MutationNotAllowed,
+    /// The mutation gate refused it (a rate limit): nothing ran.
+    Refused,
 }
+
+/// Asked once a request is known to be a mutation, before anything runs; an error refuses
+/// the request (the HTTP door's mutation rate limit).
+pub type MutationGate<'a> =
+    &'a (dyn Fn() -> futures_util::future::BoxFuture<'a, Result<(), GqlError>> + Sync);
 
 /// The response body and how it ended.
 #[derive(Debug, Clone)]
@@ -142,6 +149,53 @@ fn sql_error(e: &SqlError, plan: &RootPlan) -> GqlError {
     GqlError::new(e.to_string(), e.code())
         .at(plan.location.0, plan.location.1)
         .with_path(vec![PathSeg::Key(plan.key.clone())])
+}
+
+/// `ctx` with the role's `statement_timeout`, set in the request's transaction like its
+/// other settings.
+fn with_timeout(
+    ctx: &RequestContext,
+    timeout_ms: Option<u64>,
+) -> std::borrow::Cow<'_, RequestContext> {
+    match timeout_ms {
+        None => std::borrow::Cow::Borrowed(ctx),
+        Some(ms) => std::borrow::Cow::Owned(
+            ctx.clone()
+                .with_setting("statement_timeout", ms.to_string()),
+        ),
+    }
+}
+
+/// The error for a statement PostgreSQL refused: a code the client can act on when the
+/// SQLSTATE says the cause is theirs, else a pointer to the log (which gets the statement).
+fn db_failed(plan: &RootPlan, what: &str, e: &tokio_postgres::Error, sql: &str) -> GqlError {
+    match super::db_error::classify(e) {
+        Some(c) => {
+            tracing::info!(target: "fraiseql::graphql", field = %plan.field, sqlstate = %c.sqlstate, code = %c.code.as_str(), error = %crate::db::describe(e), "{what}");
+            GqlError::new(c.message, c.code)
+                .at(plan.location.0, plan.location.1)
+                .with_path(vec![PathSeg::Key(plan.key.clone())])
+                .with_extension("sqlstate", c.sqlstate)
+        }
+        None => {
+            tracing::error!(target: "fraiseql::graphql", field = %plan.field, error = %crate::db::describe(e), sql = %sql, "{what}");
+            internal(plan, what)
+        }
+    }
+}
+
+/// How one attempt at a mutation's transaction ended short of committing.
+enum Attempt {
+    /// PostgreSQL refused a statement (the transaction is rolled back when dropped).
+    Db(tokio_postgres::Error),
+    /// The function reported failure, or returned nothing; rolled back.
+    Refused(GqlError),
+}
+
+impl From<tokio_postgres::Error> for Attempt {
+    fn from(e: tokio_postgres::Error) -> Attempt {
+        Attempt::Db(e)
+    }
 }
 
 fn internal(plan: &RootPlan, what: &str) -> GqlError {
@@ -270,7 +324,7 @@ impl Engine {
         };
         let ctx = PlanCtx::new(
             Arc::clone(&self.schema),
-            self.limits,
+            self.limits_for(identity).0,
             identity.clone(),
             door,
         );
@@ -368,6 +422,19 @@ impl Engine {
         req: &Request,
         allow_mutation: bool,
     ) -> Executed {
+        self.execute_gated(pool, identity, req, allow_mutation, None)
+            .await
+    }
+
+    /// [`Engine::execute`], asking `gate` before a mutation runs.
+    pub async fn execute_gated(
+        &self,
+        pool: &Pool,
+        identity: &Identity,
+        req: &Request,
+        allow_mutation: bool,
+        gate: Option<MutationGate<'_>>,
+    ) -> Executed {
         let started = Instant::now();
         let ctx = identity.request_context();
         let op_name = metric_name(req.operation_name.as_deref());
@@ -382,6 +449,19 @@ impl Engine {
             OperationType::Mutation => "mutation",
             _ => "query",
         };
+        if let (OperationType::Mutation, Some(gate)) = (planned.op_type, gate)
+            && let Err(e) = gate().await
+        {
+            let errors = vec![e];
+            self.count_errors(&errors);
+            self.observe(op_type, &op_name, "error", started);
+            return Executed {
+                body: errors_only(&errors),
+                outcome: Outcome::Refused,
+                op_type,
+                error_count: 1,
+            };
+        }
         let Planned {
             data,
             mut errors,
@@ -391,12 +471,17 @@ impl Engine {
         let mut results: HashMap<String, RootResult> = HashMap::new();
         let mut data_null = data.is_null();
         if !data_null && !plans.is_empty() {
+            let (limits, timeout) = self.limits_for(identity);
             let outcome = match op_type {
                 "mutation" => {
-                    self.run_mutations(pool, identity.write_context(), &plans)
+                    let ctx = with_timeout(identity.write_context(), timeout);
+                    self.run_mutations(pool, &ctx, &plans).await
+                }
+                _ => {
+                    let ctx = with_timeout(ctx, timeout);
+                    self.run_queries(pool, &ctx, &plans, &super::read_limits(&limits))
                         .await
                 }
-                _ => self.run_queries(pool, ctx, &plans).await,
             };
             for (plan, res) in plans.iter().zip(outcome) {
                 let (nullable, ty) = self.root_type(plan);
@@ -578,11 +663,11 @@ impl Engine {
         pool: &Pool,
         ctx: &RequestContext,
         plans: &[RootPlan],
+        limits: &ReadLimits,
     ) -> Vec<Result<Option<String>, GqlError>> {
         if plans.iter().any(|p| !p.injected.is_empty()) {
             self.load_inject_views(pool).await;
         }
-        let limits = self.read_limits();
         let mut statements: Vec<Result<(Statement, bool), GqlError>> = Vec::new();
         for plan in plans {
             let Some(q) = self.schema.query(&plan.field) else {
@@ -590,7 +675,7 @@ impl Engine {
                 continue;
             };
             statements.push(
-                read_statement(self, q, plan, &limits)
+                read_statement(self, q, plan, limits)
                     .map(|s| (s, q.returns_list))
                     .map_err(|e| sql_error(&e, plan)),
             );
@@ -610,8 +695,7 @@ impl Engine {
                 .collect()
         };
         let query_failed = |plan: &RootPlan, sql: &str, e: &tokio_postgres::Error| {
-            tracing::error!(target: "fraiseql::graphql", field = %plan.field, error = %crate::db::describe(e), sql = %sql, "query failed");
-            internal(plan, "the query failed")
+            db_failed(plan, "the query failed", e, sql)
         };
         // Dropped with the request (the client went away), the session cancels what runs.
         let session = match Session::open(client, ctx).await {
@@ -823,40 +907,75 @@ impl Engine {
             Some(&plan.selection),
         )
         .map_err(|e| sql_error(&e, plan))?;
-        let fail = |e: tokio_postgres::Error| {
-            tracing::error!(target: "fraiseql::graphql", mutation = %m.name, error = %e, sql = %stmt.sql, "mutation failed");
-            internal(plan, "the mutation failed")
-        };
-        let tx = client.transaction().await.map_err(fail)?;
-        crate::db::request::apply(&*tx, ctx).await.map_err(fail)?;
-        let prepared = tx.prepare_cached(&stmt.sql).await.map_err(fail)?;
+        // A serialization failure or deadlock is run again once: the usual cure, and what a
+        // client would do anyway.
+        let mut retried = false;
+        loop {
+            match self.mutation_attempt(client, ctx, m, plan, &stmt).await {
+                Ok(json) => return Ok(json),
+                Err(Attempt::Refused(e)) => return Err(e),
+                Err(Attempt::Db(e)) => {
+                    let retryable = super::db_error::classify(&e).is_some_and(|c| c.retryable);
+                    if retryable && !retried {
+                        retried = true;
+                        tracing::info!(target: "fraiseql::graphql", mutation = %m.name, error = %crate::db::describe(&e), "retrying the mutation once");
+                        continue;
+                    }
+                    return Err(db_failed(plan, "the mutation failed", &e, &stmt.sql));
+                }
+            }
+        }
+    }
+
+    /// One transaction of a mutation: the request's settings, the function, the change-log
+    /// row, the commit.
+    async fn mutation_attempt(
+        &self,
+        client: &mut deadpool_postgres::Client,
+        ctx: &RequestContext,
+        m: &MutationField,
+        plan: &RootPlan,
+        stmt: &crate::sql::Statement,
+    ) -> Result<Option<String>, Attempt> {
+        let tx = client.transaction().await?;
+        crate::db::request::apply(&*tx, ctx).await?;
+        let prepared = tx.prepare_cached(&stmt.sql).await?;
         let params: Vec<&(dyn ToSql + Sync)> = stmt.params.iter().map(|p| p.as_sql()).collect();
-        let row = tx.query_opt(&prepared, &params).await.map_err(fail)?;
+        let row = tx.query_opt(&prepared, &params).await?;
         let Some(row) = row else {
             let _ = tx.rollback().await;
-            return Err(internal(plan, "the mutation function returned no row"));
+            return Err(Attempt::Refused(internal(
+                plan,
+                "the mutation function returned no row",
+            )));
         };
-        let succeeded: Option<bool> = row.try_get(0).map_err(fail)?;
+        let succeeded: Option<bool> = row.try_get(0)?;
         if succeeded != Some(true) {
             let _ = tx.rollback().await;
-            let class: Option<String> = row.try_get(2).map_err(fail)?;
-            let message: Option<String> = row.try_get(3).map_err(fail)?;
-            return Err(GqlError::new(
+            let class: Option<String> = row.try_get(2)?;
+            let message: Option<String> = row.try_get(3)?;
+            let class = class.filter(|c| !c.is_empty());
+            let code = class
+                .as_deref()
+                .and_then(super::db_error::class_code)
+                .unwrap_or(Code::Engine(ErrorCode::MutationFailed));
+            let mut e = GqlError::new(
                 message.unwrap_or_else(|| format!("{} failed", m.name)),
-                class
-                    .as_deref()
-                    .filter(|c| !c.is_empty())
-                    .map_or(Code::Engine(ErrorCode::MutationFailed), Code::reported),
+                code,
             )
             .at(plan.location.0, plan.location.1)
-            .with_path(vec![PathSeg::Key(plan.key.clone())]));
+            .with_path(vec![PathSeg::Key(plan.key.clone())]);
+            if let Some(class) = class {
+                e = e.with_extension("errorClass", super::db_error::bounded(&class));
+            }
+            return Err(Attempt::Refused(e));
         }
-        let state_changed: Option<bool> = row.try_get(1).map_err(fail)?;
+        let state_changed: Option<bool> = row.try_get(1)?;
         if state_changed == Some(true) {
-            let entity_id: Option<uuid::Uuid> = row.try_get(4).map_err(fail)?;
-            let entity_type: Option<String> = row.try_get(5).map_err(fail)?;
-            let entity: Option<serde_json::Value> = row.try_get(6).map_err(fail)?;
-            let updated: Option<Vec<String>> = row.try_get(7).map_err(fail)?;
+            let entity_id: Option<uuid::Uuid> = row.try_get(4)?;
+            let entity_type: Option<String> = row.try_get(5)?;
+            let entity: Option<serde_json::Value> = row.try_get(6)?;
+            let updated: Option<Vec<String>> = row.try_get(7)?;
             let entity_name = entity_type
                 .filter(|t| !t.is_empty())
                 .unwrap_or_else(|| m.return_type.clone());
@@ -866,7 +985,7 @@ impl Engine {
                 "entity": entity,
                 "updated_fields": updated,
             });
-            let log = tx.prepare_cached(CHANGE_LOG_SQL).await.map_err(fail)?;
+            let log = tx.prepare_cached(CHANGE_LOG_SQL).await?;
             tx.execute(
                 &log,
                 &[
@@ -878,11 +997,10 @@ impl Engine {
                     &annotation,
                 ],
             )
-            .await
-            .map_err(fail)?;
+            .await?;
         }
-        let json: Option<String> = row.try_get(8).map_err(fail)?;
-        tx.commit().await.map_err(fail)?;
+        let json: Option<String> = row.try_get(8)?;
+        tx.commit().await?;
         Ok(json)
     }
 }

@@ -267,7 +267,7 @@ fn prepare(
         &plan.args,
         &plan.injected_filters(engine.cached_columns(&q.view).as_deref()),
         &plan.selection,
-        &engine.read_limits(),
+        &super::read_limits(&engine.limits_for(identity).0),
     )
     .map_err(|e| GraphQLSourceError::Invalid(e.to_string()))?;
     Ok(Prepared {

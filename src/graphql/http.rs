@@ -12,8 +12,9 @@ use http::header::{ACCEPT, ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYP
 use http::{HeaderValue, Method, Request as HttpRequest, Response, StatusCode};
 
 use super::Engine;
-use super::execute::{Outcome, Request};
+use super::execute::{self, Outcome, Request};
 use super::response::{ErrorCode, GqlError, errors_only};
+use crate::ratelimit::{self, RateLimiter};
 
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
 const JSON: &str = "application/json";
@@ -242,6 +243,7 @@ pub async fn handle(
     engine: &Engine,
     pool: &Pool,
     auth: Option<&crate::auth::Authenticator>,
+    limiter: Option<&RateLimiter>,
     req: HttpRequest<Bytes>,
 ) -> Response<Bytes> {
     let headers = req.headers();
@@ -279,6 +281,33 @@ pub async fn handle(
             }
         }
     };
+    // Spent before the body is parsed: a flood costs no more than this check.
+    let token = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::auth::bearer);
+    let caller = limiter.map(|rl| {
+        let peer = req
+            .extensions()
+            .get::<ratelimit::Peer>()
+            .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |p| p.0);
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        ratelimit::Caller {
+            identity: &identity,
+            token,
+            addr: rl.client_addr(peer, forwarded),
+        }
+    });
+    let mut checked = ratelimit::Checked::default();
+    if let (Some(rl), Some(caller)) = (limiter, &caller) {
+        match rl.admit(caller, ratelimit::Scope::Request).await {
+            ratelimit::Verdict::Allowed(c) => checked = c,
+            refused => return over_limit(engine, media, &refused),
+        }
+    }
     let limits = engine.limits;
     if req.body().len() > limits.max_body_bytes {
         return request_failure(
@@ -342,7 +371,40 @@ pub async fn handle(
             );
         }
     };
-    let done = engine.execute(pool, &identity, &gql, allow_mutation).await;
+    // The mutation budget is asked only once the document is known to be a mutation.
+    let mutation_verdict = std::sync::Mutex::new(None);
+    let gate_fn;
+    let gate: Option<execute::MutationGate<'_>> =
+        match (limiter.filter(|rl| rl.limits_mutations()), caller.as_ref()) {
+            (Some(rl), Some(caller)) => {
+                let verdict = &mutation_verdict;
+                gate_fn = move || -> futures_util::future::BoxFuture<'_, Result<(), GqlError>> {
+                    Box::pin(async move {
+                        let v = rl.admit(caller, ratelimit::Scope::Mutation).await;
+                        let refused = match &v {
+                            ratelimit::Verdict::Allowed(_) => None,
+                            other => Some(refusal(other)),
+                        };
+                        *verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+                        refused.map_or(Ok(()), Err)
+                    })
+                };
+                Some(&gate_fn)
+            }
+            _ => None,
+        };
+    let done = engine
+        .execute_gated(pool, &identity, &gql, allow_mutation, gate)
+        .await;
+    let verdict = mutation_verdict
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    match verdict {
+        Some(ratelimit::Verdict::Allowed(c)) => checked.extend(c),
+        Some(refused) => return over_limit(engine, media, &refused),
+        None => {}
+    }
     let status = match (done.outcome, media) {
         (Outcome::MutationNotAllowed, _) => StatusCode::METHOD_NOT_ALLOWED,
         (Outcome::RequestError, MediaType::GraphqlResponse) => StatusCode::BAD_REQUEST,
@@ -353,7 +415,58 @@ pub async fn handle(
         resp.headers_mut()
             .insert(ALLOW, HeaderValue::from_static("POST"));
     }
+    rate_limit_headers(&mut resp, &checked);
     resp
+}
+
+/// The GraphQL error of a refused budget or an unreachable store.
+fn refusal(v: &ratelimit::Verdict) -> GqlError {
+    match v {
+        ratelimit::Verdict::Limited(c) => GqlError::new(
+            format!(
+                "rate limit exceeded ({} budget); retry in {} s",
+                c.refused_by().unwrap_or("client"),
+                c.retry_after_secs()
+            ),
+            ErrorCode::RateLimited,
+        ),
+        _ => GqlError::new(
+            "the rate-limit store is unreachable; try again shortly",
+            ErrorCode::ServiceUnavailable,
+        ),
+    }
+}
+
+/// 429 with `Retry-After` and the budgets, or 503 when the store is down and requests are
+/// refused meanwhile. Nothing ran.
+fn over_limit(engine: &Engine, media: MediaType, v: &ratelimit::Verdict) -> Response<Bytes> {
+    let e = refusal(v);
+    let (status, retry_after) = match v {
+        ratelimit::Verdict::Limited(c) => (StatusCode::TOO_MANY_REQUESTS, c.retry_after_secs()),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, 1),
+    };
+    let code = match e.code {
+        super::response::Code::Engine(c) => c,
+        super::response::Code::Reported(_) => ErrorCode::RateLimited,
+    };
+    let mut r = request_failure(engine, status, media, &e.message, code);
+    r.headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
+    if let ratelimit::Verdict::Limited(c) = v {
+        rate_limit_headers(&mut r, c);
+    }
+    r
+}
+
+fn rate_limit_headers(resp: &mut Response<Bytes>, checked: &ratelimit::Checked) {
+    for (name, value) in [
+        ("ratelimit-policy", checked.policy_header()),
+        ("ratelimit", checked.state_header()),
+    ] {
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            resp.headers_mut().insert(name, v);
+        }
+    }
 }
 
 #[cfg(test)]

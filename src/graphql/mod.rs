@@ -6,6 +6,7 @@ mod accept_encoding;
 mod authz;
 pub mod check;
 pub mod config;
+pub mod db_error;
 pub mod execute;
 pub mod flight_source;
 pub mod http;
@@ -116,6 +117,9 @@ pub struct Engine {
     /// once (like `signatures`: a view redefined with other columns needs a restart).
     pub(crate) view_columns: Mutex<HashMap<String, Arc<HashMap<String, String>>>>,
     pub(crate) metrics: Option<GraphqlMetrics>,
+    /// `[graphql.roles]`: each role's limits (the section's with the role's in place) and
+    /// statement timeout.
+    pub(crate) roles: HashMap<String, (Limits, Option<u64>)>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -161,7 +165,32 @@ impl Engine {
             signatures: Mutex::new(HashMap::new()),
             view_columns: Mutex::new(HashMap::new()),
             metrics: None,
+            roles: HashMap::new(),
         })
+    }
+
+    /// Gives each role of `roles` its own limits and statement timeout. The parser's own
+    /// bounds (nesting, tokens, fields) stay the section's.
+    pub fn with_role_limits(
+        mut self,
+        roles: &std::collections::BTreeMap<String, config::RoleLimits>,
+    ) -> Engine {
+        self.roles = roles
+            .iter()
+            .map(|(role, r)| (role.clone(), (r.apply(self.limits), r.statement_timeout_ms)))
+            .collect();
+        self
+    }
+
+    /// The limits of `identity`'s requests: its role's, else the section's.
+    pub(crate) fn limits_for(&self, identity: &crate::auth::Identity) -> (Limits, Option<u64>) {
+        if identity.is_unrestricted() {
+            return (self.limits, None);
+        }
+        self.roles
+            .get(identity.role())
+            .copied()
+            .unwrap_or((self.limits, None))
     }
 
     /// Records metrics in `metrics` from now on.
@@ -186,15 +215,20 @@ impl Engine {
     }
 
     pub(crate) fn read_limits(&self) -> ReadLimits {
-        ReadLimits {
-            default_limit: self.limits.default_limit,
-            max_limit: self.limits.max_limit,
-            input: InputLimits {
-                max_list: self.limits.max_list_input,
-                max_depth: self.limits.max_filter_depth,
-                max_conditions: self.limits.max_filter_conditions,
-            },
-        }
+        read_limits(&self.limits)
+    }
+}
+
+/// The statement builder's share of `limits`.
+pub(crate) fn read_limits(limits: &Limits) -> ReadLimits {
+    ReadLimits {
+        default_limit: limits.default_limit,
+        max_limit: limits.max_limit,
+        input: InputLimits {
+            max_list: limits.max_list_input,
+            max_depth: limits.max_filter_depth,
+            max_conditions: limits.max_filter_conditions,
+        },
     }
 }
 

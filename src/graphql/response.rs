@@ -77,6 +77,9 @@ pub struct GqlError {
     pub locations: Vec<(usize, usize)>,
     pub path: Vec<PathSeg>,
     pub code: Code,
+    /// Further `extensions` entries after `code` (the SQLSTATE of a mapped database error,
+    /// the error class a function reported), in the order they were added.
+    pub extensions: Vec<(&'static str, String)>,
 }
 
 impl GqlError {
@@ -86,7 +89,12 @@ impl GqlError {
             locations: Vec::new(),
             path: Vec::new(),
             code: code.into(),
+            extensions: Vec::new(),
         }
+    }
+    pub fn with_extension(mut self, key: &'static str, value: impl Into<String>) -> GqlError {
+        self.extensions.push((key, value.into()));
+        self
     }
     pub fn at(mut self, line: usize, column: usize) -> GqlError {
         self.locations.push((line, column));
@@ -109,11 +117,14 @@ impl Serialize for GqlError {
                 m.end()
             }
         }
-        struct Ext<'a>(&'a str);
+        struct Ext<'a>(&'a str, &'a [(&'static str, String)]);
         impl Serialize for Ext<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut m = s.serialize_map(Some(1))?;
+                let mut m = s.serialize_map(Some(1 + self.1.len()))?;
                 m.serialize_entry("code", self.0)?;
+                for (k, v) in self.1 {
+                    m.serialize_entry(k, v)?;
+                }
                 m.end()
             }
         }
@@ -126,7 +137,7 @@ impl Serialize for GqlError {
         if !self.path.is_empty() {
             m.serialize_entry("path", &self.path)?;
         }
-        m.serialize_entry("extensions", &Ext(self.code.as_str()))?;
+        m.serialize_entry("extensions", &Ext(self.code.as_str(), &self.extensions))?;
         m.end()
     }
 }

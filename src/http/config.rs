@@ -21,6 +21,10 @@ pub struct ServerConfig {
     /// Serve a non-loopback `listen` without `[auth]`: everyone who can reach it reads and
     /// writes everything. Off: `serve` refuses to start so.
     pub allow_unauthenticated: bool,
+    /// Origins whose browser pages may call `/graphql` (CORS): exact origins such as
+    /// `https://app.example.com`, or `*` for any. Empty (the default): no CORS headers, so
+    /// browsers refuse cross-origin calls.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -31,6 +35,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             request_timeout_ms: 30_000,
             allow_unauthenticated: false,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -43,6 +48,22 @@ impl ServerConfig {
                 "server.max_body_bytes",
                 "must be at least 1024",
             ));
+        }
+        for origin in &self.cors_allowed_origins {
+            let ok = origin == "*"
+                || ((origin.starts_with("https://") || origin.starts_with("http://"))
+                    && !origin.ends_with('/')
+                    && origin.len() <= 256
+                    && origin.bytes().all(|b| b.is_ascii_graphic()));
+            if !ok {
+                return Err(Invalid::new(
+                    "server.cors_allowed_origins",
+                    format!(
+                        "origins such as \"https://app.example.com\" (scheme and host, no path) \
+                         or \"*\", found {origin:?}"
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -45,6 +45,8 @@ pub struct AppState {
     pub queue: Option<Arc<QueueReadiness>>,
     /// Who may call `/graphql`; `None` when `[auth]` is not configured.
     pub auth: Option<Arc<crate::auth::Authenticator>>,
+    /// The budgets `/graphql` requests spend; `None` when `[rate_limit]` sets no rule.
+    pub rate_limit: Option<Arc<crate::ratelimit::RateLimiter>>,
 }
 
 /// The queue backend `/readyz` waits for, filled once it is connected.
@@ -118,7 +120,9 @@ pub async fn serve(
         let state = state.clone();
         let in_flight = in_flight.clone();
         let shutdown = shutdown.clone();
-        let service = service_fn(move |req| {
+        let peer_ip = crate::ratelimit::Peer(peer.ip());
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(peer_ip);
             let state = state.clone();
             let shutdown = shutdown.clone();
             in_flight.track_future(async move {
@@ -167,6 +171,15 @@ pub async fn serve(
 async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let path = req.uri().path().to_string();
+    let origin = allowed_origin(&state.config.server.cors_allowed_origins, req.headers());
+    if path == "/graphql" && req.method() == Method::OPTIONS {
+        let response = preflight(origin.as_ref());
+        metrics()
+            .http_requests
+            .with_label_values(&["/graphql", response.status().as_str()])
+            .inc();
+        return response;
+    }
     let timeout = Duration::from_millis(state.config.server.request_timeout_ms);
     let (route, response) = match tokio::time::timeout(timeout, route(&state, req, &path)).await {
         Ok(r) => r,
@@ -175,6 +188,19 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
             json_error(StatusCode::SERVICE_UNAVAILABLE, "request timed out"),
         ),
     };
+    let mut response = response;
+    security_headers(&mut response, route);
+    if route == "/graphql"
+        && let Some(origin) = origin
+    {
+        let h = response.headers_mut();
+        h.insert(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.append(hyper::header::VARY, HeaderValue::from_static("Origin"));
+        h.insert(
+            hyper::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("retry-after, ratelimit, ratelimit-policy"),
+        );
+    }
     let m = metrics();
     m.http_requests
         .with_label_values(&[route, response.status().as_str()])
@@ -183,6 +209,82 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
         .with_label_values(&[route])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// What GraphiQL's page may load: its own scripts and styles (GraphiQL sets inline styles),
+/// and calls to this server only.
+const GRAPHIQL_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+     img-src 'self' data:; font-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; \
+     base-uri 'none'; form-action 'none'";
+
+/// Headers on every answer: nothing is sniffed, framed or referred; only GraphiQL's page
+/// may run anything.
+fn security_headers(response: &mut Response<Body>, route: &str) {
+    let csp = if route == "/graphiql" {
+        GRAPHIQL_CSP
+    } else {
+        "default-src 'none'; frame-ancestors 'none'"
+    };
+    insert_static(
+        response,
+        &[
+            (hyper::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (hyper::header::X_FRAME_OPTIONS, "DENY"),
+            (hyper::header::REFERRER_POLICY, "no-referrer"),
+            (hyper::header::CONTENT_SECURITY_POLICY, csp),
+        ],
+    );
+}
+
+fn insert_static(
+    response: &mut Response<Body>,
+    headers: &[(hyper::header::HeaderName, &'static str)],
+) {
+    for (name, value) in headers {
+        response
+            .headers_mut()
+            .insert(name.clone(), HeaderValue::from_static(value));
+    }
+}
+
+/// The request's `Origin` when `server.cors_allowed_origins` allows it.
+fn allowed_origin(allowed: &[String], headers: &hyper::HeaderMap) -> Option<HeaderValue> {
+    if allowed.is_empty() {
+        return None;
+    }
+    let origin = headers.get(hyper::header::ORIGIN)?;
+    let text = origin.to_str().ok()?;
+    allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(text))
+        .then(|| origin.clone())
+}
+
+/// The answer to a CORS preflight of `/graphql`: 204 with what may be sent when the origin
+/// is allowed, else 204 without any `Access-Control-*` header (the browser then refuses).
+fn preflight(origin: Option<&HeaderValue>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    insert_static(&mut r, &[(hyper::header::VARY, "Origin")]);
+    if let Some(origin) = origin {
+        r.headers_mut()
+            .insert(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        insert_static(
+            &mut r,
+            &[
+                (
+                    hyper::header::ACCESS_CONTROL_ALLOW_METHODS,
+                    "GET, POST, OPTIONS",
+                ),
+                (
+                    hyper::header::ACCESS_CONTROL_ALLOW_HEADERS,
+                    "authorization, content-type, accept",
+                ),
+                (hyper::header::ACCESS_CONTROL_MAX_AGE, "600"),
+            ],
+        );
+    }
+    r
 }
 
 /// The metrics label for a path: known routes by name, everything else as "other" so
@@ -261,9 +363,15 @@ async fn graphql(
         Err(_) => return json_error(StatusCode::BAD_REQUEST, "could not read the request body"),
     };
     let request = Request::from_parts(parts, body);
-    crate::graphql::http::handle(engine, &state.pool, state.auth.as_deref(), request)
-        .await
-        .map(Full::new)
+    crate::graphql::http::handle(
+        engine,
+        &state.pool,
+        state.auth.as_deref(),
+        state.rate_limit.as_deref(),
+        request,
+    )
+    .await
+    .map(Full::new)
 }
 
 /// GraphiQL, embedded (no CDN: it works offline).
@@ -329,6 +437,19 @@ async fn readyz(state: &AppState) -> Response<Body> {
             Err(_) => return unavailable(format!("{name}: no answer within 2 s")),
         }
     }
+    let mut warnings = Vec::new();
+    if let Some(rl) = &state.rate_limit
+        && let Err((e, mode)) = rl.probe().await
+    {
+        match mode {
+            crate::ratelimit::OnStoreError::Refuse => {
+                return unavailable(format!("rate_limit: {e} (requests are refused meanwhile)"));
+            }
+            crate::ratelimit::OnStoreError::Allow => warnings.push(format!(
+                "rate_limit: {e} (requests are served unlimited meanwhile)"
+            )),
+        }
+    }
     if let Some(auth) = &state.auth {
         // A JWKS never fetched refuses every token of its verifier: not ready. One serving
         // its last good keys while the endpoint is down still works: ready, and said.
@@ -340,14 +461,16 @@ async fn readyz(state: &AppState) -> Response<Body> {
             return unavailable(format!("auth.jwt[{i}]: no keys: {e}"));
         }
         if let Some((i, crate::auth::keys::KeyStatus::Stale(e))) = problems.first() {
-            return json(
-                StatusCode::OK,
-                serde_json::json!({"status": "ready",
-                    "warning": format!("auth.jwt[{i}]: serving the last good JWKS: {e}")}),
-            );
+            warnings.push(format!("auth.jwt[{i}]: serving the last good JWKS: {e}"));
         }
     }
-    json(StatusCode::OK, serde_json::json!({"status": "ready"}))
+    match warnings.is_empty() {
+        true => json(StatusCode::OK, serde_json::json!({"status": "ready"})),
+        false => json(
+            StatusCode::OK,
+            serde_json::json!({"status": "ready", "warning": warnings.join("; ")}),
+        ),
+    }
 }
 
 fn metrics_endpoint(state: &AppState) -> Response<Body> {

@@ -94,10 +94,9 @@ use crate::backoff::Backoff;
 use crate::metrics::JobMetrics;
 use crate::redact::redact_url;
 
-mod conn;
 mod dead_letters;
 
-use conn::SharedConnection;
+use crate::redis_conn::SharedConnection;
 
 pub use dead_letters::RedisDeadLetters;
 

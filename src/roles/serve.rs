@@ -137,12 +137,17 @@ pub(crate) async fn serve_http(
     } = parts;
     let started = Instant::now();
     let addr = listener.local_addr()?;
+    let rate_limit = match engine {
+        Some(_) => crate::compose::rate_limiter(&config)?,
+        None => None,
+    };
     let state = Arc::new(AppState {
         config: Arc::new(config),
         pool: pool.clone(),
         engine,
         queue,
         auth,
+        rate_limit,
     });
     if let Some(engine) = &state.engine {
         spawn_reload_on_sighup(

@@ -634,3 +634,74 @@ async fn a_read_sees_the_tokens_settings_pipelined_with_its_statement() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_role_has_its_own_limits_and_statement_timeout() {
+    let db = TestDb::new().await;
+    db.load_blog().await;
+    // Every read of posts takes 300 ms (an initplan: once per statement).
+    db.batch(
+        "CREATE FUNCTION slow_ok() RETURNS boolean LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(0.3); RETURN true; END $$; \
+         ALTER VIEW v_post RENAME TO v_post_all; \
+         CREATE VIEW v_post AS SELECT * FROM v_post_all WHERE (SELECT slow_ok());",
+    )
+    .await;
+    let idp = Idp::start(json!({"keys": [jwk("rsa2.key", "idp-1")]}), 3600).await;
+    let (p, _dir) = serve(
+        &db,
+        &idp,
+        "role_claim = \"role\"\n\
+         [graphql.roles.analyst]\nmax_limit = 5000\nstatement_timeout_ms = 100\n",
+        3600,
+    )
+    .await;
+    let token = |role: &str| {
+        let mut c = claims(STATIC_ISS);
+        c["role"] = json!(role);
+        format!("Bearer {}", rs256("rsa1.key", None, &c))
+    };
+    let post = |auth: String, query: &'static str| {
+        let url = format!("{}/graphql", p.base);
+        async move {
+            let r = common::http()
+                .post(url)
+                .header("authorization", auth)
+                .json(&json!({ "query": query }))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    const BIG: &str = "{ users(limit: 2000) { identifier } }";
+    let (status, v) = post(token("reader"), BIG).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        v["errors"][0]["extensions"]["code"],
+        json!("LIMIT_EXCEEDED"),
+        "{v}"
+    );
+    let (_, v) = post(token("analyst"), BIG).await;
+    assert!(
+        v.get("errors").is_none(),
+        "the analyst's max_limit is 5000: {v}"
+    );
+    assert!(v["data"]["users"].is_array(), "{v}");
+
+    const SLOW: &str = "{ posts(limit: 1) { title } }";
+    let (_, v) = post(token("reader"), SLOW).await;
+    assert_eq!(v["data"]["posts"].as_array().map(Vec::len), Some(1), "{v}");
+    let started = std::time::Instant::now();
+    let (status, v) = post(token("analyst"), SLOW).await;
+    assert_eq!(status, 200);
+    let e = &v["errors"][0];
+    assert_eq!(e["extensions"]["code"], json!("TIMEOUT"), "{v}");
+    assert_eq!(e["extensions"]["sqlstate"], json!("57014"), "{v}");
+    assert!(!v.to_string().contains("slow_ok"), "{v}");
+    assert!(started.elapsed() < std::time::Duration::from_millis(290));
+    // The timeout was the transaction's own: the pool's connections keep no timeout.
+    let (_, v) = post(token("reader"), SLOW).await;
+    assert_eq!(v["data"]["posts"].as_array().map(Vec::len), Some(1), "{v}");
+}

@@ -36,6 +36,7 @@ mod queue_conformance;
 mod queue_delivery;
 mod queue_redis;
 mod queue_redis_restart;
+mod rate_limit;
 mod rls;
 mod schema;
 mod serve_graphql;

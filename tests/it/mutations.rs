@@ -272,22 +272,21 @@ async fn failures_commit_nothing() {
             .contains("authorId")
     );
 
-    // A function that raises: a generic error, no SQL text, nothing committed.
+    // A function that raises: its own message (RAISE is the author's words), no SQL text,
+    // nothing committed.
     db.batch(
         "CREATE OR REPLACE FUNCTION fn_update_post(input jsonb) RETURNS fraiseql.mutation_response LANGUAGE plpgsql AS $$ \
-         BEGIN UPDATE tb_post SET title = 'changed'; RAISE EXCEPTION 'secret internal detail'; END $$;",
+         BEGIN UPDATE tb_post SET title = 'changed'; RAISE EXCEPTION 'the post is locked'; END $$;",
     )
     .await;
     let v = gql(&engine, pool, "mutation { updatePost(input: {id: \"00000000-0000-4000-9000-000000000001\", title: \"t\"}) { id } }", json!({})).await;
     let text = v.to_string();
     assert_eq!(
         v["errors"][0]["extensions"]["code"],
-        json!("INTERNAL_SERVER_ERROR")
+        json!("MUTATION_FAILED")
     );
-    assert!(
-        !text.contains("secret") && !text.contains("UPDATE"),
-        "{text}"
-    );
+    assert_eq!(v["errors"][0]["message"], json!("the post is locked"));
+    assert!(!text.contains("UPDATE"), "{text}");
     assert_eq!(
         count(&db, "SELECT count(*) FROM tb_post WHERE title = 'changed'").await,
         0
@@ -518,4 +517,227 @@ url = "{url}"
         .collect();
     assert_eq!(keys.len(), n, "no delivery duplicated");
     drop(serve);
+}
+
+/// Replaces `fn_update_post` with a body that fails the way `body` does (after a write that
+/// must be rolled back), runs `updatePost`, and returns the answer.
+async fn update_post_failing(db: &TestDb, engine: &fraiseql::graphql::Engine, body: &str) -> Value {
+    db.batch(&format!(
+        "CREATE OR REPLACE FUNCTION fn_update_post(input jsonb) RETURNS fraiseql.mutation_response \
+         LANGUAGE plpgsql AS $f$ BEGIN UPDATE tb_post SET title = 'changed'; {body} \
+         RETURN fraiseql.mutation_ok(NULL, 'Post', NULL, false, 'no change'); END $f$;"
+    ))
+    .await;
+    let v = gql(
+        engine,
+        db.pool(),
+        "mutation { updatePost(input: {id: \"00000000-0000-4000-9000-000000000001\", title: \"t\"}) { id } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        count(db, "SELECT count(*) FROM tb_post WHERE title = 'changed'").await,
+        0,
+        "nothing is committed: {v}"
+    );
+    v
+}
+
+#[tokio::test]
+async fn database_errors_become_codes_a_client_can_act_on() {
+    let db = TestDb::new().await;
+    db.load_blog().await;
+    let engine = blog_engine();
+    let noperm = format!("fq_noperm_{}", db.name());
+    db.batch(&format!(
+        "CREATE TABLE t_key (k text PRIMARY KEY); INSERT INTO t_key VALUES ('taken'); \
+         CREATE TABLE t_ref (k text REFERENCES t_key (k)); \
+         CREATE SEQUENCE t_attempts; \
+         DROP ROLE IF EXISTS {noperm}; CREATE ROLE {noperm};"
+    ))
+    .await;
+    let _role = DropRole(noperm.clone());
+
+    // The fuzzer's case: an invalid uuid cast inside the function. The message describes
+    // the value, so the client sees it.
+    let v = update_post_failing(&db, &engine, "PERFORM (input->>'title')::uuid;").await;
+    let e = &v["errors"][0];
+    assert_eq!(e["extensions"]["code"], json!("BAD_USER_INPUT"), "{v}");
+    assert_eq!(e["extensions"]["sqlstate"], json!("22P02"), "{v}");
+    assert!(e["message"].as_str().unwrap().contains("uuid"), "{v}");
+    assert_eq!(e["path"], json!(["updatePost"]));
+
+    let cases: &[(&str, &str, &str)] = &[
+        ("INSERT INTO t_key VALUES ('taken');", "CONFLICT", "23505"),
+        ("INSERT INTO t_ref VALUES ('missing');", "CONFLICT", "23503"),
+        (
+            "INSERT INTO t_key VALUES (NULL);",
+            "BAD_USER_INPUT",
+            "23502",
+        ),
+        ("PERFORM 1 / 0;", "BAD_USER_INPUT", "22012"),
+        (
+            &format!("SET LOCAL ROLE {noperm}; INSERT INTO t_key VALUES ('x');"),
+            "FORBIDDEN",
+            "42501",
+        ),
+        (
+            "RAISE EXCEPTION 'cancelled' USING ERRCODE = 'query_canceled';",
+            "TIMEOUT",
+            "57014",
+        ),
+        (
+            "RAISE EXCEPTION 'deadlock' USING ERRCODE = 'deadlock_detected';",
+            "CONFLICT",
+            "40P01",
+        ),
+        (
+            "PERFORM * FROM no_such_table;",
+            "INTERNAL_SERVER_ERROR",
+            "42P01",
+        ),
+    ];
+    for (body, code, sqlstate) in cases {
+        let v = update_post_failing(&db, &engine, body).await;
+        let e = &v["errors"][0];
+        assert_eq!(e["extensions"]["code"], json!(code), "{body}: {v}");
+        let text = v.to_string();
+        // Never SQL text, never the database's own wording about tables, constraints or roles.
+        for leak in [
+            "INSERT",
+            "t_key",
+            "t_ref",
+            "no_such_table",
+            "noperm",
+            "SELECT",
+            "pkey",
+        ] {
+            assert!(!text.contains(leak), "{body} leaks {leak}: {text}");
+        }
+        if *code == "INTERNAL_SERVER_ERROR" {
+            assert!(e["extensions"].get("sqlstate").is_none(), "{v}");
+        } else {
+            assert_eq!(e["extensions"]["sqlstate"], json!(sqlstate), "{body}: {v}");
+        }
+    }
+
+    // The function's own RAISE: its message, its code from HINT, else MUTATION_FAILED.
+    let v = update_post_failing(
+        &db,
+        &engine,
+        "RAISE EXCEPTION 'post % is locked', 7 USING HINT = 'POST_LOCKED';",
+    )
+    .await;
+    assert_eq!(v["errors"][0]["message"], json!("post 7 is locked"), "{v}");
+    assert_eq!(
+        v["errors"][0]["extensions"]["code"],
+        json!("POST_LOCKED"),
+        "{v}"
+    );
+    let v = update_post_failing(&db, &engine, "RAISE EXCEPTION 'try again later';").await;
+    assert_eq!(v["errors"][0]["message"], json!("try again later"), "{v}");
+    assert_eq!(
+        v["errors"][0]["extensions"]["code"],
+        json!("MUTATION_FAILED"),
+        "{v}"
+    );
+    // A hint that is not a code (prose) is not taken as one.
+    let v = update_post_failing(
+        &db,
+        &engine,
+        "RAISE EXCEPTION 'no' USING HINT = 'see the docs at /etc/x';",
+    )
+    .await;
+    assert_eq!(
+        v["errors"][0]["extensions"]["code"],
+        json!("MUTATION_FAILED"),
+        "{v}"
+    );
+    assert!(!v.to_string().contains("/etc/x"), "{v}");
+
+    // A serialization failure is retried once: the second attempt commits.
+    db.batch(
+        "CREATE OR REPLACE FUNCTION fn_update_post(input jsonb) RETURNS fraiseql.mutation_response \
+         LANGUAGE plpgsql AS $f$ BEGIN \
+           IF nextval('t_attempts') = 1 THEN \
+             RAISE EXCEPTION 'conflict' USING ERRCODE = 'serialization_failure'; \
+           END IF; \
+           UPDATE tb_post SET title = 'retried' WHERE id = (input->>'id')::uuid; \
+           RETURN fraiseql.mutation_ok((input->>'id')::uuid, 'Post', \
+             (SELECT data FROM v_post WHERE id = (input->>'id')::uuid), true, 'ok', ARRAY['title']); \
+         END $f$;",
+    )
+    .await;
+    let post: String = db
+        .client()
+        .await
+        .query_one("SELECT id::text FROM tb_post ORDER BY pk_post LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let v = gql(
+        &engine,
+        db.pool(),
+        &format!("mutation {{ updatePost(input: {{id: \"{post}\", title: \"x\"}}) {{ title }} }}"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(v["data"]["updatePost"]["title"], json!("retried"), "{v}");
+    assert_eq!(count(&db, "SELECT last_value FROM t_attempts").await, 2);
+    // Failing on every attempt: tried twice, then CONFLICT.
+    db.batch("ALTER SEQUENCE t_attempts RESTART WITH 1").await;
+    let v = update_post_failing(
+        &db,
+        &engine,
+        "PERFORM nextval('t_attempts'); RAISE EXCEPTION 'c' USING ERRCODE = 'serialization_failure';",
+    )
+    .await;
+    assert_eq!(
+        v["errors"][0]["extensions"]["code"],
+        json!("CONFLICT"),
+        "{v}"
+    );
+    assert_eq!(
+        v["errors"][0]["extensions"]["sqlstate"],
+        json!("40001"),
+        "{v}"
+    );
+    assert_eq!(count(&db, "SELECT last_value FROM t_attempts").await, 2);
+
+    // An error class in lower case becomes the conventional code; the original is kept.
+    let v = update_post_failing(
+        &db,
+        &engine,
+        "RETURN fraiseql.mutation_err('not_found', 'no such post');",
+    )
+    .await;
+    let e = &v["errors"][0];
+    assert_eq!(e["extensions"]["code"], json!("NOT_FOUND"), "{v}");
+    assert_eq!(e["extensions"]["errorClass"], json!("not_found"), "{v}");
+    assert_eq!(e["message"], json!("no such post"));
+    let v = update_post_failing(
+        &db,
+        &engine,
+        "RETURN fraiseql.mutation_err('validation', 'title is too short');",
+    )
+    .await;
+    assert_eq!(
+        v["errors"][0]["extensions"]["code"],
+        json!("VALIDATION_ERROR"),
+        "{v}"
+    );
+    assert_eq!(
+        v["errors"][0]["extensions"]["errorClass"],
+        json!("validation"),
+        "{v}"
+    );
+}
+
+/// Drops a cluster-wide role when the test ends, whether it passed or not.
+struct DropRole(String);
+
+impl Drop for DropRole {
+    fn drop(&mut self) {
+        admin_batch_on_drop(vec![format!("DROP ROLE IF EXISTS {}", self.0)]);
+    }
 }

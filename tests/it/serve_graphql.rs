@@ -369,3 +369,105 @@ async fn tv_tables_answer_like_the_views_and_follow_mutations() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn security_headers_on_every_answer_and_cors_only_for_listed_origins() {
+    let db = TestDb::new().await;
+    db.load_blog().await;
+    let mut config = db.blog_config();
+    config.server.cors_allowed_origins = vec!["https://app.example.com".into()];
+    let server = TestServer::start(config).await;
+    let client = http();
+    let body = json!({"query": "{ users(limit: 1) { identifier } }"}).to_string();
+
+    for path in ["/graphql", "/graphiql", "/healthz", "/nope"] {
+        let r = client.get(server.url(path)).send().await.unwrap();
+        let h = r.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        if path == "/graphiql" {
+            // The page runs only its own scripts: no inline script is left to allow.
+            assert!(
+                csp.contains("script-src 'self'") && !csp.contains("unsafe-eval"),
+                "{csp}"
+            );
+            let html = r.text().await.unwrap();
+            assert!(!html.contains("<script>"), "{html}");
+            assert!(html.contains("/graphiql/app.js"), "{html}");
+        } else {
+            assert!(csp.starts_with("default-src 'none'"), "{path}: {csp}");
+        }
+    }
+    let app = get(&server.url("/graphiql/app.js")).await;
+    assert_eq!(app.0, 200);
+    assert!(app.1.contains("URLSearchParams"), "the page reads ?query=");
+
+    // A listed origin: preflight and answer carry the CORS headers.
+    let pre = client
+        .request(reqwest::Method::OPTIONS, server.url("/graphql"))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type, authorization",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pre.status(), 204);
+    assert_eq!(
+        pre.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let methods = pre.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+    let allowed = pre.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap();
+    assert!(allowed.contains("authorization") && allowed.contains("content-type"));
+    let r = client
+        .post(server.url("/graphql"))
+        .header("origin", "https://app.example.com")
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert!(r.headers().get_all("vary").iter().any(|v| v == "Origin"));
+
+    // Any other origin: no CORS header at all, so the browser refuses.
+    for origin in [
+        "https://evil.example",
+        "https://app.example.com.evil.example",
+    ] {
+        let pre = client
+            .request(reqwest::Method::OPTIONS, server.url("/graphql"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(pre.status(), 204);
+        assert!(pre.headers().get("access-control-allow-origin").is_none());
+        let r = client
+            .post(server.url("/graphql"))
+            .header("origin", origin)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.headers().get("access-control-allow-origin").is_none());
+    }
+    server.stop().await;
+}

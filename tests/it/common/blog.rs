@@ -265,7 +265,7 @@ impl Reply {
 
 /// Sends an HTTP request to the engine in-process.
 pub async fn send(engine: &Engine, pool: &Pool, req: http::Request<Bytes>) -> Reply {
-    let resp = fraiseql::graphql::http::handle(engine, pool, None, req).await;
+    let resp = fraiseql::graphql::http::handle(engine, pool, None, None, req).await;
     let (parts, body) = resp.into_parts();
     Reply {
         status: parts.status.as_u16(),

@@ -173,6 +173,15 @@ impl TestDb {
         c.server.grace_period_ms = 5_000;
         c
     }
+
+    /// [`TestDb::config`] serving the blog example's schema.
+    pub fn blog_config(&self) -> Config {
+        let mut c = self.config();
+        c.graphql.schema = crate_path("examples/blog/schema.json")
+            .display()
+            .to_string();
+        c
+    }
 }
 
 impl Drop for TestDb {

@@ -1,4 +1,4 @@
-//! The queue's command connection: one multiplexed Redis connection shared by every
+//! A Redis command connection: one multiplexed connection shared by every
 //! operation, reopened after it broke, resolving the host name again each time through
 //! [`crate::net`] (so a Redis that moved to a new address is found again).
 //!
