@@ -36,6 +36,11 @@ pub enum ErrorCode {
     OperationNotSupported,
     /// The request body is larger than the configured limit.
     PayloadTooLarge,
+    /// A persisted-query hash the server does not know (APQ: send the document with it), or
+    /// a document the trusted-documents allow-list does not hold.
+    PersistedQueryNotFound,
+    /// `extensions.persistedQuery` sent to a server with persisted queries turned off.
+    PersistedQueryNotSupported,
     /// A verified identity lacks the role, scope or actor a field or operation requires.
     Forbidden,
     /// No valid token (missing with `auth.mode = "required"`, or invalid).
@@ -64,6 +69,8 @@ impl ErrorCode {
         ErrorCode::OperationNotFound,
         ErrorCode::OperationNotSupported,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::PersistedQueryNotFound,
+        ErrorCode::PersistedQueryNotSupported,
         ErrorCode::ServiceUnavailable,
         ErrorCode::Unauthenticated,
         ErrorCode::UnsupportedMediaType,
@@ -86,6 +93,8 @@ impl ErrorCode {
             ErrorCode::OperationNotFound => "OPERATION_NOT_FOUND",
             ErrorCode::OperationNotSupported => "OPERATION_NOT_SUPPORTED",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
+            ErrorCode::PersistedQueryNotSupported => "PERSISTED_QUERY_NOT_SUPPORTED",
             ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::Unauthenticated => "UNAUTHENTICATED",
             ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
@@ -141,12 +150,14 @@ mod tests {
                 | ErrorCode::OperationNotFound
                 | ErrorCode::OperationNotSupported
                 | ErrorCode::PayloadTooLarge
+                | ErrorCode::PersistedQueryNotFound
+                | ErrorCode::PersistedQueryNotSupported
                 | ErrorCode::Forbidden
                 | ErrorCode::Unauthenticated
                 | ErrorCode::ServiceUnavailable
                 | ErrorCode::UnsupportedMediaType => {}
             }
         }
-        assert_eq!(ErrorCode::ALL.len(), 18);
+        assert_eq!(ErrorCode::ALL.len(), 20);
     }
 }

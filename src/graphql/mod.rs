@@ -9,6 +9,7 @@ pub mod config;
 pub mod execute;
 pub mod flight_source;
 pub mod http;
+pub mod persisted;
 pub mod plan;
 pub mod response;
 pub mod types;
@@ -116,6 +117,8 @@ pub struct Engine {
     /// once (like `signatures`: a view redefined with other columns needs a restart).
     pub(crate) view_columns: Mutex<HashMap<String, Arc<HashMap<String, String>>>>,
     pub(crate) metrics: Option<GraphqlMetrics>,
+    /// The trusted-documents allow-list or the APQ cache; kept across schema reloads.
+    pub(crate) documents: Option<Arc<persisted::Documents>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -161,6 +164,7 @@ impl Engine {
             signatures: Mutex::new(HashMap::new()),
             view_columns: Mutex::new(HashMap::new()),
             metrics: None,
+            documents: None,
         })
     }
 
@@ -168,6 +172,17 @@ impl Engine {
     pub fn with_metrics(mut self, metrics: GraphqlMetrics) -> Engine {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// Resolves persisted documents (allow-list or APQ) with `documents` from now on.
+    pub fn with_documents(mut self, documents: Option<Arc<persisted::Documents>>) -> Engine {
+        self.documents = documents;
+        self
+    }
+
+    /// The persisted-document state, shared by the engines of every schema reload.
+    pub fn documents(&self) -> Option<&Arc<persisted::Documents>> {
+        self.documents.as_ref()
     }
 
     /// The compiled schema served.
