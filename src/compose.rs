@@ -143,16 +143,35 @@ pub fn load_engine(config: &Config, path: &str) -> anyhow::Result<crate::graphql
     Ok(engine)
 }
 
+/// The persisted-document state of `[graphql]`: the trusted-documents manifest loaded (a
+/// manifest that does not load refuses the start), or the APQ cache; `None` when both are off.
+pub fn documents(
+    config: &Config,
+) -> anyhow::Result<Option<Arc<crate::graphql::persisted::Documents>>> {
+    let docs = crate::graphql::persisted::Documents::load(
+        &config.graphql.documents,
+        config.graphql_limits().max_query_bytes,
+    )?
+    .map(Arc::new);
+    if let Some(m) = docs.as_ref().and_then(|d| d.manifest()) {
+        tracing::info!(manifest = %config.graphql.documents.trusted_documents, documents = m.len(), "trusted documents: only these run");
+    }
+    Ok(docs)
+}
+
 /// The engine of `graphql.schema`, or `None` when no schema is configured.
 pub fn shared_engine(config: &Config) -> anyhow::Result<Option<SharedEngine>> {
     match config.graphql.schema.as_str() {
         "" => Ok(None),
-        path => Ok(Some(SharedEngine::new(load_engine(config, path)?))),
+        path => Ok(Some(SharedEngine::new(
+            load_engine(config, path)?.with_documents(documents(config)?),
+        ))),
     }
 }
 
-/// On SIGHUP, reloads the schema and swaps the engine atomically. Requests in flight keep
-/// the engine they started with; a schema that fails to load leaves the old one serving.
+/// On SIGHUP, reloads the trusted-documents manifest and the schema, and swaps the engine
+/// atomically. Requests in flight keep the engine they started with; a manifest or a schema
+/// that fails to load leaves the old one serving (each logged).
 pub fn spawn_reload_on_sighup(
     config: Arc<Config>,
     engine: SharedEngine,
@@ -174,10 +193,26 @@ pub fn spawn_reload_on_sighup(
                 _ = shutdown.cancelled() => return,
                 received = hup.recv() => if received.is_none() { return },
             }
+            let documents = engine.current().documents().cloned();
+            if let Some(d) = &documents {
+                let manifest = d
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                match d.reload() {
+                    Ok(None) => {}
+                    Ok(Some(n)) => {
+                        tracing::info!(%manifest, documents = n, "trusted documents reloaded")
+                    }
+                    Err(e) => {
+                        tracing::error!(%manifest, error = %e, "trusted documents reload failed; keeping the current manifest")
+                    }
+                }
+            }
             let path = config.graphql.schema.clone();
             match load_engine(&config, &path) {
                 Ok(loaded) => {
-                    engine.swap(loaded);
+                    engine.swap(loaded.with_documents(documents));
                     // Prepared statements of the old schema's shapes may no longer fit the
                     // views; new ones are prepared on demand.
                     pool.manager().statement_caches.clear();

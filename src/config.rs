@@ -309,6 +309,19 @@ impl Config {
                  alone says whether serve executes jobs; remove observer_runtime.run_workers",
             ));
         }
+        if !self
+            .graphql
+            .documents
+            .trusted_documents_bypass_roles
+            .is_empty()
+            && self.auth.is_none()
+        {
+            return Err(Invalid::new(
+                "graphql.trusted_documents_bypass_roles",
+                "needs [auth]: without it no request has a role, so none could bypass the \
+                 allow-list",
+            ));
+        }
         if self.nats.consume && !self.nats.enabled() {
             return Err(Invalid::new("nats.consume", "needs nats.url"));
         }
@@ -873,6 +886,63 @@ mod tests {
             .to_string();
         assert!(
             e.contains("FRAISEQL_GRAPHQL_MAX_DEPTH") && e.contains("integer"),
+            "{e}"
+        );
+    }
+
+    /// The persisted-document keys of `[graphql]` take overrides too; bypass roles need a
+    /// manifest and `[auth]` (without it no request has a role).
+    #[test]
+    fn trusted_documents_keys_take_env_overrides_and_bypass_needs_auth() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("m.json");
+        std::fs::write(&manifest, "{}").unwrap();
+        let m = manifest.to_str().unwrap();
+        let c = load(
+            "",
+            &[
+                ("FRAISEQL_GRAPHQL_TRUSTED_DOCUMENTS", m),
+                ("FRAISEQL_GRAPHQL_APQ", "false"),
+                ("FRAISEQL_GRAPHQL_APQ_CACHE_BYTES", "4096"),
+            ],
+        )
+        .unwrap();
+        let d = &c.graphql.documents;
+        assert_eq!(
+            (d.trusted_documents.as_str(), d.apq, d.apq_cache_bytes),
+            (m, false, 4096)
+        );
+        let e = load(
+            "",
+            &[
+                ("FRAISEQL_GRAPHQL_TRUSTED_DOCUMENTS", m),
+                (
+                    "FRAISEQL_GRAPHQL_TRUSTED_DOCUMENTS_BYPASS_ROLES",
+                    "[\"developer\"]",
+                ),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("graphql.trusted_documents_bypass_roles") && e.contains("[auth]"),
+            "{e}"
+        );
+        let e = load(
+            "[graphql]\ntrusted_documents_bypass_roles = [\"developer\"]",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("without graphql.trusted_documents"), "{e}");
+        let e = load(
+            "[graphql]\ntrusted_documents = \"/nonexistent/m.json\"",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("graphql.trusted_documents") && e.contains("not a readable file"),
             "{e}"
         );
     }

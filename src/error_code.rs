@@ -36,6 +36,11 @@ pub enum ErrorCode {
     OperationNotSupported,
     /// The request body is larger than the configured limit.
     PayloadTooLarge,
+    /// A persisted-query hash the server does not know (APQ: send the document with it), or
+    /// a document the trusted-documents allow-list does not hold.
+    PersistedQueryNotFound,
+    /// `extensions.persistedQuery` sent to a server with persisted queries turned off.
+    PersistedQueryNotSupported,
     /// A verified identity lacks the role, scope or actor a field or operation requires.
     Forbidden,
     /// No valid token (missing with `auth.mode = "required"`, or invalid).
@@ -72,6 +77,8 @@ impl ErrorCode {
         ErrorCode::OperationNotFound,
         ErrorCode::OperationNotSupported,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::PersistedQueryNotFound,
+        ErrorCode::PersistedQueryNotSupported,
         ErrorCode::RateLimited,
         ErrorCode::ServiceUnavailable,
         ErrorCode::Timeout,
@@ -96,6 +103,8 @@ impl ErrorCode {
             ErrorCode::OperationNotFound => "OPERATION_NOT_FOUND",
             ErrorCode::OperationNotSupported => "OPERATION_NOT_SUPPORTED",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
+            ErrorCode::PersistedQueryNotSupported => "PERSISTED_QUERY_NOT_SUPPORTED",
             ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::Unauthenticated => "UNAUTHENTICATED",
             ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
@@ -154,6 +163,8 @@ mod tests {
                 | ErrorCode::OperationNotFound
                 | ErrorCode::OperationNotSupported
                 | ErrorCode::PayloadTooLarge
+                | ErrorCode::PersistedQueryNotFound
+                | ErrorCode::PersistedQueryNotSupported
                 | ErrorCode::Forbidden
                 | ErrorCode::Unauthenticated
                 | ErrorCode::ServiceUnavailable
@@ -163,6 +174,6 @@ mod tests {
                 | ErrorCode::Timeout => {}
             }
         }
-        assert_eq!(ErrorCode::ALL.len(), 21);
+        assert_eq!(ErrorCode::ALL.len(), 23);
     }
 }

@@ -301,6 +301,8 @@ pub struct GraphqlMetrics {
     pub sql_duration_seconds: HistogramVec,
     /// `fraiseql_graphql_errors_total{code}`.
     pub errors_total: IntCounterVec,
+    /// `fraiseql_graphql_persisted_queries_total{outcome}`.
+    pub persisted_queries_total: IntCounterVec,
 }
 
 impl GraphqlMetrics {
@@ -311,6 +313,7 @@ impl GraphqlMetrics {
         registry.register(Box::new(m.request_duration_seconds.clone()))?;
         registry.register(Box::new(m.sql_duration_seconds.clone()))?;
         registry.register(Box::new(m.errors_total.clone()))?;
+        registry.register(Box::new(m.persisted_queries_total.clone()))?;
         Ok(m)
     }
 
@@ -327,6 +330,9 @@ impl GraphqlMetrics {
         }
         for code in crate::error_code::ErrorCode::ALL {
             self.errors_total.with_label_values(&[code.as_str()]);
+        }
+        for outcome in crate::graphql::persisted::OUTCOMES {
+            self.persisted_queries_total.with_label_values(&[outcome]);
         }
         self
     }
@@ -363,6 +369,13 @@ impl GraphqlMetrics {
                     "GraphQL errors returned to clients, by extensions.code.",
                 ),
                 &["code"],
+            )?,
+            persisted_queries_total: IntCounterVec::new(
+                Opts::new(
+                    "fraiseql_graphql_persisted_queries_total",
+                    "Requests with a persisted document (a hash, or a document in allow-list mode), by outcome.",
+                ),
+                &["outcome"],
             )?,
         })
     }

@@ -1,6 +1,7 @@
-//! `[graphql]`: which schema the endpoint serves, GraphiQL, and the request limits. The
-//! limits are the engine's own [`Limits`], read from the same table: one list of fields, one
-//! set of defaults.
+//! `[graphql]`: which schema the endpoint serves, GraphiQL, persisted documents (the
+//! trusted-documents allow-list and Apollo APQ, [`DocumentsConfig`]) and the request limits.
+//! The limits are the engine's own [`Limits`], read from the same table: one list of fields,
+//! one set of defaults.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,8 @@ pub struct GraphqlConfig {
     pub schema: String,
     /// Serve GraphiQL at `/graphiql`.
     pub graphiql: bool,
+    /// `trusted_documents*` and `apq*`: which documents may run, and the APQ cache.
+    pub documents: DocumentsConfig,
     /// Every other key of the section (`max_depth`, `max_limit`, `introspection`, …).
     pub limits: Limits,
     /// `[graphql.roles.<role>]`: limits that replace the section's for requests of that
@@ -59,11 +62,90 @@ impl RoleLimits {
     }
 }
 
+/// The persisted-document keys of `[graphql]` (see [`super::persisted`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DocumentsConfig {
+    /// The trusted-documents manifest (Apollo's persisted query manifest, or a JSON object
+    /// of SHA-256 → document); set = allow-list mode: only its documents run. Empty = off.
+    pub trusted_documents: String,
+    /// Roles (the token's role claim) that may still send any document in allow-list mode.
+    pub trusted_documents_bypass_roles: Vec<String>,
+    /// Largest manifest file accepted, in bytes.
+    pub trusted_documents_max_bytes: usize,
+    /// Apollo automatic persisted queries when the allow-list is off: a client may send only
+    /// a document's hash once the server has seen the document with it.
+    pub apq: bool,
+    /// Bound of the APQ cache (document text), in bytes; the least recently used go first.
+    pub apq_cache_bytes: usize,
+}
+
+impl Default for DocumentsConfig {
+    fn default() -> Self {
+        DocumentsConfig {
+            trusted_documents: String::new(),
+            trusted_documents_bypass_roles: Vec::new(),
+            trusted_documents_max_bytes: 16 << 20,
+            apq: true,
+            apq_cache_bytes: 16 << 20,
+        }
+    }
+}
+
+impl DocumentsConfig {
+    /// The section keys this struct reads.
+    const KEYS: [&'static str; 5] = [
+        "trusted_documents",
+        "trusted_documents_bypass_roles",
+        "trusted_documents_max_bytes",
+        "apq",
+        "apq_cache_bytes",
+    ];
+
+    /// Whether the allow-list is on.
+    pub fn allow_list(&self) -> bool {
+        !self.trusted_documents.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.allow_list() && !std::path::Path::new(&self.trusted_documents).is_file() {
+            return Err(Invalid::new(
+                "graphql.trusted_documents",
+                format!("{} is not a readable file", self.trusted_documents),
+            ));
+        }
+        if !self.allow_list() && !self.trusted_documents_bypass_roles.is_empty() {
+            return Err(Invalid::new(
+                "graphql.trusted_documents_bypass_roles",
+                "has no effect without graphql.trusted_documents (the allow-list is off)",
+            ));
+        }
+        if let Some(r) = self
+            .trusted_documents_bypass_roles
+            .iter()
+            .find(|r| r.trim().is_empty())
+        {
+            return Err(Invalid::new(
+                "graphql.trusted_documents_bypass_roles",
+                format!("expected role names, got {r:?}"),
+            ));
+        }
+        at_least_one(&[
+            (
+                "graphql.trusted_documents_max_bytes",
+                self.trusted_documents_max_bytes,
+            ),
+            ("graphql.apq_cache_bytes", self.apq_cache_bytes),
+        ])
+    }
+}
+
 impl Default for GraphqlConfig {
     fn default() -> Self {
         GraphqlConfig {
             schema: String::new(),
             graphiql: true,
+            documents: DocumentsConfig::default(),
             limits: Limits::default(),
             roles: BTreeMap::new(),
         }
@@ -95,22 +177,34 @@ impl<'de> Deserialize<'de> for GraphqlConfig {
         // The section's own keys come off the table first; the rest must be limits (an
         // unknown key is refused there, naming the limits expected).
         let mut table = toml::Table::deserialize(d)?;
-        let mut own = toml::Table::new();
-        for key in ["schema", "graphiql", "roles"] {
-            if let Some(v) = table.remove(key) {
-                own.insert(key.to_owned(), v);
+        let take = |table: &mut toml::Table, keys: &[&str]| {
+            let mut taken = toml::Table::new();
+            for key in keys {
+                if let Some(v) = table.remove(*key) {
+                    taken.insert((*key).to_owned(), v);
+                }
             }
-        }
-        let own: Own = own.try_into().map_err(serde::de::Error::custom)?;
+            taken
+        };
+        let own: Own = take(&mut table, &["schema", "graphiql", "roles"])
+            .try_into()
+            .map_err(serde::de::Error::custom)?;
+        let documents: DocumentsConfig = take(&mut table, &DocumentsConfig::KEYS)
+            .try_into()
+            .map_err(serde::de::Error::custom)?;
         let limits: Limits = table.try_into().map_err(|e: toml::de::Error| {
             serde::de::Error::custom(e.message().replace(
                 "expected one of",
-                "expected schema, graphiql, roles or one of",
+                &format!(
+                    "expected schema, graphiql, roles, {} or one of",
+                    DocumentsConfig::KEYS.join(", ")
+                ),
             ))
         })?;
         Ok(GraphqlConfig {
             schema: own.schema,
             graphiql: own.graphiql,
+            documents,
             limits,
             roles: own.roles,
         })
@@ -125,7 +219,10 @@ impl Serialize for GraphqlConfig {
             roles: self.roles.clone(),
         })
         .map_err(serde::ser::Error::custom)?;
+        let documents =
+            toml::Table::try_from(&self.documents).map_err(serde::ser::Error::custom)?;
         let limits = toml::Table::try_from(self.limits).map_err(serde::ser::Error::custom)?;
+        table.extend(documents);
         table.extend(limits);
         table.serialize(s)
     }
@@ -148,6 +245,7 @@ impl GraphqlConfig {
                 format!("{} is not a readable file", self.schema),
             ));
         }
+        self.documents.validate()?;
         check_limits("graphql", &self.limits)?;
         for (role, r) in &self.roles {
             let key = format!("graphql.roles.{role}");
@@ -202,6 +300,21 @@ mod tests {
         assert!(!c.limits.introspection);
         assert_eq!(c.limits.max_limit, Limits::default().max_limit);
         assert_eq!(c.limits(4096).max_body_bytes, 4096);
+        assert!(c.documents.apq && !c.documents.allow_list());
+        let c: GraphqlConfig = toml::from_str(
+            "trusted_documents = \"m.json\"\ntrusted_documents_bypass_roles = [\"dev\"]\napq = false",
+        )
+        .unwrap();
+        assert!(c.documents.allow_list() && !c.documents.apq);
+        assert_eq!(c.documents.trusted_documents_bypass_roles, ["dev"]);
+        let e = toml::from_str::<GraphqlConfig>("apq = \"yes\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("apq") || e.contains("bool"), "{e}");
+        let e = toml::from_str::<GraphqlConfig>("trusted_document = \"m.json\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trusted_documents,"), "{e}");
         let e = toml::from_str::<GraphqlConfig>("max_dept = 7")
             .unwrap_err()
             .to_string();
@@ -242,6 +355,7 @@ mod tests {
         let t = toml::Table::try_from(GraphqlConfig::default()).unwrap();
         assert_eq!(t.get("graphiql"), Some(&toml::Value::Boolean(true)));
         assert!(t.contains_key("max_depth") && !t.contains_key("max_body_bytes"));
+        assert_eq!(t.get("apq"), Some(&toml::Value::Boolean(true)));
         let back: GraphqlConfig = t.try_into().unwrap();
         assert_eq!(back, GraphqlConfig::default());
     }

@@ -6,7 +6,8 @@
 //! - **Planning a ticket's query** exactly as a `/graphql` request is planned (the engine's
 //!   own parsing, validation, variable coercion and limits, so the error messages are the
 //!   ones a `/graphql` client would read, and never contain SQL), then checking that the
-//!   operation is a query with exactly one root field, a list query.
+//!   operation is a query with exactly one root field, a list query. With the
+//!   trusted-documents allow-list on, only its documents (by exact text) are planned.
 //! - **The row shape**: the Arrow-facing [`GqlField`]s of that field's items, derived from the
 //!   compiled schema and the planned selection (response keys, so aliases are column names;
 //!   nested objects become structs, lists become lists; nullability from the schema). Enums
@@ -215,6 +216,14 @@ fn prepare(
     variables: &Map<String, Value>,
     operation_name: Option<&str>,
 ) -> Result<Prepared, GraphQLSourceError> {
+    if let Some(d) = engine.documents()
+        && !d.admits(query, identity)
+    {
+        return Err(GraphQLSourceError::Forbidden(
+            "only trusted documents run on this server, and this document is not one of them"
+                .into(),
+        ));
+    }
     let req = Request {
         query: query.to_owned(),
         operation_name: operation_name.map(str::to_owned),
@@ -540,6 +549,31 @@ mod tests {
                 GqlType::DateTime
             ]
         );
+    }
+
+    #[test]
+    fn with_an_allow_list_only_its_documents_are_planned() {
+        let allowed = "{ posts { title } }";
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("m.json");
+        let hash = super::super::persisted::sha256_hex(allowed);
+        std::fs::write(&manifest, serde_json::json!({ hash: allowed }).to_string()).unwrap();
+        let config = super::super::config::DocumentsConfig {
+            trusted_documents: manifest.display().to_string(),
+            trusted_documents_bypass_roles: vec!["developer".into()],
+            ..Default::default()
+        };
+        let docs = super::super::persisted::Documents::load(&config, 100_000)
+            .unwrap()
+            .map(Arc::new);
+        let e = blog().with_documents(docs);
+        assert!(shape(&e, allowed).is_ok());
+        match shape(&e, "{ posts { body } }") {
+            Err(GraphQLSourceError::Forbidden(m)) => assert!(m.contains("trusted"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let dev = Identity::principal("me", "developer", &[]).unwrap();
+        assert!(prepare(&e, &dev, "{ posts { body } }", &Map::new(), None).is_ok());
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! `application/json`, `GET` with query parameters (queries only), `operationName`,
 //! `variables`; `application/graphql-response+json` (spec status codes) or
 //! `application/json` (200 with errors); 4xx for malformed requests; gzip when accepted
-//! (`accept_encoding`).
+//! (`accept_encoding`). `extensions.persistedQuery` (in the body, or the `extensions` GET
+//! parameter) names a document by hash; [`super::persisted`] decides which document runs,
+//! after authentication and before anything executes.
 
 use std::io::Write as _;
 
@@ -13,6 +15,7 @@ use http::{HeaderValue, Method, Request as HttpRequest, Response, StatusCode};
 
 use super::Engine;
 use super::execute::{self, Outcome, Request};
+use super::persisted::PersistedQuery;
 use super::response::{ErrorCode, GqlError, errors_only};
 use crate::ratelimit::{self, RateLimiter};
 
@@ -141,8 +144,31 @@ fn form_decode(s: &str) -> Option<String> {
         .map(std::borrow::Cow::into_owned)
 }
 
-/// Parses a request body or GET parameters into a [`Request`]; errors are messages for a 400.
-fn from_json(body: &[u8]) -> Result<Request, String> {
+/// A request as sent: the document may be missing when `extensions.persistedQuery` names it
+/// by hash ([`super::persisted::resolve`] turns it into a [`Request`]).
+#[derive(Debug, Default)]
+struct Sent {
+    query: Option<String>,
+    operation_name: Option<String>,
+    variables: Option<serde_json::Value>,
+    persisted: Option<PersistedQuery>,
+}
+
+impl Sent {
+    fn with_extensions(mut self, extensions: Option<&serde_json::Value>) -> Result<Sent, String> {
+        match extensions {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::Object(ext)) => {
+                self.persisted = PersistedQuery::from_extensions(ext)?;
+            }
+            Some(_) => return Err("`extensions` must be an object".into()),
+        }
+        Ok(self)
+    }
+}
+
+/// Parses a request body into a [`Sent`]; errors are messages for a 400.
+fn from_json(body: &[u8]) -> Result<Sent, String> {
     let text = std::str::from_utf8(body).map_err(|_| "the body is not valid UTF-8".to_owned())?;
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("the body is not valid JSON ({e})"))?;
@@ -150,9 +176,9 @@ fn from_json(body: &[u8]) -> Result<Request, String> {
         return Err("the body must be a JSON object".into());
     };
     let query = match map.remove("query") {
-        Some(serde_json::Value::String(q)) => q,
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(q)) => Some(q),
         Some(_) => return Err("`query` must be a string".into()),
-        None => return Err("`query` is missing".into()),
     };
     let operation_name = match map.remove("operationName") {
         None | Some(serde_json::Value::Null) => None,
@@ -164,29 +190,29 @@ fn from_json(body: &[u8]) -> Result<Request, String> {
         Some(v @ serde_json::Value::Object(_)) => Some(v),
         Some(_) => return Err("`variables` must be an object".into()),
     };
-    match map.remove("extensions") {
-        None | Some(serde_json::Value::Null) | Some(serde_json::Value::Object(_)) => {}
-        Some(_) => return Err("`extensions` must be an object".into()),
-    }
-    Ok(Request {
+    let sent = Sent {
         query,
         operation_name,
         variables,
-    })
+        persisted: None,
+    }
+    .with_extensions(map.get("extensions"))?;
+    if sent.query.is_none() && sent.persisted.is_none() {
+        return Err("`query` is missing".into());
+    }
+    Ok(sent)
 }
 
-fn from_query_string(qs: &str) -> Result<Request, String> {
-    let mut req = Request::default();
-    let mut have_query = false;
+/// Parses GET parameters into a [`Sent`] (`extensions` is JSON, as Apollo's clients send it).
+fn from_query_string(qs: &str) -> Result<Sent, String> {
+    let mut req = Sent::default();
+    let mut extensions = None;
     for pair in qs.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let k = form_decode(k).ok_or("a query parameter is not valid percent-encoded UTF-8")?;
         let v = form_decode(v).ok_or("a query parameter is not valid percent-encoded UTF-8")?;
         match k.as_str() {
-            "query" => {
-                req.query = v;
-                have_query = true;
-            }
+            "query" => req.query = Some(v),
             "operationName" if !v.is_empty() => req.operation_name = Some(v),
             "variables" if !v.is_empty() => {
                 let parsed: serde_json::Value = serde_json::from_str(&v)
@@ -197,10 +223,17 @@ fn from_query_string(qs: &str) -> Result<Request, String> {
                     _ => return Err("`variables` must be a JSON object".into()),
                 }
             }
+            "extensions" if !v.is_empty() => {
+                extensions = Some(
+                    serde_json::from_str::<serde_json::Value>(&v)
+                        .map_err(|_| "`extensions` is not valid JSON".to_owned())?,
+                );
+            }
             _ => {}
         }
     }
-    if !have_query {
+    let req = req.with_extensions(extensions.as_ref())?;
+    if req.query.is_none() && req.persisted.is_none() {
         return Err("the `query` parameter is missing".into());
     }
     Ok(req)
@@ -359,7 +392,7 @@ pub async fn handle(
             );
         }
     };
-    let gql = match parsed {
+    let sent = match parsed {
         Ok(r) => r,
         Err(msg) => {
             return request_failure(
@@ -369,6 +402,36 @@ pub async fn handle(
                 &msg,
                 ErrorCode::BadRequest,
             );
+        }
+    };
+    let resolved = super::persisted::resolve(
+        engine.documents.as_deref(),
+        sent.query,
+        sent.persisted.as_ref(),
+        &identity,
+    );
+    let outcome = resolved
+        .as_ref()
+        .map_or_else(|r| Some(r.outcome), |r| r.outcome);
+    if let (Some(m), Some(outcome)) = (&engine.metrics, outcome) {
+        m.persisted_queries_total
+            .with_label_values(&[outcome])
+            .inc();
+    }
+    let gql = match resolved {
+        Ok(r) => Request {
+            query: r.query,
+            operation_name: sent.operation_name,
+            variables: sent.variables,
+        },
+        Err(refusal) => {
+            // Apollo's clients read PERSISTED_QUERY_NOT_FOUND / _NOT_SUPPORTED from a 200.
+            let status = if refusal.code == ErrorCode::BadRequest {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::OK
+            };
+            return request_failure(engine, status, media, refusal.message, refusal.code);
         }
     };
     // The mutation budget is asked only once the document is known to be a mutation.

@@ -10,6 +10,7 @@ pub mod db_error;
 pub mod execute;
 pub mod flight_source;
 pub mod http;
+pub mod persisted;
 pub mod plan;
 pub mod response;
 pub mod types;
@@ -120,6 +121,8 @@ pub struct Engine {
     /// `[graphql.roles]`: each role's limits (the section's with the role's in place) and
     /// statement timeout.
     pub(crate) roles: HashMap<String, (Limits, Option<u64>)>,
+    /// The trusted-documents allow-list or the APQ cache; kept across schema reloads.
+    pub(crate) documents: Option<Arc<persisted::Documents>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -166,6 +169,7 @@ impl Engine {
             view_columns: Mutex::new(HashMap::new()),
             metrics: None,
             roles: HashMap::new(),
+            documents: None,
         })
     }
 
@@ -197,6 +201,17 @@ impl Engine {
     pub fn with_metrics(mut self, metrics: GraphqlMetrics) -> Engine {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// Resolves persisted documents (allow-list or APQ) with `documents` from now on.
+    pub fn with_documents(mut self, documents: Option<Arc<persisted::Documents>>) -> Engine {
+        self.documents = documents;
+        self
+    }
+
+    /// The persisted-document state, shared by the engines of every schema reload.
+    pub fn documents(&self) -> Option<&Arc<persisted::Documents>> {
+        self.documents.as_ref()
     }
 
     /// The compiled schema served.

@@ -120,6 +120,19 @@ pub async fn run(config: &Config) -> Vec<Item> {
         }
     }
 
+    if config.graphql.documents.allow_list() {
+        let path = &config.graphql.documents.trusted_documents;
+        items.push(Item {
+            name: format!("trusted documents {path}"),
+            result: crate::graphql::persisted::Manifest::load(
+                std::path::Path::new(path),
+                config.graphql.documents.trusted_documents_max_bytes,
+            )
+            .map(|m| format!("{} documents", m.len()))
+            .map_err(|e| e.to_string()),
+        });
+    }
+
     if !config.observers.is_empty() {
         let entities = engine
             .as_ref()

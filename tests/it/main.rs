@@ -41,5 +41,6 @@ mod rls;
 mod schema;
 mod serve_graphql;
 mod soak;
+mod trusted_documents;
 mod webhook_e2e;
 mod worker_e2e;
