@@ -79,7 +79,8 @@ pub enum Command {
         #[command(subcommand)]
         command: DbCommand,
     },
-    /// Print the SQL a GraphQL query runs (one statement per root field) without running it.
+    /// Print the SQL a GraphQL query runs (one statement per root field) without running it,
+    /// and which path (native column or data key) each where/orderBy field takes.
     Explain {
         /// The GraphQL query text.
         #[arg(value_name = "QUERY")]

@@ -96,7 +96,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             variables,
             inline,
             ..
-        } => roles::explain::run(&config, query, variables, inline)?,
+        } => roles::explain::run(&config, query, variables, inline).await?,
         Command::Check => {
             let items = roles::check::run(&config).await;
             if !roles::check::print(&items) {

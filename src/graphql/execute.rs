@@ -222,6 +222,7 @@ fn read_statement(
         &plan.injected_filters(columns.as_deref()),
         &plan.selection,
         limits,
+        columns.as_deref(),
     )
 }
 
@@ -665,9 +666,7 @@ impl Engine {
         plans: &[RootPlan],
         limits: &ReadLimits,
     ) -> Vec<Result<Option<String>, GqlError>> {
-        if plans.iter().any(|p| !p.injected.is_empty()) {
-            self.load_inject_views(pool).await;
-        }
+        self.load_view_columns(pool).await;
         let mut statements: Vec<Result<(Statement, bool), GqlError>> = Vec::new();
         for plan in plans {
             let Some(q) = self.schema.query(&plan.field) else {
@@ -783,6 +782,12 @@ impl Engine {
         out
     }
 
+    /// Whether every queried view's columns were read from the catalog.
+    pub fn view_columns_loaded(&self) -> bool {
+        self.columns_loaded
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The cached columns of `view`, when looked up already.
     pub(crate) fn cached_columns(&self, view: &str) -> Option<Arc<HashMap<String, String>>> {
         self.view_columns
@@ -792,18 +797,29 @@ impl Engine {
             .cloned()
     }
 
-    /// Looks up, once, the columns of every view an `inject_params` query reads, so their
-    /// row filters use the view's column (and its index) when it has one. A failed lookup
-    /// is logged and leaves the per-row fallback in place.
-    pub(crate) async fn load_inject_views(&self, pool: &Pool) {
-        let missing: Vec<&str> = self
+    /// Looks up, once per engine (so at start and after each SIGHUP reload), the columns of
+    /// every view a query reads: `where`/`orderBy` conditions and injected row filters on a
+    /// field whose key names a column use that column (and its index). A failed lookup is
+    /// logged, leaves the `data` keys in place and is tried again by the next request.
+    pub async fn load_view_columns(&self, pool: &Pool) {
+        if self
+            .columns_loaded
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return;
+        }
+        let mut missing: Vec<&str> = self
             .schema
             .queries
             .iter()
-            .filter(|q| !q.inject.is_empty() && self.cached_columns(&q.view).is_none())
+            .filter(|q| self.cached_columns(&q.view).is_none())
             .map(|q| q.view.as_str())
             .collect();
+        missing.sort_unstable();
+        missing.dedup();
         if missing.is_empty() {
+            self.columns_loaded
+                .store(true, std::sync::atomic::Ordering::Release);
             return;
         }
         let client = match pool.get().await {
@@ -813,6 +829,7 @@ impl Engine {
                 return;
             }
         };
+        let mut all_found = true;
         for view in missing {
             let quoted = crate::sql::quote_qualified(view);
             match client.query(VIEW_COLUMNS_SQL, &[&quoted]).await {
@@ -827,9 +844,14 @@ impl Engine {
                         .insert(view.to_owned(), Arc::new(cols));
                 }
                 Err(e) => {
+                    all_found = false;
                     tracing::warn!(target: "fraiseql::graphql", view, error = %crate::db::describe(&e), "looking up the view's columns failed");
                 }
             }
+        }
+        if all_found {
+            self.columns_loaded
+                .store(true, std::sync::atomic::Ordering::Release);
         }
     }
 

@@ -270,13 +270,15 @@ fn prepare(
             plan.key
         )));
     }
+    let columns = engine.cached_columns(&q.view);
     let statement = build_list_rows(
         &engine.schema,
         q,
         &plan.args,
-        &plan.injected_filters(engine.cached_columns(&q.view).as_deref()),
+        &plan.injected_filters(columns.as_deref()),
         &plan.selection,
         &super::read_limits(&engine.limits_for(identity).0),
+        columns.as_deref(),
     )
     .map_err(|e| GraphQLSourceError::Invalid(e.to_string()))?;
     Ok(Prepared {
@@ -388,7 +390,7 @@ impl EngineSource {
         operation_name: Option<&str>,
     ) -> Result<GraphQLRows, GraphQLSourceError> {
         let engine = self.engine.current();
-        engine.load_inject_views(&self.pool).await;
+        engine.load_view_columns(&self.pool).await;
         let p = prepare(&engine, identity, query, variables, operation_name)?;
         let ctx = identity.request_context();
         let client = self.pool.get().await.map_err(|e| {

@@ -117,6 +117,8 @@ pub struct Engine {
     /// Column name → SQL type of the views that `inject_params` queries read, looked up
     /// once (like `signatures`: a view redefined with other columns needs a restart).
     pub(crate) view_columns: Mutex<HashMap<String, Arc<HashMap<String, String>>>>,
+    /// Every queried view's columns are in `view_columns`.
+    pub(crate) columns_loaded: std::sync::atomic::AtomicBool,
     pub(crate) metrics: Option<GraphqlMetrics>,
     /// `[graphql.roles]`: each role's limits (the section's with the role's in place) and
     /// statement timeout.
@@ -167,6 +169,7 @@ impl Engine {
             root,
             signatures: Mutex::new(HashMap::new()),
             view_columns: Mutex::new(HashMap::new()),
+            columns_loaded: std::sync::atomic::AtomicBool::new(false),
             metrics: None,
             roles: HashMap::new(),
             documents: None,

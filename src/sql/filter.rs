@@ -4,8 +4,87 @@
 
 use crate::schema::{CompiledSchema, FilterInput, Operator, ScalarKind, WhereInput, WhereTarget};
 
+use std::collections::HashMap;
+
 use super::condition::{Bound, NullTest, Operand, Shape, condition, join, shape};
-use super::{ArgValue, Builder, SqlError, json_path, quote_literal};
+use super::{ArgValue, Builder, SqlError, json_path, quote_ident, quote_literal};
+
+/// A source's own columns, name → SQL type as `format_type` spells it, from the catalog.
+pub type Columns = HashMap<String, String>;
+
+/// The native columns of the row a top-level `where`/`orderBy` reads (alias `v`): a field
+/// whose key names one of them, with a type that holds the field's values exactly, is
+/// compiled against the column (so the view's base-table index can serve it) instead of
+/// the `data` key. The column is taken to hold the same value as the key, which is the
+/// convention of views that expose filter columns beside `data`.
+#[derive(Debug, Clone, Copy)]
+pub struct Native<'a> {
+    pub alias: &'a str,
+    pub columns: &'a Columns,
+}
+
+/// The column a field of `key` compiles against, and the type bound values are cast to
+/// (`None`: compared as text), when `native` has one that fits the field's scalar.
+pub fn native_column(
+    native: Option<Native<'_>>,
+    key: &str,
+    scalar: Option<ScalarKind>,
+    is_enum: bool,
+) -> Option<(String, Option<&'static str>)> {
+    let native = native?;
+    let ty = native.columns.get(key)?;
+    let base = ty.split('(').next().unwrap_or(ty).trim();
+    let cast = match (base, scalar) {
+        ("text" | "character varying", _) if is_enum => None,
+        (_, _) if is_enum => return None,
+        ("text" | "character varying", Some(ScalarKind::String | ScalarKind::Id)) => None,
+        ("integer", Some(ScalarKind::Int | ScalarKind::BigInt)) => Some("integer"),
+        ("bigint", Some(ScalarKind::Int | ScalarKind::BigInt)) => Some("bigint"),
+        ("smallint", Some(ScalarKind::Int | ScalarKind::BigInt)) => Some("smallint"),
+        (
+            "numeric",
+            Some(ScalarKind::Int | ScalarKind::BigInt | ScalarKind::Float | ScalarKind::Decimal),
+        ) => Some("numeric"),
+        ("double precision", Some(ScalarKind::Float)) => Some("double precision"),
+        ("real", Some(ScalarKind::Float)) => Some("real"),
+        ("uuid", Some(ScalarKind::Uuid)) => Some("uuid"),
+        ("boolean", Some(ScalarKind::Boolean)) => Some("boolean"),
+        ("timestamp with time zone", Some(ScalarKind::DateTime)) => Some("timestamptz"),
+        ("date", Some(ScalarKind::Date)) => Some("date"),
+        ("time without time zone", Some(ScalarKind::Time)) => Some("time"),
+        _ => return None,
+    };
+    Some((format!("{}.{}", native.alias, quote_ident(key)), cast))
+}
+
+/// The operand of a native column.
+fn column_operand(column: String, cast: Option<&'static str>) -> Operand {
+    let text = match cast {
+        None => column.clone(),
+        Some(_) => format!("{column}::text"),
+    };
+    Operand {
+        typed: column.clone(),
+        text,
+        null: NullTest::Sql(column),
+        cast: cast.map(str::to_owned),
+    }
+}
+
+/// Records, for `explain`, which path a top-level field's condition took.
+fn note_path(b: &mut Builder, what: &str, field: &str, column: Option<&(String, Option<&str>)>) {
+    let note = match column {
+        Some((col, cast)) => format!(
+            "{what} {field}: column {col}{}",
+            cast.map(|c| format!(" ({c})"))
+                .unwrap_or_else(|| " (text)".into())
+        ),
+        None => format!("{what} {field}: data key"),
+    };
+    if !b.notes.contains(&note) {
+        b.notes.push(note);
+    }
+}
 
 /// Bounds on user input while building filters.
 #[derive(Debug, Clone, Copy)]
@@ -292,11 +371,13 @@ fn filter_sql(
 }
 
 /// A boolean SQL expression for a `<Type>WhereInput` value over the jsonb expression `src`.
+#[allow(clippy::too_many_arguments)]
 pub fn where_sql(
     b: &mut Builder,
     schema: &CompiledSchema,
     input: &WhereInput,
     src: &str,
+    native: Option<Native<'_>>,
     v: &ArgValue,
     limits: InputLimits,
     depth: usize,
@@ -335,14 +416,23 @@ pub fn where_sql(
                 }
                 let mut sub = Vec::new();
                 for item in items {
-                    sub.push(where_sql(b, schema, input, src, item, limits, depth + 1)?);
+                    sub.push(where_sql(
+                        b,
+                        schema,
+                        input,
+                        src,
+                        native,
+                        item,
+                        limits,
+                        depth + 1,
+                    )?);
                 }
                 if !sub.is_empty() {
                     parts.push(join(sub, if name == "_and" { "AND" } else { "OR" }));
                 }
             }
             "_not" => {
-                let inner = where_sql(b, schema, input, src, value, limits, depth + 1)?;
+                let inner = where_sql(b, schema, input, src, native, value, limits, depth + 1)?;
                 parts.push(format!("NOT ({inner})"));
             }
             _ => {
@@ -362,11 +452,19 @@ pub fn where_sql(
                         let f = schema
                             .filter(filter)
                             .ok_or_else(|| bad(format!("unknown filter {filter}")))?;
-                        let operand = json_operand(
-                            json_path(src, &field.key),
-                            format!("({}->>{})", src, quote_literal(&field.key)),
-                            f,
-                        );
+                        let column =
+                            native_column(native, &field.key, f.scalar, f.enum_name.is_some());
+                        if native.is_some() {
+                            note_path(b, "where", &field.name, column.as_ref());
+                        }
+                        let operand = match column {
+                            Some((col, cast)) => column_operand(col, cast),
+                            None => json_operand(
+                                json_path(src, &field.key),
+                                format!("({}->>{})", src, quote_literal(&field.key)),
+                                f,
+                            ),
+                        };
                         parts.push(filter_sql(
                             b,
                             schema,
@@ -429,6 +527,9 @@ pub fn where_sql(
                         }
                     }
                     WhereTarget::Object { where_input } => {
+                        if native.is_some() {
+                            note_path(b, "where", &field.name, None);
+                        }
                         let wi = schema
                             .where_input(where_input)
                             .ok_or_else(|| bad(format!("unknown input {where_input}")))?;
@@ -438,19 +539,23 @@ pub fn where_sql(
                             schema,
                             wi,
                             &format!("({inner_src})"),
+                            None,
                             value,
                             limits,
                             depth + 1,
                         )?);
                     }
                     WhereTarget::List { where_input } => {
+                        if native.is_some() {
+                            note_path(b, "where", &field.name, None);
+                        }
                         let wi = schema
                             .where_input(where_input)
                             .ok_or_else(|| bad(format!("unknown input {where_input}")))?;
                         let list = json_path(src, &field.key);
                         let alias = b.alias("w");
                         let elem = format!("{alias}.v");
-                        let cond = where_sql(b, schema, wi, &elem, value, limits, depth + 1)?;
+                        let cond = where_sql(b, schema, wi, &elem, None, value, limits, depth + 1)?;
                         parts.push(format!(
                             "EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof({list}) = 'array' THEN {list} END) {alias}(v) WHERE {cond})"
                         ));
@@ -464,9 +569,11 @@ pub fn where_sql(
 
 /// `ORDER BY` terms for an `orderBy` value (a list of `<Type>OrderBy`, or one of them).
 pub fn order_sql(
+    b: &mut Builder,
     schema: &CompiledSchema,
     input_name: &str,
     src: &str,
+    native: Option<Native<'_>>,
     v: &ArgValue,
     limits: InputLimits,
 ) -> Result<Vec<String>, SqlError> {
@@ -521,11 +628,74 @@ pub fn order_sql(
                     )));
                 }
             };
-            terms.push(format!(
-                "{} {dir}",
-                typed_expr(src, &field.key, field.scalar)
-            ));
+            let column = native_column(native, &field.key, field.scalar, field.scalar.is_none());
+            if native.is_some() {
+                note_path(b, "orderBy", &field.name, column.as_ref());
+            }
+            let expr = match column {
+                Some((col, _)) => col,
+                None => typed_expr(src, &field.key, field.scalar),
+            };
+            terms.push(format!("{expr} {dir}"));
         }
     }
     Ok(terms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_native_column_is_used_only_when_its_type_holds_the_field() {
+        let cols: Columns = [
+            ("number", "integer"),
+            ("total", "numeric(12,2)"),
+            ("placed_at", "timestamp with time zone"),
+            ("local_at", "timestamp without time zone"),
+            ("status", "character varying(20)"),
+            ("id", "uuid"),
+            ("flag", "text"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let n = Some(Native {
+            alias: "v",
+            columns: &cols,
+        });
+        let col = |key, scalar, is_enum| native_column(n, key, scalar, is_enum);
+        assert_eq!(
+            col("number", Some(ScalarKind::Int), false),
+            Some(("v.\"number\"".into(), Some("integer")))
+        );
+        assert_eq!(
+            col("total", Some(ScalarKind::Decimal), false).map(|c| c.1),
+            Some(Some("numeric"))
+        );
+        assert_eq!(
+            col("placed_at", Some(ScalarKind::DateTime), false).map(|c| c.1),
+            Some(Some("timestamptz"))
+        );
+        // A timestamp without time zone compares differently: the data key is kept.
+        assert_eq!(col("local_at", Some(ScalarKind::DateTime), false), None);
+        assert_eq!(col("status", None, true).map(|c| c.1), Some(None));
+        assert_eq!(
+            col("status", Some(ScalarKind::String), false).map(|c| c.1),
+            Some(None)
+        );
+        // An ID need not be a uuid; a Boolean is not text; an Int is not a timestamp.
+        assert_eq!(col("id", Some(ScalarKind::Id), false), None);
+        assert_eq!(
+            col("id", Some(ScalarKind::Uuid), false).map(|c| c.1),
+            Some(Some("uuid"))
+        );
+        assert_eq!(col("flag", Some(ScalarKind::Boolean), false), None);
+        assert_eq!(col("placed_at", Some(ScalarKind::Int), false), None);
+        assert_eq!(col("missing", Some(ScalarKind::Int), false), None);
+        assert_eq!(
+            native_column(None, "number", Some(ScalarKind::Int), false),
+            None
+        );
+    }
 }

@@ -161,6 +161,8 @@ impl Param {
 pub struct Statement {
     pub sql: String,
     pub params: Vec<Param>,
+    /// How the statement was built, for `explain` (which path each condition took).
+    pub notes: Vec<String>,
 }
 
 /// Collects SQL text and parameters.
@@ -170,6 +172,8 @@ pub struct Builder {
     alias: usize,
     /// Filter conditions rendered so far (see `filter::InputLimits::max_conditions`).
     pub conditions: usize,
+    /// See [`Statement::notes`].
+    pub notes: Vec<String>,
 }
 
 impl Builder {

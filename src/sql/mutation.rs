@@ -291,6 +291,7 @@ pub fn build_call(
     Ok(Statement {
         sql,
         params: b.params,
+        notes: b.notes,
     })
 }
 

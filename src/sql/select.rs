@@ -14,7 +14,7 @@ use crate::schema::{
     ArgRole, CompiledSchema, FieldDef, NamedKind, QueryField, ScalarKind, TypeRef,
 };
 
-use super::filter::{InputLimits, order_sql, typed_expr, value_text, where_sql};
+use super::filter::{Columns, InputLimits, Native, order_sql, typed_expr, value_text, where_sql};
 use super::{ArgValue, Builder, Param, SqlError, Statement, json_path, quote_literal};
 
 /// What a sentinel looks like in PostgreSQL's JSON text output.
@@ -260,8 +260,9 @@ pub fn build_query(
     injected: &[InjectedFilter],
     sel: &Selection,
     limits: &ReadLimits,
+    columns: Option<&Columns>,
 ) -> Result<Statement, SqlError> {
-    build(schema, q, args, injected, sel, limits, false)
+    build(schema, q, args, injected, sel, limits, columns, false)
 }
 
 /// Builds the statement of one root *list* query field returning one row per item (the
@@ -275,6 +276,7 @@ pub fn build_list_rows(
     injected: &[InjectedFilter],
     sel: &Selection,
     limits: &ReadLimits,
+    columns: Option<&Columns>,
 ) -> Result<Statement, SqlError> {
     if !q.returns_list {
         return Err(SqlError::BadInput(format!(
@@ -282,9 +284,10 @@ pub fn build_list_rows(
             q.name
         )));
     }
-    build(schema, q, args, injected, sel, limits, true)
+    build(schema, q, args, injected, sel, limits, columns, true)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build(
     schema: &CompiledSchema,
     q: &QueryField,
@@ -292,6 +295,7 @@ fn build(
     injected: &[InjectedFilter],
     sel: &Selection,
     limits: &ReadLimits,
+    columns: Option<&Columns>,
     item_rows: bool,
 ) -> Result<Statement, SqlError> {
     let mut b = Builder::default();
@@ -303,6 +307,10 @@ fn build(
     let mut limit: Option<i64> = None;
     let mut offset: Option<i64> = None;
     let src = "v.\"data\"";
+    let native = columns.map(|columns| Native {
+        alias: "v",
+        columns,
+    });
     for qa in &q.arguments {
         let Some(value) = args.iter().find(|(n, _)| n == &qa.arg.name).map(|(_, v)| v) else {
             continue;
@@ -327,13 +335,21 @@ fn build(
                 let wi = schema.where_input(&object.where_input).ok_or_else(|| {
                     SqlError::BadInput(format!("unknown input {}", object.where_input))
                 })?;
-                let c = where_sql(&mut b, schema, wi, src, value, limits.input, 0)?;
+                let c = where_sql(&mut b, schema, wi, src, native, value, limits.input, 0)?;
                 if c != "TRUE" {
                     conds.push(c);
                 }
             }
             ArgRole::OrderBy => {
-                order = order_sql(schema, &object.order_input, src, value, limits.input)?;
+                order = order_sql(
+                    &mut b,
+                    schema,
+                    &object.order_input,
+                    src,
+                    native,
+                    value,
+                    limits.input,
+                )?;
             }
             ArgRole::Limit | ArgRole::Offset => {
                 let ArgValue::Int(n) = value else {
@@ -454,5 +470,6 @@ fn build(
     Ok(Statement {
         sql,
         params: b.params,
+        notes: b.notes,
     })
 }

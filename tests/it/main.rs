@@ -28,6 +28,7 @@ mod http;
 mod introspection;
 mod kill9_e2e;
 mod mutations;
+mod native_columns;
 mod nats;
 mod nats_e2e;
 mod perf;
