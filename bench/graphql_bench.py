@@ -2,11 +2,11 @@
 """GraphQL side by side: fraiseql serve vs PostGraphile on the same data, one load generator.
 
 Creates the database `fraiseql_bench` from examples/blog (schema + seed), starts
-`fraiseql serve` (release build) and PostGraphile v4 (npm, installed into bench/node_modules
-on first use), then drives both with wrk (POST bodies via a Lua script) at 1, 16 and 64
-connections for two queries: a list of 20 users with their posts, and one user by id.
-Prints requests/s, p50 and p99 for each and the ratios fraiseql / PostGraphile, and the
-ceiling: the exact statement fraiseql runs (`fraiseql explain --inline`) driven by
+`fraiseql serve` (release build) and PostGraphile v4 (npm, installed into
+bench/postgraphile4 on first use), then drives both with wrk (POST bodies via a Lua script)
+at 1, 16 and 64 connections for two queries: a list of 20 users with their posts, and one
+user by id. Prints requests/s, p50 and p99 for each and the ratios fraiseql / PostGraphile,
+and the ceiling: the exact statement fraiseql runs (`fraiseql explain --inline`) driven by
 `pgbench -M prepared` at the same concurrency — what PostgreSQL itself can give.
 
 Usage: bench/graphql_bench.py [--duration SECONDS] [--binary PATH]
@@ -68,11 +68,13 @@ def post(url, query, headers=None):
 
 
 def ensure_postgraphile():
-    bench = os.path.join(ROOT, "bench")
-    binary = os.path.join(bench, "node_modules", ".bin", "postgraphile")
+    # Its own directory: bench/package.json holds PostGraphile v5 (bench/shop_bench.py).
+    prefix = os.path.join(ROOT, "bench", "postgraphile4")
+    binary = os.path.join(prefix, "node_modules", ".bin", "postgraphile")
     if not os.path.exists(binary):
-        subprocess.run(["npm", "install", "--no-save", "--no-audit", "--no-fund", "postgraphile@4"],
-                       cwd=bench, check=True)
+        os.makedirs(prefix, exist_ok=True)
+        subprocess.run(["npm", "install", "--prefix", prefix, "--no-save", "--no-package-lock",
+                        "--no-audit", "--no-fund", "postgraphile@4"], check=True)
     return binary
 
 
