@@ -78,25 +78,60 @@ def ensure_postgraphile():
     return binary
 
 
-def wrk(url, body, connections, duration, headers=None):
+# wrk's Lua hooks: every thread counts the responses that are not 2xx and the 2xx ones whose
+# body holds "errors" (a GraphQL error); done() prints the sums for wrk() to read.
+WRK_COUNTERS = r"""
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) non2xx = 0; gql_errors = 0 end
+function response(status, headers, body)
+  if status < 200 or status > 299 then non2xx = non2xx + 1
+  elseif body and string.find(body, '"errors"', 1, true) then gql_errors = gql_errors + 1 end
+end
+function done(summary, latency, requests)
+  local n, g = 0, 0
+  for _, t in ipairs(threads) do n = n + t:get("non2xx"); g = g + t:get("gql_errors") end
+  io.write(string.format("bench-non2xx %d\nbench-gql-errors %d\n", n, g))
+end
+"""
+
+
+def wrk(url, body, connections, duration, headers=None, timeout=None):
+    """One wrk run POSTing `body`: req/s, p50 and p99 in ms, and its failures — `errors`
+    (responses that are not 2xx), `gql_errors` (2xx with "errors" in the body) and
+    `socket_errors` (connect, read, write, timeout); `failures` is their sum."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write('wrk.method = "POST"\n')
         f.write('wrk.headers["Content-Type"] = "application/json"\n')
         for k, v in (headers or {}).items():
             f.write(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n")
-        f.write(f"wrk.body = {json.dumps(body)}\n")
+        if "]==]" in body:
+            raise SystemExit("request body contains ]==]")
+        f.write(f"wrk.body = [==[{body}]==]\n")
+        f.write(WRK_COUNTERS)
         script = f.name
     threads = min(2, connections)
-    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s",
-                          "--latency", "-s", script, url], capture_output=True, text=True).stdout
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency",
+           "-s", script]
+    if timeout:
+        cmd += ["--timeout", f"{timeout}s"]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True).stdout
     os.unlink(script)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     def lat(p):
         m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return float("nan")
         v, unit = float(m.group(1)), m.group(2)
         return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
-    return {"rps": rps, "p50": lat(50), "p99": lat(99), "errors": int(errors.group(1)) if errors else 0}
+    r = {"rps": rps, "p50": lat(50), "p99": lat(99), "requests": requests,
+         "errors": int(re.search(r"bench-non2xx (\d+)", out).group(1)),
+         "gql_errors": int(re.search(r"bench-gql-errors (\d+)", out).group(1)),
+         "socket_errors": sum(int(x) for x in sock.groups()) if sock else 0}
+    r["failures"] = r["errors"] + r["gql_errors"] + r["socket_errors"]
+    return r
 
 
 def pgbench(sql, connections, duration):
