@@ -134,13 +134,13 @@ def wrk(url, body, connections, duration, headers=None, timeout=None):
     return r
 
 
-def pgbench(sql, connections, duration):
+def pgbench(sql, connections, duration, db=DB):
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
         f.write(sql.strip().rstrip(";") + ";\n")
         script = f.name
     out = subprocess.run(["pgbench", "-h", "127.0.0.1", "-U", "postgres", "-M", "prepared", "-n",
                           "-c", str(connections), "-j", str(min(2, connections)), "-T", str(duration),
-                          "-f", script, DB], capture_output=True, text=True)
+                          "-f", script, db], capture_output=True, text=True)
     os.unlink(script)
     m = re.search(r"tps = ([\d.]+)", out.stdout)
     if not m:

@@ -285,7 +285,7 @@ def main():
                     wait_idle()
                     runs[s] = wrk(u, body, c, duration, timeout=WRK_TIMEOUT_S)
                     wait_idle()
-                ceilings = {s: pgbench(statements[(name, s)], c, duration) for s in schemas}
+                ceilings = {s: pgbench(statements[(name, s)], c, duration, DB) for s in schemas}
                 rows.append({"query": name, "connections": c, "runs": runs, "ceilings": ceilings})
                 print(f"  measured {name} at {c} connection(s); load average {load_average()}",
                       file=sys.stderr)
