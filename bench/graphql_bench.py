@@ -2,11 +2,11 @@
 """GraphQL side by side: fraiseql serve vs PostGraphile on the same data, one load generator.
 
 Creates the database `fraiseql_bench` from examples/blog (schema + seed), starts
-`fraiseql serve` (release build) and PostGraphile v4 (npm, installed into bench/node_modules
-on first use), then drives both with wrk (POST bodies via a Lua script) at 1, 16 and 64
-connections for two queries: a list of 20 users with their posts, and one user by id.
-Prints requests/s, p50 and p99 for each and the ratios fraiseql / PostGraphile, and the
-ceiling: the exact statement fraiseql runs (`fraiseql explain --inline`) driven by
+`fraiseql serve` (release build) and PostGraphile v4 (npm, installed into
+bench/postgraphile4 on first use), then drives both with wrk (POST bodies via a Lua script)
+at 1, 16 and 64 connections for two queries: a list of 20 users with their posts, and one
+user by id. Prints requests/s, p50 and p99 for each and the ratios fraiseql / PostGraphile,
+and the ceiling: the exact statement fraiseql runs (`fraiseql explain --inline`) driven by
 `pgbench -M prepared` at the same concurrency — what PostgreSQL itself can give.
 
 Usage: bench/graphql_bench.py [--duration SECONDS] [--binary PATH]
@@ -68,42 +68,79 @@ def post(url, query, headers=None):
 
 
 def ensure_postgraphile():
-    bench = os.path.join(ROOT, "bench")
-    binary = os.path.join(bench, "node_modules", ".bin", "postgraphile")
+    # Its own directory: bench/package.json holds PostGraphile v5 (bench/shop_bench.py).
+    prefix = os.path.join(ROOT, "bench", "postgraphile4")
+    binary = os.path.join(prefix, "node_modules", ".bin", "postgraphile")
     if not os.path.exists(binary):
-        subprocess.run(["npm", "install", "--no-save", "--no-audit", "--no-fund", "postgraphile@4"],
-                       cwd=bench, check=True)
+        os.makedirs(prefix, exist_ok=True)
+        subprocess.run(["npm", "install", "--prefix", prefix, "--no-save", "--no-package-lock",
+                        "--no-audit", "--no-fund", "postgraphile@4"], check=True)
     return binary
 
 
-def wrk(url, body, connections, duration, headers=None):
+# wrk's Lua hooks: every thread counts the responses that are not 2xx and the 2xx ones whose
+# body holds "errors" (a GraphQL error); done() prints the sums for wrk() to read.
+WRK_COUNTERS = r"""
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) non2xx = 0; gql_errors = 0 end
+function response(status, headers, body)
+  if status < 200 or status > 299 then non2xx = non2xx + 1
+  elseif body and string.find(body, '"errors"', 1, true) then gql_errors = gql_errors + 1 end
+end
+function done(summary, latency, requests)
+  local n, g = 0, 0
+  for _, t in ipairs(threads) do n = n + t:get("non2xx"); g = g + t:get("gql_errors") end
+  io.write(string.format("bench-non2xx %d\nbench-gql-errors %d\n", n, g))
+end
+"""
+
+
+def wrk(url, body, connections, duration, headers=None, timeout=None):
+    """One wrk run POSTing `body`: req/s, p50 and p99 in ms, and its failures — `errors`
+    (responses that are not 2xx), `gql_errors` (2xx with "errors" in the body) and
+    `socket_errors` (connect, read, write, timeout); `failures` is their sum."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write('wrk.method = "POST"\n')
         f.write('wrk.headers["Content-Type"] = "application/json"\n')
         for k, v in (headers or {}).items():
             f.write(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n")
-        f.write(f"wrk.body = {json.dumps(body)}\n")
+        if "]==]" in body:
+            raise SystemExit("request body contains ]==]")
+        f.write(f"wrk.body = [==[{body}]==]\n")
+        f.write(WRK_COUNTERS)
         script = f.name
     threads = min(2, connections)
-    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s",
-                          "--latency", "-s", script, url], capture_output=True, text=True).stdout
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency",
+           "-s", script]
+    if timeout:
+        cmd += ["--timeout", f"{timeout}s"]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True).stdout
     os.unlink(script)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     def lat(p):
         m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return float("nan")
         v, unit = float(m.group(1)), m.group(2)
         return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
-    return {"rps": rps, "p50": lat(50), "p99": lat(99), "errors": int(errors.group(1)) if errors else 0}
+    r = {"rps": rps, "p50": lat(50), "p99": lat(99), "requests": requests,
+         "errors": int(re.search(r"bench-non2xx (\d+)", out).group(1)),
+         "gql_errors": int(re.search(r"bench-gql-errors (\d+)", out).group(1)),
+         "socket_errors": sum(int(x) for x in sock.groups()) if sock else 0}
+    r["failures"] = r["errors"] + r["gql_errors"] + r["socket_errors"]
+    return r
 
 
-def pgbench(sql, connections, duration):
+def pgbench(sql, connections, duration, db=DB):
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
         f.write(sql.strip().rstrip(";") + ";\n")
         script = f.name
     out = subprocess.run(["pgbench", "-h", "127.0.0.1", "-U", "postgres", "-M", "prepared", "-n",
                           "-c", str(connections), "-j", str(min(2, connections)), "-T", str(duration),
-                          "-f", script, DB], capture_output=True, text=True)
+                          "-f", script, db], capture_output=True, text=True)
     os.unlink(script)
     m = re.search(r"tps = ([\d.]+)", out.stdout)
     if not m:
