@@ -148,9 +148,12 @@ def pgbench(sql, connections, duration, db=DB):
     return float(m.group(1))
 
 
-def explain_sql(binary, schema, query):
+def explain_sql(binary, schema, query, url=URL):
+    """The statement the server runs for `query`: explain reads the views' native columns
+    from `url`'s catalog, as the server does."""
     out = subprocess.run([binary, "explain", "--inline", "--schema", schema, query],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True,
+                         env=dict(os.environ, FRAISEQL_DATABASE_URL=url))
     statements = [l for l in out.stdout.splitlines() if not l.startswith("--")]
     if len(statements) != 1:
         raise SystemExit(f"expected one statement for {query}: {out.stdout}")

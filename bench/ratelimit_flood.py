@@ -25,7 +25,7 @@ from graphql_bench import ROOT, psql, psql_file, stop, wait_http  # noqa: E402
 
 DB = "fraiseql_ratelimit_bench"
 URL = f"postgres://postgres@127.0.0.1:5432/{DB}"
-PORT = 18120
+PORT = 18130
 QUERY = "{ users(limit: 5) { id name posts { id title } } }"
 RATE = 20  # the well-behaved client's requests per second
 

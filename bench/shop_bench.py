@@ -268,7 +268,7 @@ def main():
 
         qs = queries(order_id)
         assert_same_answers(urls, qs)
-        statements = {(name, s): explain_sql(args.binary, schemas[s], fq_q)
+        statements = {(name, s): explain_sql(args.binary, schemas[s], fq_q, URL)
                       for name, (fq_q, _) in qs.items() for s in schemas}
         print("FraiseQL's statements (the pgbench ceilings), ORDER BY/WHERE as compiled:")
         for (name, s), sql in statements.items():

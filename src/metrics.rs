@@ -282,7 +282,7 @@ pub const HTTP_ROUTES: &[(&str, &[&str])] = &[
     ("/graphiql", &["200", "404", "503"]),
     ("/healthz", &["200", "503"]),
     ("/readyz", &["200", "503"]),
-    ("/metrics", &["200", "503"]),
+    ("/metrics", &["200", "401", "503"]),
     ("other", &["404", "503"]),
 ];
 
@@ -759,6 +759,10 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// HTTP path of the Prometheus endpoint.
     pub path: String,
+    /// Name of an environment variable holding a token: with it, `path` answers any
+    /// client sending `Authorization: Bearer <token>`; without it, only clients connecting
+    /// from a loopback address.
+    pub token_env: String,
 }
 
 impl Default for MetricsConfig {
@@ -766,6 +770,7 @@ impl Default for MetricsConfig {
         Self {
             enabled: true,
             path: "/metrics".to_string(),
+            token_env: String::new(),
         }
     }
 }
@@ -779,7 +784,27 @@ impl MetricsConfig {
                 "must start with '/'",
             ));
         }
+        if !self.token_env.is_empty() && self.token().is_none() {
+            return Err(crate::setting::Invalid::new(
+                "metrics.token_env",
+                format!(
+                    "the environment variable {} is not set or shorter than 16 bytes",
+                    self.token_env
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// The token of `token_env`, when it names a variable holding one.
+    pub fn token(&self) -> Option<String> {
+        if self.token_env.is_empty() {
+            return None;
+        }
+        std::env::var(&self.token_env)
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| t.len() >= 16)
     }
 }
 

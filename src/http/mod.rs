@@ -47,6 +47,8 @@ pub struct AppState {
     pub auth: Option<Arc<crate::auth::Authenticator>>,
     /// The budgets `/graphql` requests spend; `None` when `[rate_limit]` sets no rule.
     pub rate_limit: Option<Arc<crate::ratelimit::RateLimiter>>,
+    /// `metrics.token_env`'s token: who may read `/metrics` from beyond loopback.
+    pub metrics_token: Option<crate::flight::auth::Tokens>,
 }
 
 /// The queue backend `/readyz` waits for, filled once it is connected.
@@ -336,7 +338,7 @@ async fn route(
             ("/readyz", resp)
         }
         _ if metrics_path => {
-            let resp = match only_get(&req) {
+            let resp = match only_get(&req).or_else(|| metrics_refused(state, &req)) {
                 Some(r) => r,
                 None => metrics_endpoint(state),
             };
@@ -471,6 +473,36 @@ async fn readyz(state: &AppState) -> Response<Body> {
             serde_json::json!({"status": "ready", "warning": warnings.join("; ")}),
         ),
     }
+}
+
+/// `Some(401)` unless the client may read the metrics: it sends the configured token, or
+/// (without one) it connects from a loopback address. Metrics name views, queues and
+/// observers, so they are not for everyone who can reach the API.
+fn metrics_refused(state: &AppState, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let allowed = match &state.metrics_token {
+        Some(tokens) => req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::auth::bearer)
+            .is_some_and(|t| tokens.accepts(t.as_bytes())),
+        None => req
+            .extensions()
+            .get::<crate::ratelimit::Peer>()
+            .is_some_and(|p| p.0.is_loopback()),
+    };
+    if allowed {
+        return None;
+    }
+    let mut r = json_error(
+        StatusCode::UNAUTHORIZED,
+        "metrics need \"Authorization: Bearer <metrics.token_env's token>\", or a loopback client",
+    );
+    r.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer"),
+    );
+    Some(r)
 }
 
 fn metrics_endpoint(state: &AppState) -> Response<Body> {

@@ -141,6 +141,10 @@ pub(crate) async fn serve_http(
         Some(_) => crate::compose::rate_limiter(&config)?,
         None => None,
     };
+    let config_token = config
+        .metrics
+        .token()
+        .map(|t| crate::flight::auth::Tokens::new(vec![t]));
     let state = Arc::new(AppState {
         config: Arc::new(config),
         pool: pool.clone(),
@@ -148,6 +152,7 @@ pub(crate) async fn serve_http(
         queue,
         auth,
         rate_limit,
+        metrics_token: config_token,
     });
     if let Some(engine) = &state.engine {
         spawn_reload_on_sighup(

@@ -471,3 +471,75 @@ async fn security_headers_on_every_answer_and_cors_only_for_listed_origins() {
     }
     server.stop().await;
 }
+
+/// An address of this machine that is not loopback, for a client that must not count as
+/// local.
+fn non_loopback_ip() -> std::net::IpAddr {
+    // A UDP "connect" sends nothing: it only picks the interface a packet would leave by.
+    ["192.0.2.1:9", "10.0.0.1:9", "8.8.8.8:9"]
+        .iter()
+        .find_map(|target| {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+            s.connect(target).ok()?;
+            Some(s.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback())
+        })
+        .expect("this machine has a non-loopback address")
+}
+
+#[tokio::test]
+async fn metrics_are_for_loopback_clients_or_the_token() {
+    let db = TestDb::new().await;
+    db.load_blog().await;
+    const TOKEN: &str = "a-metrics-token-of-enough-length";
+    let ip = non_loopback_ip();
+    let metrics = |host: String, port: u16, token: Option<&'static str>| async move {
+        let mut req = http().get(format!("http://{host}:{port}/metrics"));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap())
+    };
+    for token in [false, true] {
+        let port = common::free_port();
+        let schema = crate_path("examples/blog/schema.json");
+        let mut cmd = bin();
+        cmd.args(["serve", "--listen", &format!("0.0.0.0:{port}"), "--schema"])
+            .arg(&schema)
+            .env("FRAISEQL_DATABASE_URL", db.url())
+            .env("FRAISEQL_SERVER_ALLOW_UNAUTHENTICATED", "true")
+            .env("FRAISEQL_LOG", "warn");
+        if token {
+            cmd.env("FRAISEQL_METRICS_TOKEN_ENV", "FQ_TEST_METRICS_TOKEN")
+                .env("FQ_TEST_METRICS_TOKEN", TOKEN);
+        }
+        let mut child = cmd.spawn().unwrap();
+        assert!(
+            common::eventually(Duration::from_secs(15), || async {
+                let url = format!("http://127.0.0.1:{port}/healthz");
+                matches!(http().get(url).send().await, Ok(r) if r.status() == 200)
+            })
+            .await
+        );
+        if token {
+            assert_eq!(metrics(ip.to_string(), port, Some(TOKEN)).await.0, 200);
+            let wrong = metrics(ip.to_string(), port, Some("wrong-token-wrong-token")).await;
+            assert_eq!(wrong.0, 401);
+            assert_eq!(metrics(ip.to_string(), port, None).await.0, 401);
+            let local = metrics("127.0.0.1".into(), port, None).await;
+            assert_eq!(local.0, 401, "with a token, loopback needs it too");
+        } else {
+            let (status, body) = metrics("127.0.0.1".into(), port, None).await;
+            assert_eq!(status, 200);
+            assert!(body.contains("fraiseql_build_info"));
+            let (status, body) = metrics(ip.to_string(), port, None).await;
+            assert_eq!(status, 401, "a client beyond loopback: {body}");
+            assert!(!body.contains("fraiseql_"), "{body}");
+            // The API itself still answers that client.
+            assert_eq!(get(&format!("http://{ip}:{port}/healthz")).await.0, 200);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
