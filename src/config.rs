@@ -977,6 +977,74 @@ mod tests {
     }
 
     #[test]
+    fn flight_roles_and_client_principals_take_env_overrides_as_inline_toml() {
+        let c = load(
+            "[flight.roles.old]\nviews = [\"va_old\"]\n",
+            &[
+                (
+                    "FRAISEQL_FLIGHT_ROLES",
+                    r#"{ analyst = { views = ["v_post"], events = ["*"] }, etl = { put_tables = ["ta_x"] } }"#,
+                ),
+                (
+                    "FRAISEQL_FLIGHT_CLIENT_PRINCIPALS",
+                    r#"[{ subject = "CN=etl", role = "etl" }, { subject = "DNS:bi.internal", role = "analyst" }]"#,
+                ),
+            ],
+        )
+        .unwrap();
+        let roles = &c.flight.roles;
+        // The variable replaces the file's table, as for every other key.
+        assert_eq!(
+            roles.keys().collect::<Vec<_>>(),
+            ["analyst", "etl"],
+            "{roles:?}"
+        );
+        assert_eq!(roles["analyst"].views, ["v_post"]);
+        assert!(roles["analyst"].may_read_events(Some("Order")));
+        assert_eq!(roles["etl"].put_tables, ["ta_x"]);
+        let p = &c.flight.client_principals;
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            (p[0].subject.as_str(), p[0].role.as_str()),
+            ("CN=etl", "etl")
+        );
+        assert_eq!(p[1].subject, "DNS:bi.internal");
+        assert!(
+            c.origins
+                .of("flight.roles")
+                .contains("FRAISEQL_FLIGHT_ROLES"),
+            "{}",
+            c.origins.of("flight.roles")
+        );
+
+        // Wrong shapes are refused by key, naming the variable or the field.
+        let e = load("", &[("FRAISEQL_FLIGHT_ROLES", "{ analyst = { views = [")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("FRAISEQL_FLIGHT_ROLES"), "{e}");
+        let e = load(
+            "",
+            &[(
+                "FRAISEQL_FLIGHT_ROLES",
+                r#"{ analyst = { view = ["v_post"] } }"#,
+            )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field `view`"), "{e}");
+        let e = load(
+            "",
+            &[(
+                "FRAISEQL_FLIGHT_CLIENT_PRINCIPALS",
+                r#"[{ subject = "CN=etl" }]"#,
+            )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("role"), "{e}");
+    }
+
+    #[test]
     fn sections_with_underscores_take_env_overrides() {
         let c = load("", &[("FRAISEQL_OBSERVER_RUNTIME_CONCURRENCY", "3")]).unwrap();
         assert_eq!(c.observer_runtime.concurrency, 3);

@@ -196,6 +196,12 @@ impl Identity {
         &self.claims
     }
 
+    /// True when the role is one of the configured `auth.db_roles` (the request runs as
+    /// it): a value the operator chose, bounded by the config, so fit for a metric label.
+    pub fn is_db_role(&self) -> bool {
+        !self.role.is_empty() && self.context.role() == Some(self.role.as_str())
+    }
+
     pub fn has_role(&self, role: &str) -> bool {
         self.unrestricted || self.role == role
     }

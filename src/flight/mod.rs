@@ -171,6 +171,7 @@ impl FlightServer {
             }
         });
 
+        let header_list = header_list_bytes(self.auth.as_deref());
         let state = service::FlightState {
             pool: self.pool,
             registry: self.registry,
@@ -190,7 +191,8 @@ impl FlightServer {
         };
         let svc = FlightServiceServer::new(service::FraiseFlightService::new(state))
             .max_decoding_message_size(self.cfg.max_put_message_bytes);
-        let mut builder = tonic::transport::Server::builder();
+        let mut builder =
+            tonic::transport::Server::builder().http2_max_header_list_size(header_list);
         if let Some(tls) = tls {
             builder = builder
                 .tls_config(tls)
@@ -206,6 +208,17 @@ impl FlightServer {
         tracing::info!("flight stopped");
         Ok(())
     }
+}
+
+/// The HTTP/2 header-list bound of Flight calls: room for a token well beyond
+/// `auth.max_token_bytes` (at least 24 KiB of it), so an oversized token reaches the
+/// authenticator and is answered UNAUTHENTICATED like every other bad token; a larger
+/// header list is refused by HTTP/2 itself (431). Bounded: at most 2 MiB + 16 KiB.
+fn header_list_bytes(auth: Option<&Authenticator>) -> u32 {
+    let token = auth
+        .map_or(0, |a| a.config().max_token_bytes)
+        .max(12 * 1024);
+    u32::try_from(token * 2 + 16 * 1024).unwrap_or(u32::MAX)
 }
 
 fn describe(e: &dyn std::error::Error) -> String {

@@ -1,10 +1,16 @@
 //! `fraiseql check` support: verifies that every view and function the schema names exists
-//! in the database, and that views have a `data jsonb` column.
+//! in the database, that views have a `data jsonb` column, and which way each query's
+//! `inject_params` filters (as the engine decides: the view's column of the parameter's
+//! name, else the `data` key), refusing a parameter the view can filter neither way.
 
 use crate::sql::mutation::{SIGNATURE_SQL, split_name};
 use crate::sql::quote_qualified;
 
 use super::Engine;
+use super::execute::VIEW_COLUMNS_SQL;
+
+/// Rows of a view sampled for a `data` key no field of the type declares.
+const KEY_SAMPLE_ROWS: i64 = 100;
 
 /// The result of checking one database object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +75,7 @@ impl Engine {
                 message,
             });
         }
+        out.extend(self.check_inject(client).await);
         for m in &self.schema.mutations {
             let (schema, name) = split_name(&m.function);
             let res = client.query(SIGNATURE_SQL, &[&schema, &name]).await;
@@ -101,5 +108,120 @@ impl Engine {
             });
         }
         out
+    }
+}
+
+impl Engine {
+    /// One item per injected parameter of each query: the path its filter takes — the
+    /// view's column of that name, else `data ->> '<param>'` — and a failure when the view
+    /// has no such column and the `data` key cannot be verified (no field of the type
+    /// stores it and none of the first rows has it): every row would be filtered out.
+    async fn check_inject(&self, client: &tokio_postgres::Client) -> Vec<CheckItem> {
+        let mut out = Vec::new();
+        for q in self.schema.queries.iter().filter(|q| !q.inject.is_empty()) {
+            let view = quote_qualified(&q.view);
+            let columns = client.query(VIEW_COLUMNS_SQL, &[&view]).await.map(|rows| {
+                rows.iter()
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+                    .collect::<Vec<_>>()
+            });
+            let object = self.schema.object(&q.return_type);
+            for inj in &q.inject {
+                let (ok, message) = match &columns {
+                    Err(e) => (false, format!("cannot check: {e}")),
+                    Ok(c) if c.is_empty() => (false, format!("view {} does not exist", q.view)),
+                    Ok(c) => match c.iter().find(|(name, _)| *name == inj.param) {
+                        Some((_, ty)) => (
+                            true,
+                            format!(
+                                "ok: filters on the view's column `{}` ({ty}) = claim `{}`",
+                                inj.param, inj.claim
+                            ),
+                        ),
+                        None if !c.iter().any(|(name, _)| name == "data") => (
+                            false,
+                            format!(
+                                "the view has neither a column `{}` nor a `data` column",
+                                inj.param
+                            ),
+                        ),
+                        None => {
+                            let field =
+                                object.and_then(|o| o.fields.iter().find(|f| f.key == inj.param));
+                            match field {
+                                Some(f) => (
+                                    true,
+                                    format!(
+                                        "ok: filters on `data ->> '{}'` (field {}.{}) = claim `{}`",
+                                        inj.param, q.return_type, f.name, inj.claim
+                                    ),
+                                ),
+                                None => self.sample_data_key(client, &view, q, inj).await,
+                            }
+                        }
+                    },
+                };
+                out.push(CheckItem {
+                    kind: "inject",
+                    name: format!("{}.{}", q.view, inj.param),
+                    used_by: format!("query {}", q.name),
+                    ok,
+                    message,
+                });
+            }
+        }
+        out
+    }
+
+    /// A `data` key no field declares: verified when some of the view's first rows hold it.
+    async fn sample_data_key(
+        &self,
+        client: &tokio_postgres::Client,
+        view: &str,
+        q: &crate::schema::QueryField,
+        inj: &crate::schema::InjectParam,
+    ) -> (bool, String) {
+        let sql = format!(
+            "SELECT count(*) FILTER (WHERE s.data ? $1), count(*) \
+             FROM (SELECT \"data\" FROM {view} LIMIT $2) s"
+        );
+        match client
+            .query_one(&sql, &[&inj.param, &KEY_SAMPLE_ROWS])
+            .await
+        {
+            Err(e) => (
+                false,
+                format!(
+                    "cannot check the `data` key `{}`: {}",
+                    inj.param,
+                    crate::db::describe(&e)
+                ),
+            ),
+            Ok(row) => {
+                let (with_key, sampled): (i64, i64) = (row.get(0), row.get(1));
+                if with_key > 0 {
+                    (
+                        true,
+                        format!(
+                            "ok: filters on `data ->> '{}'` = claim `{}` (no field of {} \
+                             declares the key; {with_key} of the first {sampled} rows hold it)",
+                            inj.param, inj.claim, q.return_type
+                        ),
+                    )
+                } else {
+                    (
+                        false,
+                        format!(
+                            "the view has no column `{p}` and its `data` key `{p}` cannot be \
+                             verified (no field of {t} declares it, and none of the first \
+                             {sampled} rows holds it): the filter would match no row; add a \
+                             column `{p}` to the view",
+                            p = inj.param,
+                            t = q.return_type
+                        ),
+                    )
+                }
+            }
+        }
     }
 }

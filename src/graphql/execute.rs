@@ -227,7 +227,7 @@ fn read_statement(
 }
 
 /// The catalog's columns of a view (name → type); `$1` is the quoted view name.
-const VIEW_COLUMNS_SQL: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
+pub(crate) const VIEW_COLUMNS_SQL: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
      FROM pg_attribute a WHERE a.attrelid = to_regclass($1::text) AND a.attnum > 0 \
      AND NOT a.attisdropped";
 

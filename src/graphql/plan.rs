@@ -117,18 +117,19 @@ impl PlanCtx {
     }
 
     /// Counts one refusal in `auth_denied_total{door, role}`. The role label is a role the
-    /// schema names in a `requires_role`, or `anon`, else `other`: claim values chosen by
-    /// token issuers never become label values.
+    /// schema names in a `requires_role` or one of the configured `auth.db_roles`, or
+    /// `anon`, else `other`: claim values chosen by token issuers never become label values.
     fn count_denied(&self) {
         let role = self.identity.role();
         let label = if self.identity.is_anonymous() {
             "anon"
-        } else if !role.is_empty()
-            && self
-                .schema
-                .types
-                .iter()
-                .any(|t| t.requires_role.as_deref() == Some(role))
+        } else if self.identity.is_db_role()
+            || !role.is_empty()
+                && self
+                    .schema
+                    .types
+                    .iter()
+                    .any(|t| t.requires_role.as_deref() == Some(role))
         {
             role
         } else {

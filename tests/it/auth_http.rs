@@ -5,103 +5,14 @@
 
 use crate::common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use common::observers::{HttpReceiver, Reply};
+use common::jwt::{
+    Idp, JWKS_ISS, STATIC_ISS, auth_toml, claims, good_tokens, jwk, rs256, token_attacks,
+    unknown_kid_tokens,
+};
 use common::{ServeProcess, TestDb, crate_path};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-
-fn key(name: &str) -> Vec<u8> {
-    std::fs::read(crate_path(&format!("tests/fixtures/jwt/{name}"))).unwrap()
-}
-
-fn now() -> i64 {
-    jsonwebtoken::get_current_timestamp() as i64
-}
-
-fn claims(iss: &str) -> Value {
-    json!({"sub": "user-1", "iss": iss, "aud": "fraiseql", "exp": now() + 600, "role": "reader"})
-}
-
-fn rs256(key_file: &str, kid: Option<&str>, claims: &Value) -> String {
-    let mut h = Header::new(Algorithm::RS256);
-    h.kid = kid.map(str::to_string);
-    jsonwebtoken::encode(
-        &h,
-        claims,
-        &EncodingKey::from_rsa_pem(&key(key_file)).unwrap(),
-    )
-    .unwrap()
-}
-
-/// The public JWK of a test key, with `kid`.
-fn jwk(key_file: &str, kid: &str) -> Value {
-    let enc = EncodingKey::from_rsa_pem(&key(key_file)).unwrap();
-    let mut j = serde_json::to_value(
-        jsonwebtoken::jwk::Jwk::from_encoding_key(&enc, Algorithm::RS256).unwrap(),
-    )
-    .unwrap();
-    j["kid"] = json!(kid);
-    j
-}
-
-/// A local identity provider: `/jwks.json` serves the current set (with `max-age`), or 503
-/// while `down`; every other path is recorded (nothing may ever fetch it).
-struct Idp {
-    server: Arc<HttpReceiver>,
-    keys: Arc<Mutex<Value>>,
-    down: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Idp {
-    async fn start(keys: Value, max_age: u64) -> Idp {
-        let shared = Arc::new(Mutex::new(keys));
-        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (k, d) = (shared.clone(), down.clone());
-        let server = HttpReceiver::with(move |req| {
-            if req.path != "/jwks.json" || d.load(std::sync::atomic::Ordering::SeqCst) {
-                return Reply::status(503);
-            }
-            Reply {
-                status: 200,
-                headers: vec![
-                    ("content-type".into(), "application/json".into()),
-                    ("cache-control".into(), format!("public, max-age={max_age}")),
-                ],
-                body: k.lock().unwrap().to_string(),
-            }
-        })
-        .await;
-        Idp {
-            server,
-            keys: shared,
-            down,
-        }
-    }
-
-    fn fetches(&self) -> usize {
-        self.server
-            .requests()
-            .iter()
-            .filter(|r| r.path == "/jwks.json")
-            .count()
-    }
-
-    fn other_requests(&self) -> usize {
-        self.server
-            .requests()
-            .iter()
-            .filter(|r| r.path != "/jwks.json")
-            .count()
-    }
-}
-
-const STATIC_ISS: &str = "https://static.test/";
-const JWKS_ISS: &str = "https://jwks.test/";
 
 /// `serve` over the blog with `[auth]`: a verifier with a PEM key and one with a JWKS.
 async fn serve(
@@ -123,33 +34,9 @@ async fn serve_env(
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fraiseql.toml");
     let toml = format!(
-        r#"
-[graphql]
-schema = "{schema}"
-
-[auth]
-mode = "required"
-{extra}
-
-[[auth.jwt]]
-algorithms = ["RS256", "ES256"]
-public_key_file = "{pem}"
-issuer = "{STATIC_ISS}"
-audience = ["fraiseql"]
-required_claims = ["sub", "exp"]
-
-[[auth.jwt]]
-algorithms = ["RS256"]
-jwks_url = "{jwks}"
-issuer = "{JWKS_ISS}"
-audience = ["fraiseql"]
-jwks_min_refresh_s = 1
-jwks_unknown_kid_cooldown_s = {cooldown_s}
-jwks_timeout_ms = 1000
-"#,
+        "[graphql]\nschema = \"{schema}\"\n{auth}",
         schema = crate_path("examples/blog/schema.json").display(),
-        pem = crate_path("tests/fixtures/jwt/rsa1.pub").display(),
-        jwks = idp.server.url("/jwks.json"),
+        auth = auth_toml(idp, extra, cooldown_s),
     );
     std::fs::write(&path, toml).unwrap();
     let p = ServeProcess::start_role(
@@ -187,15 +74,6 @@ async fn statements(p: &ServeProcess) -> f64 {
         .await
 }
 
-fn forge(header: Value, payload: Value, signature: &[u8]) -> String {
-    format!(
-        "{}.{}.{}",
-        B64.encode(header.to_string()),
-        B64.encode(payload.to_string()),
-        B64.encode(signature)
-    )
-}
-
 #[tokio::test]
 async fn every_token_attack_is_401_and_no_statement_reaches_postgresql() {
     let db = TestDb::new().await;
@@ -204,90 +82,16 @@ async fn every_token_attack_is_401_and_no_statement_reaches_postgresql() {
     let (p, _dir) = serve(&db, &idp, "", 3600).await;
 
     // Both verifiers accept their own tokens.
-    let ok = rs256("rsa1.key", None, &claims(STATIC_ISS));
+    let [ok, ok2] = good_tokens();
     let (status, _, body) = ask(&p.base, Some(&format!("Bearer {ok}"))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["posts"].as_array().unwrap().len(), 2, "{body}");
-    let ok2 = rs256("rsa2.key", Some("idp-1"), &claims(JWKS_ISS));
     assert_eq!(ask(&p.base, Some(&format!("Bearer {ok2}"))).await.0, 200);
     let fetches_before = idp.fetches();
     let ran = statements(&p).await;
     assert!(ran >= 2.0, "the good tokens ran their statements ({ran})");
 
-    let with = |k: &str, v: Value| {
-        let mut c = claims(STATIC_ISS);
-        if v.is_null() {
-            c.as_object_mut().unwrap().remove(k);
-        } else {
-            c[k] = v;
-        }
-        rs256("rsa1.key", None, &c)
-    };
-    let parts: Vec<String> = ok.split('.').map(str::to_string).collect();
-    let mut jku = Header::new(Algorithm::RS256);
-    jku.jku = Some(idp.server.url("/attacker-jwks.json"));
-    jku.x5u = Some(idp.server.url("/attacker-cert.pem"));
-    let mut embedded = Header::new(Algorithm::RS256);
-    let attacker = EncodingKey::from_rsa_pem(&key("rsa2.key")).unwrap();
-    embedded.jwk =
-        Some(jsonwebtoken::jwk::Jwk::from_encoding_key(&attacker, Algorithm::RS256).unwrap());
-    let mut es = claims(STATIC_ISS);
-    es["iss"] = json!(STATIC_ISS);
-    let attacks: Vec<(&str, String)> = vec![
-        (
-            "alg none",
-            forge(json!({"alg": "none"}), claims(STATIC_ISS), b""),
-        ),
-        (
-            "alg None",
-            forge(json!({"alg": "None"}), claims(STATIC_ISS), b""),
-        ),
-        (
-            "alg NONE",
-            forge(json!({"alg": "NONE"}), claims(STATIC_ISS), b"x"),
-        ),
-        (
-            "HS256 keyed with the RS256 public key",
-            jsonwebtoken::encode(
-                &Header::new(Algorithm::HS256),
-                &claims(STATIC_ISS),
-                &EncodingKey::from_secret(&key("rsa1.pub")).unwrap(),
-            )
-            .unwrap(),
-        ),
-        ("wrong key", rs256("rsa2.key", None, &claims(STATIC_ISS))),
-        ("expired", with("exp", json!(now() - 3600))),
-        ("nbf in the future", with("nbf", json!(now() + 3600))),
-        ("wrong iss", with("iss", json!("https://evil.test/"))),
-        ("wrong aud", with("aud", json!("someone-else"))),
-        ("missing required claim", with("sub", Value::Null)),
-        ("exp of the wrong type", with("exp", json!("never"))),
-        ("malformed base64", format!("{}.%%%.{}", parts[0], parts[2])),
-        (
-            "malformed JSON",
-            format!("{}.{}.{}", B64.encode("{\"alg\":"), parts[1], parts[2]),
-        ),
-        (
-            "oversized",
-            format!("{}.{}.{}", parts[0], "A".repeat(20_000), parts[2]),
-        ),
-        (
-            "jku and x5u pointing at a local server",
-            jsonwebtoken::encode(&jku, &claims(STATIC_ISS), &attacker).unwrap(),
-        ),
-        (
-            "an embedded jwk",
-            jsonwebtoken::encode(&embedded, &claims(STATIC_ISS), &attacker).unwrap(),
-        ),
-        (
-            "ES256 with r = s = 0",
-            forge(json!({"alg": "ES256"}), es, &[0; 64]),
-        ),
-        (
-            "a token for the other verifier's issuer",
-            rs256("rsa1.key", Some("idp-1"), &claims(JWKS_ISS)),
-        ),
-    ];
+    let attacks = token_attacks(&idp);
     for (what, token) in &attacks {
         let (status, challenge, body) = ask(&p.base, Some(&format!("Bearer {token}"))).await;
         assert_eq!(status, 401, "{what}: {body}");
@@ -311,8 +115,7 @@ async fn every_token_attack_is_401_and_no_statement_reaches_postgresql() {
         );
     }
     // An unknown kid: at most one JWKS fetch for many requests (cooldown), then 401 each.
-    for i in 0..20 {
-        let t = rs256("rsa2.key", Some(&format!("random-{i}")), &claims(JWKS_ISS));
+    for t in unknown_kid_tokens(20) {
         assert_eq!(ask(&p.base, Some(&format!("Bearer {t}"))).await.0, 401);
     }
     // No token at all with mode = "required": 401 with the bare challenge.

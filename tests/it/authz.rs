@@ -617,3 +617,53 @@ async fn authz_nested_field_of_a_restricted_type_is_forbidden_at_each_path() {
     let (_, body) = ask(&s.p.base, Some(&token(json!({"role": "admin"}))), q).await;
     assert!(body.get("errors").is_none(), "{body}");
 }
+
+/// The refusal metric's role label: a role of the configured `auth.db_roles` is its own
+/// label (bounded by the config) even when no `requires_role` names it; a role from a token
+/// that is neither is `other`.
+#[tokio::test]
+async fn authz_denied_metric_labels_configured_db_roles() {
+    let db = TestDb::new().await;
+    db.batch(SETUP).await;
+    let schema =
+        fraiseql::schema::load(&crate_path("tests/fixtures/authz/schema.json")).expect("schema");
+    let engine =
+        fraiseql::graphql::Engine::new(std::sync::Arc::new(schema), Default::default()).unwrap();
+    let denied = |role: &str| {
+        fraiseql::metrics::metrics()
+            .auth
+            .denied
+            .with_label_values(&["http", role])
+            .get()
+    };
+    let req = fraiseql::graphql::Request {
+        query: "{ audit { id } }".into(),
+        operation_name: None,
+        variables: None,
+    };
+    let db_roles = ["web_user".to_string()];
+    let cases = [
+        (
+            fraiseql::auth::Identity::principal("svc", "web_user", &db_roles).unwrap(),
+            "web_user",
+        ),
+        (
+            fraiseql::auth::Identity::principal("svc", "web_user", &[]).unwrap(),
+            "other",
+        ),
+    ];
+    for (identity, label) in cases {
+        let (before, other_before) = (denied(label), denied("other"));
+        let out = engine.execute(db.pool(), &identity, &req, false).await;
+        let body: Value = serde_json::from_str(&out.body).unwrap();
+        assert_eq!(
+            codes(&body),
+            vec![(json!(["audit"]), "FORBIDDEN".into())],
+            "{body}"
+        );
+        assert_eq!(denied(label), before + 1, "{label}");
+        if label != "other" {
+            assert_eq!(denied("other"), other_before, "not counted as other");
+        }
+    }
+}

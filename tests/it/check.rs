@@ -124,3 +124,93 @@ fn config_errors_never_echo_a_secret_environment_value() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("\"lots\""), "{stderr}");
 }
+
+/// Each query's `inject_params` is reported with the path its filter takes (the view's
+/// column, else the `data` key), and refused when the view can filter neither way.
+#[tokio::test]
+async fn check_reports_the_path_of_each_injected_parameter() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    db.batch(
+        "CREATE TABLE tb_note (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), tenant_id text,
+                               title text);
+         INSERT INTO tb_note (tenant_id, title) VALUES ('A', 'a1'), ('B', 'b1');
+         CREATE TABLE tb_secret (id uuid PRIMARY KEY, note text);
+         CREATE VIEW v_secret AS SELECT id, jsonb_build_object('note', note) AS data FROM tb_secret;",
+    )
+    .await;
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(crate_path("tests/fixtures/authz/schema.json")).unwrap(),
+    )
+    .unwrap();
+    // The fixture's Note declares `tenantId` (data key `tenant_id`); a copy without it.
+    let mut undeclared = doc.clone();
+    undeclared["types"][0]["fields"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|f| f["name"] != "tenantId");
+    let engine = |doc: &serde_json::Value| {
+        let (schema, _) = fraiseql::schema::compile_str(&doc.to_string(), "schema.json").unwrap();
+        fraiseql::graphql::Engine::new(std::sync::Arc::new(schema), Default::default()).unwrap()
+    };
+    let inject = |items: Vec<fraiseql::graphql::CheckItem>| {
+        let mut it: Vec<_> = items.into_iter().filter(|i| i.kind == "inject").collect();
+        assert_eq!(it.len(), 1, "{it:?}");
+        let i = it.remove(0);
+        assert_eq!(
+            (i.name.as_str(), i.used_by.as_str()),
+            ("v_note.tenant_id", "query notes")
+        );
+        i
+    };
+    let view = |select: &str| {
+        format!(
+            "DROP VIEW IF EXISTS v_note; CREATE VIEW v_note AS SELECT id, {select} FROM tb_note"
+        )
+    };
+
+    // The view has the column: the filter takes it.
+    db.batch(&view(
+        "tenant_id, jsonb_build_object('id', id, 'title', title) AS data",
+    ))
+    .await;
+    let i = inject(engine(&doc).check_database(&client).await);
+    assert!(
+        i.ok && i.message.contains("column `tenant_id` (text)"),
+        "{i:?}"
+    );
+
+    // No column: the `data` key, declared by the field Note.tenantId.
+    db.batch(&view(
+        "jsonb_build_object('id', id, 'title', title, 'tenant_id', tenant_id) AS data",
+    ))
+    .await;
+    let i = inject(engine(&doc).check_database(&client).await);
+    assert!(
+        i.ok && i.message.contains("data ->> 'tenant_id'") && i.message.contains("Note.tenantId"),
+        "{i:?}"
+    );
+    // Undeclared, but the rows hold the key.
+    let i = inject(engine(&undeclared).check_database(&client).await);
+    assert!(
+        i.ok && i.message.contains("data ->> 'tenant_id'")
+            && i.message.contains("2 of the first 2"),
+        "{i:?}"
+    );
+
+    // Neither a column nor a verifiable key: an error saying so.
+    db.batch(&view(
+        "jsonb_build_object('id', id, 'title', title) AS data",
+    ))
+    .await;
+    let i = inject(engine(&undeclared).check_database(&client).await);
+    assert!(!i.ok, "{i:?}");
+    assert!(
+        i.message.contains("no column `tenant_id`") && i.message.contains("cannot be verified"),
+        "{i:?}"
+    );
+    // Nor a data column at all.
+    db.batch(&view("title")).await;
+    let i = inject(engine(&doc).check_database(&client).await);
+    assert!(!i.ok && i.message.contains("nor a `data` column"), "{i:?}");
+}

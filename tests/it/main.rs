@@ -8,6 +8,7 @@ mod common;
 
 mod actions_e2e;
 mod appliance;
+mod auth_flight;
 mod auth_http;
 mod authz;
 mod change_log_retention;

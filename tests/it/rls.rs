@@ -23,6 +23,7 @@ use arrow_flight::error::FlightError;
 use arrow_flight::{FlightDescriptor, Ticket};
 use arrow_schema::{DataType, Field, Schema};
 use bytes::Bytes;
+use common::flight::Spawned;
 use common::{TestDb, TestServer, crate_path};
 use fraiseql::auth::{AuthConfig, Authenticator, JwtConfig};
 use fraiseql::flight::{FlightConfig, FlightServer, RoleAccess};
@@ -30,8 +31,6 @@ use fraiseql::graphql::{EngineSource, SharedEngine};
 use futures_util::{StreamExt, TryStreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 const SERVICE_TOKEN: &str = "rls-service-token-0123456789";
 
@@ -176,18 +175,7 @@ fn schema_path() -> String {
 
 /// Flight on the login pool with the JWT authenticator, the example's GraphQL schema and
 /// the tenant role's allow-lists.
-struct Flight {
-    addr: std::net::SocketAddr,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Flight {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-async fn flight(rls: &Rls, auth: &AuthConfig, roles: BTreeMap<String, RoleAccess>) -> Flight {
+async fn flight(rls: &Rls, auth: &AuthConfig, roles: BTreeMap<String, RoleAccess>) -> Spawned {
     let config = fraiseql::config::Config::default();
     let engine =
         SharedEngine::new(fraiseql::compose::load_engine(&config, &schema_path()).unwrap());
@@ -202,16 +190,7 @@ async fn flight(rls: &Rls, auth: &AuthConfig, roles: BTreeMap<String, RoleAccess
         .unwrap()
         .with_metrics(fraiseql::metrics::metrics().flight.clone())
         .with_graphql(Arc::new(EngineSource::new(engine, rls.pool.clone())));
-    server
-        .registry_handle()
-        .refresh()
-        .await
-        .expect("registry loads");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(server.serve(listener, shutdown.clone()));
-    Flight { addr, shutdown }
+    common::flight::spawn(server).await
 }
 
 fn tenant_access(rls: &Rls) -> BTreeMap<String, RoleAccess> {
@@ -225,17 +204,8 @@ fn tenant_access(rls: &Rls) -> BTreeMap<String, RoleAccess> {
     )])
 }
 
-async fn client(f: &Flight, authorization: Option<&str>) -> FlightClient {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", f.addr))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connects");
-    let mut c = FlightClient::new(channel);
-    if let Some(a) = authorization {
-        c.add_header("authorization", a).unwrap();
-    }
-    c
+async fn client(f: &Spawned, authorization: Option<&str>) -> FlightClient {
+    common::flight::client(f.addr, authorization).await
 }
 
 fn status(e: FlightError) -> tonic::Status {

@@ -180,3 +180,46 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A Flight server spawned on an ephemeral port (its registry loaded first); stops when
+/// dropped.
+pub struct Spawned {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn spawn(server: FlightServer) -> Spawned {
+    server
+        .registry_handle()
+        .refresh()
+        .await
+        .expect("registry loads");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(server.serve(listener, shutdown.clone()));
+    Spawned { addr, shutdown }
+}
+
+/// A Rust Flight client of `addr`, sending `authorization` on every call when given.
+pub async fn client(
+    addr: SocketAddr,
+    authorization: Option<&str>,
+) -> arrow_flight::client::FlightClient {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connects");
+    let mut c = arrow_flight::client::FlightClient::new(channel);
+    if let Some(a) = authorization {
+        c.add_header("authorization", a).unwrap();
+    }
+    c
+}

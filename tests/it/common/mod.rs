@@ -8,6 +8,7 @@
 
 mod blog;
 pub mod flight;
+pub mod jwt;
 pub mod nats;
 pub mod observers;
 pub mod redis;
