@@ -97,9 +97,8 @@ fn columns() -> Vec<Column> {
 
 fn batch(cols: Vec<(&str, ArrayRef)>) -> Vec<FlightData> {
     let batch = RecordBatch::try_from_iter(cols).expect("batch");
-    let mut out =
-        arrow_flight::utils::batches_to_flight_data(&batch.schema(), vec![batch.clone(), batch])
-            .expect("encode");
+    let mut out = arrow_flight::utils::batches_to_flight_data(&batch.schema(), [&batch, &batch])
+        .expect("encode");
     // The descriptor rides on the first message.
     out[0].flight_descriptor = Some(FlightDescriptor::new_path(vec!["ta_fuzz".into()]));
     out
@@ -232,7 +231,7 @@ fn bases() -> &'static Vec<Vec<FlightData>> {
 
 fn frames(mut data: &[u8]) -> Vec<FlightData> {
     let mut out = Vec::new();
-    let mut take = |data: &mut &[u8]| -> Option<Bytes> {
+    let take = |data: &mut &[u8]| -> Option<Bytes> {
         let (len, rest) = data.split_first_chunk::<2>()?;
         let len = (u16::from_le_bytes(*len) as usize).min(rest.len());
         let (part, rest) = rest.split_at(len);
