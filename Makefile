@@ -14,13 +14,22 @@ BIN := $(TARGET_DIR)/release/fraiseql
 # venv, so `make test` needs only a python3 on PATH, whatever is installed in it.
 VENV := .venv
 VENV_STAMP := $(VENV)/.installed
+# cargo-fuzz (libFuzzer) for `make fuzz`, installed once under the target directory like
+# nextest. It needs nightly flags: RUSTC_BOOTSTRAP=1 lets the stable compiler accept them.
+CARGO_FUZZ := $(shell command -v cargo-fuzz >/dev/null 2>&1 && echo cargo-fuzz || echo "$(TARGET_DIR)/tools/bin/cargo-fuzz")
+FUZZ_SECONDS ?= 60
+# none: libFuzzer's coverage guidance without a sanitizer (safe Rust: panics, aborts,
+# overflows, OOM and timeouts are what it finds); address works too, at a full rebuild.
+FUZZ_SANITIZER ?= none
+FUZZ_TARGETS := graphql_request where_filter observer_condition flight_ticket flight_put jwt
+FUZZ := RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) fuzz
 # cargo-nextest runs each test in its own process; without one on PATH, make test installs
 # it once under the target directory.
 NEXTEST := $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "$(CARGO) nextest" || echo "$(TARGET_DIR)/tools/bin/cargo-nextest nextest")
 DEMO_DB ?= fraiseql_demo
 DEMO_URL ?= postgres://postgres@127.0.0.1:5432/$(DEMO_DB)
 
-.PHONY: help build run test test-deps static dist lint bench demo
+.PHONY: help build run test test-deps static dist lint bench demo fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -83,5 +92,26 @@ bench: build ## benchmarks: GraphQL vs PostGraphile (v4 blog, v5 shop); the cost
 	BINARY=$(BIN) bench/flight/run.sh
 	$(CARGO) bench --bench observers
 	bench/startup.sh $(BIN)
+
+fuzz: $(TARGET_DIR)/tools/.cargo-fuzz ## fuzz each target in fuzz/ for FUZZ_SECONDS (default 60), print executions; crashes in fuzz/artifacts/
+	$(FUZZ) build -s $(FUZZ_SANITIZER) --target-dir $(TARGET_DIR)/fuzz
+	@mkdir -p fuzz/logs; rm -f fuzz/logs/summary.txt; failed=""; total=0; \
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t; \
+	  echo "== $$t ($(FUZZ_SECONDS) s)"; \
+	  $(FUZZ) run -s $(FUZZ_SANITIZER) --target-dir $(TARGET_DIR)/fuzz $$t fuzz/corpus/$$t fuzz/seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
+	    > fuzz/logs/$$t.log 2>&1 || failed="$$failed $$t"; \
+	  n=$$(sed -n 's/^stat::number_of_executed_units: *//p' fuzz/logs/$$t.log | tail -1); \
+	  total=$$((total + $${n:-0})); \
+	  printf '%-20s %12s executions\n' $$t "$${n:-?}" | tee -a fuzz/logs/summary.txt; \
+	done; \
+	printf '%-20s %12s executions\n' total $$total | tee -a fuzz/logs/summary.txt; \
+	if [ -n "$$failed" ]; then echo "crashed:$$failed (see fuzz/logs/, fuzz/artifacts/)" >&2; exit 1; fi
+
+$(TARGET_DIR)/tools/.cargo-fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 \
+	  || $(CARGO) install --locked --root $(TARGET_DIR)/tools cargo-fuzz
+	@mkdir -p $(@D) && touch $@
 
 demo: run ## alias of run

@@ -565,28 +565,8 @@ impl Authenticator {
     }
 
     async fn verify(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
-        let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(AuthError::Malformed);
-        };
-        if h.is_empty() || p.is_empty() || s.is_empty() {
-            return Err(AuthError::Malformed);
-        }
-        let header = decode_part(h).ok_or(AuthError::Malformed)?;
-        let alg = header
-            .get("alg")
-            .and_then(Value::as_str)
-            .ok_or(AuthError::Malformed)?;
-        // `none` in any spelling, and anything this build does not verify.
-        let alg: Algorithm = alg.parse().map_err(|_| AuthError::Algorithm)?;
-        let kid = match header.get("kid") {
-            None => None,
-            Some(Value::String(k)) => Some(k.as_str()),
-            Some(_) => return Err(AuthError::Malformed),
-        };
-        let payload = decode_part(p).ok_or(AuthError::Malformed)?;
+        let TokenParts { alg, kid, payload } = token_parts(token)?;
+        let kid = kid.as_deref();
         let iss = payload.get("iss").and_then(Value::as_str);
         let by_issuer: Vec<&Verifier> = self
             .verifiers
@@ -684,6 +664,43 @@ pub fn bearer(value: &str) -> Option<&str> {
     let token = rest.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' '))
         .then_some(token)
+}
+
+/// What a token says of itself before any signature is checked: the header's algorithm and
+/// key id, and the payload (which picks the verifier by `iss`). Nothing here is trusted.
+#[derive(Debug)]
+pub struct TokenParts {
+    pub alg: Algorithm,
+    pub kid: Option<String>,
+    pub payload: Map<String, Value>,
+}
+
+/// Splits a compact JWS into its three parts and decodes the header and payload (not the
+/// signature). Public for the fuzz targets (`fuzz/`).
+pub fn token_parts(token: &str) -> Result<TokenParts, AuthError> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed);
+    };
+    if h.is_empty() || p.is_empty() || s.is_empty() {
+        return Err(AuthError::Malformed);
+    }
+    let header = decode_part(h).ok_or(AuthError::Malformed)?;
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or(AuthError::Malformed)?;
+    // `none` in any spelling, and anything this build does not verify.
+    let alg: Algorithm = alg.parse().map_err(|_| AuthError::Algorithm)?;
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(k)) => Some(k.clone()),
+        Some(_) => return Err(AuthError::Malformed),
+    };
+    let payload = decode_part(p).ok_or(AuthError::Malformed)?;
+    Ok(TokenParts { alg, kid, payload })
 }
 
 /// A base64url JSON object (a token's header or payload).

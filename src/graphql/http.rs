@@ -165,6 +165,14 @@ impl Sent {
         }
         Ok(self)
     }
+
+    fn into_request(self) -> Option<Request> {
+        Some(Request {
+            query: self.query?,
+            operation_name: self.operation_name,
+            variables: self.variables,
+        })
+    }
 }
 
 /// Parses a request body into a [`Sent`]; errors are messages for a 400.
@@ -201,6 +209,18 @@ fn from_json(body: &[u8]) -> Result<Sent, String> {
         return Err("`query` is missing".into());
     }
     Ok(sent)
+}
+
+/// A `POST` body as the server reads it: the request, or `None` when the body names a
+/// persisted document by hash only (resolved later, against the registry); errors are the
+/// 400 messages. Public for the fuzz targets (`fuzz/`).
+pub fn parse_body(body: &[u8]) -> Result<Option<Request>, String> {
+    from_json(body).map(Sent::into_request)
+}
+
+/// The `GET` form of [`parse_body`]: a query string.
+pub fn parse_query_string(qs: &str) -> Result<Option<Request>, String> {
+    from_query_string(qs).map(Sent::into_request)
 }
 
 /// Parses GET parameters into a [`Sent`] (`extensions` is JSON, as Apollo's clients send it).

@@ -459,3 +459,35 @@ async fn selection_depth_limit_counts_fragments() {
     assert!(errors(&v)[0].0.contains("deeper than 3"), "{v}");
     assert!(v.get("data").is_none());
 }
+
+/// Found by `make fuzz` (graphql_request): a variable whose type is not in the schema, with a
+/// default value, made juniper's validation panic (caught, but answered as an internal
+/// error and logged as a panic). It is a validation error like any unknown type.
+#[test]
+fn unknown_variable_type_with_default_is_a_validation_error() {
+    let engine = blog_engine();
+    let crash: &[u8] = br#"{"query":"query Q($w: PostWhmrhmreq=ery) { posts(where:$,w  orderBy: [{views: DESC}], limit: 5, offset: 1) i{d az gs author { name } comments { body } } }","opeionName":"Q","variables":{"w":{"_or":[{"title":{"conta/ns":"x"}},{"views":{"gt":1}}]}}}"#;
+    let fuzzed = fraiseql::graphql::http::parse_body(crash)
+        .expect("a JSON body")
+        .expect("with a query");
+    let minimal = fraiseql::graphql::Request {
+        query: "query($w: Nope = 1, $v: [Missing!]! = []) { posts { id } }".into(),
+        operation_name: None,
+        variables: None,
+    };
+    for req in [fuzzed, minimal] {
+        let body = engine.explain(&req).expect_err("refused");
+        let v: Value = serde_json::from_str(&body).expect("an error body");
+        let e = &v["errors"][0];
+        assert_eq!(
+            e["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED",
+            "{body}"
+        );
+        assert!(
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Unknown type")),
+            "{body}"
+        );
+    }
+}

@@ -43,6 +43,7 @@ mod rls;
 mod schema;
 mod serve_graphql;
 mod soak;
+mod sql_params;
 mod trusted_documents;
 mod webhook_e2e;
 mod worker_e2e;
