@@ -528,9 +528,9 @@ fn over_limit(engine: &Engine, media: MediaType, v: &ratelimit::Verdict) -> Resp
         ratelimit::Verdict::Limited(c) => (StatusCode::TOO_MANY_REQUESTS, c.retry_after_secs()),
         _ => (StatusCode::SERVICE_UNAVAILABLE, 1),
     };
-    let code = match e.code {
-        super::response::Code::Engine(c) => c,
-        super::response::Code::Reported(_) => ErrorCode::RateLimited,
+    let code = match v {
+        ratelimit::Verdict::Limited(_) => ErrorCode::RateLimited,
+        _ => ErrorCode::ServiceUnavailable,
     };
     let mut r = request_failure(engine, status, media, &e.message, code);
     r.headers_mut()

@@ -235,10 +235,6 @@ impl RateLimiter {
         self.config.mutations.is_some() || self.config.roles.values().any(|r| r.mutations.is_some())
     }
 
-    pub fn store_name(&self) -> &'static str {
-        self.store.name()
-    }
-
     /// The client's address: the TCP peer, unless it is a trusted proxy.
     pub fn client_addr<'a>(
         &self,
