@@ -139,6 +139,7 @@ pub fn load_engine(config: &Config, path: &str) -> anyhow::Result<crate::graphql
     let schema = crate::schema::load(std::path::Path::new(path))?;
     let engine = crate::graphql::Engine::new(Arc::new(schema), config.graphql_limits())?
         .with_role_limits(&config.graphql.roles)
+        .with_read_tables(config.graphql.read_tables)
         .with_metrics(crate::metrics::metrics().graphql.clone());
     Ok(engine)
 }

@@ -227,7 +227,7 @@ where
         .get(&table)
         .filter(|r| r.kind == RelationKind::Table)
         .ok_or_else(|| PutError::UnknownTable(table.clone()))?;
-    let mut decoder = FlightDataDecoder::new(data.map(checked));
+    let mut decoder = Decoder::new(data);
     // The schema message comes first: check it before opening a transaction.
     let schema = upload_schema(&mut decoder).await?;
     let targets = plan_targets(&table, &schema, &rel.columns)?;
@@ -335,9 +335,12 @@ where
 
 type FlightItem = Result<arrow_flight::FlightData, arrow_flight::error::FlightError>;
 
-/// A message whose batch buffers lie inside its body, else an error: arrow-ipc slices the
-/// buffers at the offsets the header gives and panics on one past the end (found by
-/// `make fuzz`, target `flight_put`). A header that does not parse is left to the decoder.
+/// A message whose batch buffers lie inside its body at 8-byte aligned offsets, else an
+/// error: arrow-ipc slices the buffers at the offsets the header gives and panics on one
+/// past the end, and arrow-data asserts the alignment of an offsets buffer it validates
+/// (both found by `make fuzz`, target `flight_put`). The IPC format pads every buffer to a
+/// multiple of 8 bytes, so no writer that follows it is refused. A header that does not
+/// parse is left to the decoder.
 fn checked(item: FlightItem) -> FlightItem {
     let d = item?;
     let Ok(msg) = arrow_ipc::root_as_message(&d.data_header) else {
@@ -356,6 +359,7 @@ fn checked(item: FlightItem) -> FlightItem {
             u64::try_from(b.offset())
                 .ok()
                 .zip(u64::try_from(b.length()).ok())
+                .filter(|(o, _)| o % 8 == 0)
                 .and_then(|(o, l)| o.checked_add(l))
                 .is_some_and(|end| end <= body)
         })
@@ -364,13 +368,65 @@ fn checked(item: FlightItem) -> FlightItem {
         Ok(d)
     } else {
         Err(arrow_flight::error::FlightError::DecodeError(
-            "a buffer of the batch lies outside the message body".into(),
+            "a buffer of the batch lies outside the message body or is not 8-byte aligned".into(),
         ))
     }
 }
 
+/// The upload's decoder: [`checked`] messages into arrow-ipc, with a guard. arrow-data
+/// validates a decoded batch's buffers with assertions for some layouts (an offsets buffer
+/// whose length is not a multiple of its width, found by `make fuzz`: input `ZgBAISgqAA==`
+/// of `flight_put`), so a client's malformed batch could panic the call. A panic while
+/// decoding becomes a decode error for this upload, and the decoder is not polled again.
+struct Decoder {
+    inner: FlightDataDecoder,
+    failed: bool,
+}
+
+impl Decoder {
+    fn new<S>(data: S) -> Decoder
+    where
+        S: Stream<Item = FlightItem> + Send + 'static,
+    {
+        Decoder {
+            inner: FlightDataDecoder::new(data.map(checked)),
+            failed: false,
+        }
+    }
+
+    async fn next(
+        &mut self,
+    ) -> Option<Result<arrow_flight::decode::DecodedFlightData, arrow_flight::error::FlightError>>
+    {
+        if self.failed {
+            return None;
+        }
+        let inner = &mut self.inner;
+        let polled = std::future::poll_fn(|cx| {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                inner.poll_next_unpin(cx)
+            })) {
+                Ok(p) => p.map(|item| item.map(Ok)),
+                Err(_) => std::task::Poll::Ready(Some(Err(()))),
+            }
+        })
+        .await;
+        match polled {
+            None => None,
+            Some(Ok(item)) => Some(item),
+            Some(Err(())) => {
+                self.failed = true;
+                tracing::warn!(target: "fraiseql::flight", "DoPut: a batch whose buffers do not match its schema made the Arrow decoder panic; refused");
+                Some(Err(arrow_flight::error::FlightError::DecodeError(
+                    "the batch's buffers do not match its schema".into(),
+                )))
+            }
+        }
+    }
+}
+
 /// The upload's schema: its first message that is not empty.
-async fn upload_schema(decoder: &mut FlightDataDecoder) -> Result<SchemaRef, PutError> {
+async fn upload_schema(decoder: &mut Decoder) -> Result<SchemaRef, PutError> {
     loop {
         match decoder.next().await {
             None => return Err(PutError::NoSchema),
@@ -422,7 +478,7 @@ where
         + Send
         + 'static,
 {
-    let mut decoder = FlightDataDecoder::new(data.map(checked));
+    let mut decoder = Decoder::new(data);
     let schema = upload_schema(&mut decoder).await?;
     let targets = plan_targets(table, &schema, columns)?;
     let types: Vec<Type> = targets.iter().map(|t| copy_type(&t.column)).collect();
@@ -825,6 +881,101 @@ mod fuzz_regressions {
         let err = encode_upload("ta_x", stream, &columns).await.unwrap_err();
         assert!(
             matches!(&err, PutError::Decode(m) if m.contains("outside the message body")),
+            "{err}"
+        );
+    }
+    /// Found by `make fuzz` (flight_put, input `ZgBAISgqAA==`): two bytes of an upload
+    /// edited so that a batch's buffers no longer fit its schema's layout; arrow-data's
+    /// validation asserted (an offsets buffer of the wrong length) and the call panicked.
+    #[tokio::test]
+    async fn a_batch_whose_buffers_do_not_fit_its_schema_is_refused_not_a_panic() {
+        use arrow_array::{
+            Decimal128Array, Int8Array, Int64Array, StringArray, TimestampNanosecondArray,
+            UInt32Array,
+        };
+        let batch = RecordBatch::try_from_iter([
+            (
+                "i8",
+                Arc::new(UInt32Array::from(vec![u32::MAX, 0])) as ArrayRef,
+            ),
+            ("i2", Arc::new(Int8Array::from(vec![-128, 127]))),
+            ("num", Arc::new(Int64Array::from(vec![i64::MIN, i64::MAX]))),
+            (
+                "num_free",
+                Arc::new(
+                    Decimal128Array::from(vec![Some(i128::MAX / 7), Some(-1)])
+                        .with_precision_and_scale(38, 10)
+                        .unwrap(),
+                ),
+            ),
+            (
+                "ts",
+                Arc::new(TimestampNanosecondArray::from(vec![i64::MAX, -1])),
+            ),
+            ("j", Arc::new(StringArray::from(vec![Some("null"), None]))),
+        ])
+        .unwrap();
+        let msgs =
+            arrow_flight::utils::batches_to_flight_data(&batch.schema(), [&batch, &batch]).unwrap();
+        // The fuzzer's edits: (offset modulo the upload's size, byte).
+        let mut parts: Vec<(Vec<u8>, Vec<u8>)> = msgs
+            .iter()
+            .map(|m| (m.data_header.to_vec(), m.data_body.to_vec()))
+            .collect();
+        let total: usize = parts.iter().map(|(h, b)| h.len() + b.len()).sum();
+        for (at, byte) in [(0x4000usize, 0x21u8), (0x2a28, 0x00)] {
+            let mut at = at % total;
+            for (h, b) in parts.iter_mut() {
+                if at < h.len() {
+                    h[at] = byte;
+                    break;
+                }
+                at -= h.len();
+                if at < b.len() {
+                    b[at] = byte;
+                    break;
+                }
+                at -= b.len();
+            }
+        }
+        let msgs: Vec<arrow_flight::FlightData> = parts
+            .into_iter()
+            .map(|(h, b)| arrow_flight::FlightData {
+                data_header: h.into(),
+                data_body: b.into(),
+                ..Default::default()
+            })
+            .collect();
+        let col = |name: &str, pg: PgType, sql_type: &str, type_oid: u32| Column {
+            name: name.into(),
+            pg,
+            not_null: false,
+            sql_type: sql_type.into(),
+            type_oid,
+            elem_oid: 0,
+        };
+        let columns = vec![
+            col("i2", PgType::Int2, "smallint", 21),
+            col("i8", PgType::Int8, "bigint", 20),
+            col(
+                "num",
+                PgType::Numeric {
+                    precision: 38,
+                    scale: 4,
+                },
+                "numeric",
+                1700,
+            ),
+            col("num_free", PgType::AsText, "numeric", 1700),
+            col("ts", PgType::Timestamp, "timestamp without time zone", 1114),
+            col("j", PgType::Json, "json", 114),
+        ];
+        let stream = futures_util::stream::iter(msgs.into_iter().map(Ok));
+        let res =
+            tokio::spawn(async move { encode_upload("ta_fuzz", stream, &columns).await }).await;
+        let err = res.expect("no panic").unwrap_err();
+        assert!(
+            matches!(&err, PutError::Decode(m) if m.contains("do not match its schema")),
             "{err}"
         );
     }

@@ -7,7 +7,6 @@ use crate::sql::mutation::{SIGNATURE_SQL, split_name};
 use crate::sql::quote_qualified;
 
 use super::Engine;
-use super::execute::VIEW_COLUMNS_SQL;
 
 /// Rows of a view sampled for a `data` key no field of the type declares.
 const KEY_SAMPLE_ROWS: i64 = 100;
@@ -69,11 +68,51 @@ impl Engine {
             };
             out.push(CheckItem {
                 kind: "view",
-                name: view,
-                used_by,
+                name: view.clone(),
+                used_by: used_by.clone(),
                 ok,
                 message,
             });
+            if self.read_tables
+                && let Some(table) = super::source::table_copy_of(&view)
+            {
+                let (ok, message) = match super::source::resolve(client, &view, true).await {
+                    Err(e) => (false, format!("cannot check: {}", crate::db::describe(&e))),
+                    Ok(r) => match (r.source.table, r.skipped) {
+                        (Some(_), _) => {
+                            let generated: Vec<&str> = r
+                                .source
+                                .columns
+                                .keys()
+                                .filter(|c| !["id", "data"].contains(&c.as_str()))
+                                .map(String::as_str)
+                                .collect();
+                            (
+                                true,
+                                if generated.is_empty() {
+                                    format!("ok: read instead of {view} (graphql.read_tables)")
+                                } else {
+                                    let mut generated = generated;
+                                    generated.sort_unstable();
+                                    format!(
+                                        "ok: read instead of {view} (graphql.read_tables); columns for conditions: {}",
+                                        generated.join(", ")
+                                    )
+                                },
+                            )
+                        }
+                        (None, Some(why)) => (false, why),
+                        (None, None) => (true, format!("absent: {view} is read")),
+                    },
+                };
+                out.push(CheckItem {
+                    kind: "table",
+                    name: table,
+                    used_by,
+                    ok,
+                    message,
+                });
+            }
         }
         out.extend(self.check_inject(client).await);
         for m in &self.schema.mutations {
@@ -119,11 +158,20 @@ impl Engine {
     async fn check_inject(&self, client: &tokio_postgres::Client) -> Vec<CheckItem> {
         let mut out = Vec::new();
         for q in self.schema.queries.iter().filter(|q| !q.inject.is_empty()) {
-            let view = quote_qualified(&q.view);
-            let columns = client.query(VIEW_COLUMNS_SQL, &[&view]).await.map(|rows| {
-                rows.iter()
-                    .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
-                    .collect::<Vec<_>>()
+            // The relation the engine reads (the view or its `tv_` copy), with its columns.
+            let resolved = super::source::resolve(client, &q.view, self.read_tables).await;
+            let read = resolved
+                .as_ref()
+                .ok()
+                .and_then(|r| r.source.table.clone())
+                .unwrap_or_else(|| q.view.clone());
+            let view = quote_qualified(&read);
+            let columns = resolved.map(|r| {
+                if r.view_exists {
+                    r.source.columns.into_iter().collect::<Vec<_>>()
+                } else {
+                    Vec::new()
+                }
             });
             let object = self.schema.object(&q.return_type);
             for inj in &q.inject {

@@ -17,6 +17,9 @@ pub struct GraphqlConfig {
     pub schema: String,
     /// Serve GraphiQL at `/graphiql`.
     pub graphiql: bool,
+    /// Read a view's table-backed copy `tv_<entity>` (from `fraiseql generate-views`) in
+    /// place of `v_<entity>` when it exists and can stand in for it.
+    pub read_tables: bool,
     /// `trusted_documents*` and `apq*`: which documents may run, and the APQ cache.
     pub documents: DocumentsConfig,
     /// Every other key of the section (`max_depth`, `max_limit`, `introspection`, …).
@@ -145,6 +148,7 @@ impl Default for GraphqlConfig {
         GraphqlConfig {
             schema: String::new(),
             graphiql: true,
+            read_tables: false,
             documents: DocumentsConfig::default(),
             limits: Limits::default(),
             roles: BTreeMap::new(),
@@ -158,6 +162,7 @@ impl Default for GraphqlConfig {
 struct Own {
     schema: String,
     graphiql: bool,
+    read_tables: bool,
     roles: BTreeMap<String, RoleLimits>,
 }
 
@@ -167,6 +172,7 @@ impl Default for Own {
         Own {
             schema: d.schema,
             graphiql: d.graphiql,
+            read_tables: d.read_tables,
             roles: d.roles,
         }
     }
@@ -186,7 +192,7 @@ impl<'de> Deserialize<'de> for GraphqlConfig {
             }
             taken
         };
-        let own: Own = take(&mut table, &["schema", "graphiql", "roles"])
+        let own: Own = take(&mut table, &["schema", "graphiql", "read_tables", "roles"])
             .try_into()
             .map_err(serde::de::Error::custom)?;
         let documents: DocumentsConfig = take(&mut table, &DocumentsConfig::KEYS)
@@ -196,7 +202,7 @@ impl<'de> Deserialize<'de> for GraphqlConfig {
             serde::de::Error::custom(e.message().replace(
                 "expected one of",
                 &format!(
-                    "expected schema, graphiql, roles, {} or one of",
+                    "expected schema, graphiql, read_tables, roles, {} or one of",
                     DocumentsConfig::KEYS.join(", ")
                 ),
             ))
@@ -204,6 +210,7 @@ impl<'de> Deserialize<'de> for GraphqlConfig {
         Ok(GraphqlConfig {
             schema: own.schema,
             graphiql: own.graphiql,
+            read_tables: own.read_tables,
             documents,
             limits,
             roles: own.roles,
@@ -216,6 +223,7 @@ impl Serialize for GraphqlConfig {
         let mut table = toml::Table::try_from(Own {
             schema: self.schema.clone(),
             graphiql: self.graphiql,
+            read_tables: self.read_tables,
             roles: self.roles.clone(),
         })
         .map_err(serde::ser::Error::custom)?;

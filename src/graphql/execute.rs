@@ -18,7 +18,7 @@ use crate::auth::{Door, Identity};
 use crate::db::{RequestContext, Session};
 use crate::schema::{MutationField, NamedKind, TypeRef};
 use crate::sql::mutation::{CHANGE_LOG_SQL, FnSignature, SIGNATURE_SQL, build_call, split_name};
-use crate::sql::select::{ReadLimits, build_query};
+use crate::sql::select::{ReadLimits, ViewSource, build_query};
 use crate::sql::{SqlError, Statement};
 
 use super::plan::{PlanCtx, PlanKind, RootPlan};
@@ -153,7 +153,7 @@ fn sql_error(e: &SqlError, plan: &RootPlan) -> GqlError {
 
 /// `ctx` with the role's `statement_timeout`, set in the request's transaction like its
 /// other settings.
-fn with_timeout(
+pub(crate) fn with_timeout(
     ctx: &RequestContext,
     timeout_ms: Option<u64>,
 ) -> std::borrow::Cow<'_, RequestContext> {
@@ -214,22 +214,17 @@ fn read_statement(
     plan: &RootPlan,
     limits: &crate::sql::select::ReadLimits,
 ) -> Result<Statement, SqlError> {
-    let columns = engine.cached_columns(&q.view);
+    let source = engine.cached_source(&q.view);
     build_query(
         &engine.schema,
         q,
         &plan.args,
-        &plan.injected_filters(columns.as_deref()),
+        &plan.injected_filters(source.as_deref().map(|s| &s.columns)),
         &plan.selection,
         limits,
-        columns.as_deref(),
+        source.as_deref(),
     )
 }
-
-/// The catalog's columns of a view (name → type); `$1` is the quoted view name.
-pub(crate) const VIEW_COLUMNS_SQL: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
-     FROM pg_attribute a WHERE a.attrelid = to_regclass($1::text) AND a.attnum > 0 \
-     AND NOT a.attisdropped";
 
 /// The code [`super::plan::field_error`] put on a field error.
 fn extension_code(v: &Value<DefaultScalarValue>) -> Option<ErrorCode> {
@@ -818,8 +813,9 @@ impl Engine {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// The cached columns of `view`, when looked up already.
-    pub(crate) fn cached_columns(&self, view: &str) -> Option<Arc<HashMap<String, String>>> {
+    /// What a query over `view` reads (the view or its `tv_` copy) and that relation's
+    /// columns, when looked up already.
+    pub(crate) fn cached_source(&self, view: &str) -> Option<Arc<ViewSource>> {
         self.view_columns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -827,10 +823,12 @@ impl Engine {
             .cloned()
     }
 
-    /// Looks up, once per engine (so at start and after each SIGHUP reload), the columns of
-    /// every view a query reads: `where`/`orderBy` conditions and injected row filters on a
-    /// field whose key names a column use that column (and its index). A failed lookup is
-    /// logged, leaves the `data` keys in place and is tried again by the next request.
+    /// Looks up, once per engine (so at start and after each SIGHUP reload), what every
+    /// queried view reads ([`super::source`]: the view, or with `graphql.read_tables` its
+    /// `tv_` copy) and that relation's columns: `where`/`orderBy` conditions and injected
+    /// row filters on a field whose key names a column use that column (and its index). A
+    /// failed lookup is logged, leaves the view and its `data` keys in place and is tried
+    /// again by the next request.
     pub async fn load_view_columns(&self, pool: &Pool) {
         if self
             .columns_loaded
@@ -842,7 +840,7 @@ impl Engine {
             .schema
             .queries
             .iter()
-            .filter(|q| self.cached_columns(&q.view).is_none())
+            .filter(|q| self.cached_source(&q.view).is_none())
             .map(|q| q.view.as_str())
             .collect();
         missing.sort_unstable();
@@ -861,17 +859,18 @@ impl Engine {
         };
         let mut all_found = true;
         for view in missing {
-            let quoted = crate::sql::quote_qualified(view);
-            match client.query(VIEW_COLUMNS_SQL, &[&quoted]).await {
-                Ok(rows) => {
-                    let cols: HashMap<String, String> = rows
-                        .iter()
-                        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
-                        .collect();
+            match super::source::resolve(&client, view, self.read_tables).await {
+                Ok(r) => {
+                    if let Some(table) = &r.source.table {
+                        tracing::info!(target: "fraiseql::graphql", view, table = %table, "reading the table-backed copy (graphql.read_tables)");
+                    }
+                    if let Some(why) = &r.skipped {
+                        tracing::warn!(target: "fraiseql::graphql", view, "{why}; reading the view");
+                    }
                     self.view_columns
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(view.to_owned(), Arc::new(cols));
+                        .insert(view.to_owned(), Arc::new(r.source));
                 }
                 Err(e) => {
                     all_found = false;

@@ -270,15 +270,15 @@ fn prepare(
             plan.key
         )));
     }
-    let columns = engine.cached_columns(&q.view);
+    let source = engine.cached_source(&q.view);
     let statement = build_list_rows(
         &engine.schema,
         q,
         &plan.args,
-        &plan.injected_filters(columns.as_deref()),
+        &plan.injected_filters(source.as_deref().map(|s| &s.columns)),
         &plan.selection,
         &super::read_limits(&engine.limits_for(identity).0),
-        columns.as_deref(),
+        source.as_deref(),
     )
     .map_err(|e| GraphQLSourceError::Invalid(e.to_string()))?;
     Ok(Prepared {
@@ -392,12 +392,14 @@ impl EngineSource {
         let engine = self.engine.current();
         engine.load_view_columns(&self.pool).await;
         let p = prepare(&engine, identity, query, variables, operation_name)?;
+        // The role's `statement_timeout` applies here as on the HTTP door.
         let ctx = identity.request_context();
+        let ctx = super::execute::with_timeout(ctx, engine.limits_for(identity).1);
         let client = self.pool.get().await.map_err(|e| {
             tracing::error!(target: "fraiseql::graphql", error = %e, "no database connection");
             GraphQLSourceError::Unavailable("the database is unavailable".into())
         })?;
-        let session = Session::start(client, ctx)
+        let session = Session::start(client, &ctx)
             .await
             .map_err(|e| query_failed(&e, "(the request's session settings)"))?;
         let client = session.client();

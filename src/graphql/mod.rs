@@ -13,6 +13,7 @@ pub mod http;
 pub mod persisted;
 pub mod plan;
 pub mod response;
+pub mod source;
 pub mod types;
 
 use std::collections::HashMap;
@@ -25,7 +26,7 @@ use crate::metrics::GraphqlMetrics;
 use crate::schema::{CompiledSchema, SchemaError};
 use crate::sql::filter::InputLimits;
 use crate::sql::mutation::FnSignature;
-use crate::sql::select::ReadLimits;
+use crate::sql::select::{ReadLimits, ViewSource};
 
 pub use check::CheckItem;
 pub use config::GraphqlConfig;
@@ -114,9 +115,12 @@ pub struct Engine {
     pub(crate) limits: Limits,
     pub(crate) root: Root,
     pub(crate) signatures: Mutex<HashMap<String, Arc<FnSignature>>>,
-    /// Column name → SQL type of the views that `inject_params` queries read, looked up
-    /// once (like `signatures`: a view redefined with other columns needs a restart).
-    pub(crate) view_columns: Mutex<HashMap<String, Arc<HashMap<String, String>>>>,
+    /// View → what its queries read (the view or its `tv_` copy) and that relation's
+    /// columns, looked up once (like `signatures`: a view redefined with other columns
+    /// needs a reload).
+    pub(crate) view_columns: Mutex<HashMap<String, Arc<ViewSource>>>,
+    /// `graphql.read_tables`: read a view's `tv_` copy when it can stand in for the view.
+    pub(crate) read_tables: bool,
     /// Every queried view's columns are in `view_columns`.
     pub(crate) columns_loaded: std::sync::atomic::AtomicBool,
     pub(crate) metrics: Option<GraphqlMetrics>,
@@ -170,6 +174,7 @@ impl Engine {
             signatures: Mutex::new(HashMap::new()),
             view_columns: Mutex::new(HashMap::new()),
             columns_loaded: std::sync::atomic::AtomicBool::new(false),
+            read_tables: false,
             metrics: None,
             roles: HashMap::new(),
             documents: None,
@@ -186,6 +191,13 @@ impl Engine {
             .iter()
             .map(|(role, r)| (role.clone(), (r.apply(self.limits), r.statement_timeout_ms)))
             .collect();
+        self
+    }
+
+    /// With `on`, queries read a view's `tv_` copy when it exists and can stand in for the
+    /// view ([`source`]).
+    pub fn with_read_tables(mut self, on: bool) -> Engine {
+        self.read_tables = on;
         self
     }
 

@@ -114,7 +114,7 @@ pub async fn run(config: &Config) -> Vec<Item> {
                         name,
                         result: Err(e.to_string()),
                     }),
-                    Ok(e) => engine = Some(e),
+                    Ok(e) => engine = Some(e.with_read_tables(config.graphql.read_tables)),
                 }
             }
         }

@@ -247,6 +247,16 @@ fn field_json(
     }
 }
 
+/// What a root query reads: the schema's view, or the table standing in for it
+/// (`graphql.read_tables`), with the columns conditions may compile against.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ViewSource {
+    /// The relation read in place of the view (its `tv_` copy), when one is.
+    pub table: Option<String>,
+    /// Column name → SQL type of the relation read, for native-column conditions.
+    pub columns: Columns,
+}
+
 /// Builds the statement of one root query field. `args` are the field's arguments with
 /// variables substituted and schema defaults applied.
 ///
@@ -260,9 +270,9 @@ pub fn build_query(
     injected: &[InjectedFilter],
     sel: &Selection,
     limits: &ReadLimits,
-    columns: Option<&Columns>,
+    source: Option<&ViewSource>,
 ) -> Result<Statement, SqlError> {
-    build(schema, q, args, injected, sel, limits, columns, false)
+    build(schema, q, args, injected, sel, limits, source, false)
 }
 
 /// Builds the statement of one root *list* query field returning one row per item (the
@@ -276,7 +286,7 @@ pub fn build_list_rows(
     injected: &[InjectedFilter],
     sel: &Selection,
     limits: &ReadLimits,
-    columns: Option<&Columns>,
+    source: Option<&ViewSource>,
 ) -> Result<Statement, SqlError> {
     if !q.returns_list {
         return Err(SqlError::BadInput(format!(
@@ -284,7 +294,7 @@ pub fn build_list_rows(
             q.name
         )));
     }
-    build(schema, q, args, injected, sel, limits, columns, true)
+    build(schema, q, args, injected, sel, limits, source, true)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -295,7 +305,7 @@ fn build(
     injected: &[InjectedFilter],
     sel: &Selection,
     limits: &ReadLimits,
-    columns: Option<&Columns>,
+    source: Option<&ViewSource>,
     item_rows: bool,
 ) -> Result<Statement, SqlError> {
     let mut b = Builder::default();
@@ -307,9 +317,9 @@ fn build(
     let mut limit: Option<i64> = None;
     let mut offset: Option<i64> = None;
     let src = "v.\"data\"";
-    let native = columns.map(|columns| Native {
+    let native = source.map(|s| Native {
         alias: "v",
-        columns,
+        columns: &s.columns,
     });
     for qa in &q.arguments {
         let Some(value) = args.iter().find(|(n, _)| n == &qa.arg.name).map(|(_, v)| v) else {
@@ -431,7 +441,7 @@ fn build(
             ),
         });
     }
-    let view = super::quote_qualified(&q.view);
+    let view = super::quote_qualified(source.and_then(|s| s.table.as_deref()).unwrap_or(&q.view));
     let where_clause = if conds.is_empty() {
         String::new()
     } else {

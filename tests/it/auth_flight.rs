@@ -153,3 +153,59 @@ async fn every_token_attack_is_unauthenticated_on_flight_and_no_statement_reache
         attacks.len()
     );
 }
+
+/// A role's `statement_timeout_ms` (`[graphql.roles.<role>]`) bounds its GraphQL tickets on
+/// Flight as it bounds its `/graphql` requests: the slow read is cancelled for the analyst
+/// and served to the reader, and the pool's connections keep no timeout afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_roles_statement_timeout_bounds_its_graphql_tickets() {
+    let db = TestDb::new().await;
+    db.load_blog().await;
+    db.batch(
+        "CREATE FUNCTION slow_ok() RETURNS boolean LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(0.3); RETURN true; END $$; \
+         ALTER VIEW v_post RENAME TO v_post_all; \
+         CREATE VIEW v_post AS SELECT * FROM v_post_all WHERE (SELECT slow_ok());",
+    )
+    .await;
+    let idp = Idp::start(json!({"keys": [jwk("rsa2.key", "idp-1")]}), 3600).await;
+    let auth = auth_config(&idp, "role_claim = \"role\"", 3600);
+    let authenticator = Arc::new(Authenticator::new(&auth).await.unwrap());
+    let pool = fraiseql::db::pool(&fraiseql::db::DatabaseConfig {
+        url: db.url(),
+        pool_size: 2,
+        ..Default::default()
+    })
+    .expect("pool");
+    let config: fraiseql::config::Config =
+        toml::from_str("[graphql.roles.analyst]\nstatement_timeout_ms = 100\n").unwrap();
+    let schema = common::crate_path("examples/blog/schema.json");
+    let engine = SharedEngine::new(
+        fraiseql::compose::load_engine(&config, schema.to_str().unwrap()).unwrap(),
+    );
+    let server =
+        FlightServer::with_auth(FlightConfig::default(), pool.clone(), Some(authenticator))
+            .unwrap()
+            .with_graphql(Arc::new(EngineSource::new(engine, pool.clone())));
+    let flight = common::flight::spawn(server).await;
+    let token = |role: &str| {
+        let mut c = common::jwt::claims(common::jwt::STATIC_ISS);
+        c["role"] = json!(role);
+        format!("Bearer {}", common::jwt::rs256("rsa1.key", None, &c))
+    };
+    let slow = json!({"type": "graphql", "query": "{ posts(limit: 1) { title } }"});
+    let mut reader = client(flight.addr, Some(&token("reader"))).await;
+    assert_eq!(rows(&mut reader, &slow).await.unwrap(), 1);
+    let mut analyst = client(flight.addr, Some(&token("analyst"))).await;
+    let started = std::time::Instant::now();
+    let e = rows(&mut analyst, &slow).await.unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(290),
+        "cancelled at 100 ms, not after the 300 ms read: {:?}",
+        started.elapsed()
+    );
+    assert!(!e.message().contains("slow_ok"), "{e}");
+    assert_ne!(e.code(), tonic::Code::Ok);
+    // The timeout was the transaction's own.
+    assert_eq!(rows(&mut reader, &slow).await.unwrap(), 1);
+}

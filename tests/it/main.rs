@@ -39,6 +39,7 @@ mod queue_delivery;
 mod queue_redis;
 mod queue_redis_restart;
 mod rate_limit;
+mod read_tables;
 mod rls;
 mod schema;
 mod serve_graphql;
