@@ -83,11 +83,12 @@ lint: ## cargo fmt --check and clippy with warnings denied
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-bench: build ## benchmarks: GraphQL vs PostGraphile (v4 blog, v5 shop); the cost of JWT auth; Redis queue vs BullMQ; Flight vs ADBC and GraphQL JSON; observers commit→delivery; start-up and memory
+bench: build ## benchmarks: GraphQL vs PostGraphile (v4 blog, v5 shop); the cost of JWT auth; a rate-limited flood; Redis queue vs BullMQ; Flight vs ADBC and GraphQL JSON; observers commit→delivery; start-up and memory
 	python3 -m pip install -q -r bench/requirements.txt
 	python3 bench/graphql_bench.py --binary $(BIN)
 	python3 bench/shop_bench.py --binary $(BIN)
 	python3 bench/auth_bench.py --binary $(BIN)
+	python3 bench/ratelimit_flood.py --binary $(BIN)
 	bench/queue_bench.sh
 	BINARY=$(BIN) bench/flight/run.sh
 	$(CARGO) bench --bench observers

@@ -203,6 +203,36 @@ impl Drop for Session {
     }
 }
 
+/// A connection that, dropped before [`Held::release`], cancels whatever it is running and
+/// is closed instead of pooled: for work outside a [`Session`] (a mutation's transaction)
+/// that must not run on after its request went away.
+pub struct Held(Option<Object>);
+
+impl Held {
+    pub fn new(client: Object) -> Held {
+        Held(Some(client))
+    }
+
+    pub fn client(&mut self) -> &mut Object {
+        self.0
+            .as_mut()
+            .expect("a held connection is there until released or dropped")
+    }
+
+    /// Returns the connection to the pool: the work ended normally.
+    pub fn release(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            abandon(client);
+        }
+    }
+}
+
 /// Cancels whatever `client` is running and closes it instead of pooling it.
 pub fn abandon(client: Object) {
     let token = client.cancel_token();

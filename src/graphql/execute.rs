@@ -920,8 +920,10 @@ impl Engine {
         ctx: &RequestContext,
         plans: &[RootPlan],
     ) -> Vec<Result<Option<String>, GqlError>> {
+        // Dropped mid-mutation (the request timeout, the client gone), the statement is
+        // cancelled on the server and its transaction rolled back, as a read's is.
         let mut client = match self.connection(pool, plans).await {
-            Ok(c) => c,
+            Ok(c) => crate::db::request::Held::new(c),
             Err(failed) => return failed,
         };
         let mut out = Vec::with_capacity(plans.len());
@@ -931,10 +933,11 @@ impl Engine {
                 continue;
             };
             let started = Instant::now();
-            let r = self.run_mutation(&mut client, ctx, m, plan).await;
+            let r = self.run_mutation(client.client(), ctx, m, plan).await;
             self.observe_sql("mutation", started);
             out.push(r);
         }
+        client.release();
         out
     }
 

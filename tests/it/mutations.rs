@@ -741,3 +741,62 @@ impl Drop for DropRole {
         admin_batch_on_drop(vec![format!("DROP ROLE IF EXISTS {}", self.0)]);
     }
 }
+
+/// A mutation whose request goes away (the request timeout, the client gone) is cancelled
+/// on the server as a read is, not left running to its end.
+#[tokio::test]
+async fn a_mutation_dropped_mid_statement_is_cancelled() {
+    let db = TestDb::new().await;
+    db.load_blog().await;
+    let engine = blog_engine();
+    db.batch(
+        "CREATE OR REPLACE FUNCTION fn_update_post(input jsonb) RETURNS fraiseql.mutation_response \
+         LANGUAGE plpgsql AS $f$ BEGIN UPDATE tb_post SET title = 'slow'; PERFORM pg_sleep(30); \
+         RETURN fraiseql.mutation_ok(NULL, 'Post', NULL, false, 'no change'); END $f$;",
+    )
+    .await;
+    let admin = db.client().await;
+    let running = async || -> i64 {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND state = 'active' AND query LIKE '%fn_update_post%' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let mutation = gql(
+        &engine,
+        db.pool(),
+        "mutation { updatePost(input: {id: \"00000000-0000-4000-9000-000000000001\", title: \"t\"}) { id } }",
+        json!({}),
+    );
+    let mut mutation = Box::pin(mutation);
+    let started = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            v = &mut mutation => panic!("the mutation ended early: {v}"),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+        }
+        if running().await == 1 {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 5, "the mutation runs");
+    }
+    drop(mutation);
+    let dropped = std::time::Instant::now();
+    while running().await > 0 {
+        assert!(
+            dropped.elapsed().as_secs() < 5,
+            "the dropped mutation's statement was cancelled within 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM tb_post WHERE title = 'slow'").await,
+        0,
+        "nothing of the dropped mutation is committed"
+    );
+}
