@@ -2,16 +2,20 @@
 //! and idempotent (`CREATE ... IF NOT EXISTS`, `CREATE OR REPLACE`, triggers dropped and
 //! created again under fixed names), so it can be reviewed (`-o`), applied twice, and diffed.
 //!
-//! Concurrency (READ COMMITTED): every trigger of an entity first takes one transaction-level
-//! advisory lock for the entity, and only then, in later statements (each of which takes a
-//! fresh snapshot in a volatile plpgsql function), collects the affected ids and recomputes
-//! them from the view. A lock per (entity, id) is not enough: the ids a change affects are
-//! found through other rows, and a concurrent, uncommitted insert of such a row (a comment by
-//! the user being renamed) is invisible to the collecting snapshot, while that insert's own
-//! recompute cannot see the rename; both commit and the copy is stale. With one lock per
-//! entity, whichever transaction collects second waits until the first commits and sees all
-//! of it. The cost is that writers of one entity's tables serialise from their trigger to
-//! their commit; `tests/it/generate_views.rs` measures it.
+//! Concurrency (READ COMMITTED): every generated trigger first takes one transaction-level
+//! advisory lock, and only then, in later statements (each of which takes a fresh snapshot
+//! in a volatile plpgsql function), collects the affected ids and recomputes them from the
+//! view. A lock per (entity, id) is not enough: the ids a change affects are found through
+//! other rows, and a concurrent, uncommitted insert of such a row (a comment by the user
+//! being renamed) is invisible to the collecting snapshot, while that insert's own
+//! recompute cannot see the rename; both commit and the copy is stale. With a lock taken
+//! before collecting, whichever transaction collects second waits until the first commits
+//! and sees all of it. The lock is one per schema of the views, not one per entity: a
+//! statement's cascades fire the triggers of several entities in an order no single sort
+//! fixes (deleting a post locks post, then its cascaded comments lock comment), and locks
+//! per entity then deadlock under concurrent writers. The cost is that transactions writing
+//! tracked tables serialise from their first trigger to their commit;
+//! `tests/it/generate_views.rs` measures it.
 
 use std::fmt::Write as _;
 
@@ -154,7 +158,7 @@ fn affected_sql(source: &super::Source) -> String {
 }
 
 /// `fraiseql.tv_refresh_<entity>(ids)` (and the `ta_` one): recompute the given rows (all
-/// when null) from the view, after the entity's lock.
+/// when null) from the view, after the lock.
 fn refresh_function(out: &mut String, plan: &EntityPlan, kind: Kind) {
     let table = table_name(plan, kind);
     let quoted = plan.view.sibling(&table);
@@ -214,11 +218,11 @@ $fn$;
     );
 }
 
-/// The entity's advisory lock, as one statement.
+/// The advisory lock of the views' schema, as one statement (see the module doc).
 fn lock_sql(plan: &EntityPlan) -> String {
     format!(
         "PERFORM pg_advisory_xact_lock(hashtext('fraiseql.tv'), hashtext({}));",
-        quote_literal(&format!("{}.{}", plan.view.schema, plan.entity))
+        quote_literal(&plan.view.schema)
     )
 }
 
@@ -267,8 +271,7 @@ fn triggers(out: &mut String, plan: &EntityPlan, kind: Kind) {
         };
         let ins = collect("SELECT * FROM fraiseql_new");
         let del = collect("SELECT * FROM fraiseql_old");
-        let upd =
-            collect("SELECT * FROM fraiseql_old UNION ALL SELECT * FROM fraiseql_new");
+        let upd = collect("SELECT * FROM fraiseql_old UNION ALL SELECT * FROM fraiseql_new");
         let _ = write!(
             out,
             r#"
@@ -482,7 +485,9 @@ mod tests {
             .unwrap();
         let lock = body.find("pg_advisory_xact_lock").unwrap();
         let collect = body.find("v_ids := ARRAY").unwrap();
-        let refresh = body.find("PERFORM fraiseql.\"tv_refresh_post\"(v_ids)").unwrap();
+        let refresh = body
+            .find("PERFORM fraiseql.\"tv_refresh_post\"(v_ids)")
+            .unwrap();
         assert!(lock < collect && collect < refresh, "{body}");
         for t in ["del", "ins", "upd", "trunc"] {
             assert!(

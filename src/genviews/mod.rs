@@ -249,10 +249,7 @@ async fn closure(
     for (rel, kind, count) in deps {
         match kind.as_str() {
             "r" | "p" => {
-                tables
-                    .entry(rel.oid)
-                    .or_insert_with(|| (rel.clone(), 0))
-                    .1 += weight * count;
+                tables.entry(rel.oid).or_insert_with(|| (rel.clone(), 0)).1 += weight * count;
             }
             "v" => Box::pin(closure(client, &rel, weight * count, depth + 1, tables)).await?,
             other => {
@@ -382,7 +379,10 @@ fn scalar_sql(scalar: ScalarKind, text: &str) -> Option<(&'static str, String)> 
 }
 
 /// The type of the entity view (the first type reading it, by name).
-fn object_type<'a>(schema: &'a CompiledSchema, view: &str) -> Option<&'a crate::schema::ObjectType> {
+fn object_type<'a>(
+    schema: &'a CompiledSchema,
+    view: &str,
+) -> Option<&'a crate::schema::ObjectType> {
     let mut types: Vec<_> = schema
         .types
         .iter()
@@ -390,7 +390,11 @@ fn object_type<'a>(schema: &'a CompiledSchema, view: &str) -> Option<&'a crate::
         .collect();
     types.sort_by(|a, b| a.name.cmp(&b.name));
     // The type whose name is the entity's (Order for v_order) when there is one.
-    let entity = view.rsplit('.').next().unwrap_or(view).trim_start_matches("v_");
+    let entity = view
+        .rsplit('.')
+        .next()
+        .unwrap_or(view)
+        .trim_start_matches("v_");
     types
         .iter()
         .find(|t| t.name.to_lowercase() == entity.replace('_', ""))

@@ -55,8 +55,7 @@ pub async fn plans(
     for path in &args.index {
         let used = plans.iter().any(|p| {
             let name = path.replace('.', "__");
-            p.index_columns.iter().any(|c| c.name == name)
-                || p.indexed_view_columns.contains(&name)
+            p.index_columns.iter().any(|c| c.name == name) || p.indexed_view_columns.contains(&name)
         });
         if !used {
             return Err(GenViewsError::BadIndex(format!(
@@ -122,13 +121,20 @@ pub async fn apply(
                     _ => plan
                         .scalar_columns
                         .iter()
-                        .map(|c| (c.name.clone(), c.sql_type.replace("timestamptz", "timestamp with time zone")))
+                        .map(|c| {
+                            (
+                                c.name.clone(),
+                                c.sql_type
+                                    .replace("timestamptz", "timestamp with time zone"),
+                            )
+                        })
                         .collect(),
                 })
                 .collect();
             let differs = !have.is_empty() && have != want;
             if differs {
-                tx.batch_execute(&format!("DROP TABLE {table} CASCADE")).await?;
+                tx.batch_execute(&format!("DROP TABLE {table} CASCADE"))
+                    .await?;
             }
             rebuilt.push(differs);
             // Triggers of this kind left on tables the view no longer reads.
@@ -281,7 +287,11 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<std::process::Ex
                     "{}: {} rows written{} in {:.2} s; triggers on {}",
                     a.table,
                     a.written,
-                    if a.rebuilt { " (rebuilt: its view's columns changed)" } else { "" },
+                    if a.rebuilt {
+                        " (rebuilt: its view's columns changed)"
+                    } else {
+                        ""
+                    },
                     a.seconds,
                     a.triggers_on.join(", ")
                 );
