@@ -97,6 +97,33 @@ pub enum Command {
     },
     /// Validate the configuration and schema, and reach every configured service.
     Check,
+    /// Derive the stored copies of the schema's views (tv_<entity>; ta_/va_ typed forms) and
+    /// the statement-level triggers that keep them equal to their views, from the catalog's
+    /// view dependencies and foreign keys. Prints the SQL unless -o, --apply or --check.
+    GenerateViews {
+        /// schema.json or schema.compiled.json (overrides [graphql] schema).
+        #[arg(long, value_name = "PATH")]
+        schema: Option<PathBuf>,
+        /// Only this entity (type name such as Post, or view suffix such as post); repeatable.
+        #[arg(long = "entity", value_name = "NAME")]
+        entities: Vec<String>,
+        /// Which copies: tv (JSON, default), ta (typed table), va (typed view); repeatable.
+        #[arg(long = "kind", value_enum, value_name = "KIND")]
+        kinds: Vec<crate::genviews::Kind>,
+        /// Fields to filter and sort on: a stored generated column and a b-tree index each
+        /// (comma-separated; nested with dots, e.g. number,placed_at,customer.tier).
+        #[arg(long, value_name = "FIELDS", value_delimiter = ',')]
+        index: Vec<String>,
+        /// Write the SQL to this file.
+        #[arg(short, long, value_name = "FILE", conflicts_with_all = ["apply", "check"])]
+        output: Option<PathBuf>,
+        /// Apply it in one transaction and fill the copies (idempotent).
+        #[arg(long, conflicts_with = "check")]
+        apply: bool,
+        /// Compare every copy with its view (EXCEPT both ways); exit 1 on drift.
+        #[arg(long)]
+        check: bool,
+    },
     /// Inspect, retry and purge observer jobs that exhausted their retries.
     Dlq {
         #[command(subcommand)]

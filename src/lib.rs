@@ -59,6 +59,7 @@ pub mod config;
 pub mod db;
 pub mod error_code;
 pub mod flight;
+pub mod genviews;
 pub mod graphql;
 pub mod http;
 pub mod metrics;

@@ -30,7 +30,9 @@ fn main() -> ExitCode {
             overrides.listen = *listen;
             overrides.schema = schema.clone();
         }
-        Command::Explain { schema, .. } => overrides.schema = schema.clone(),
+        Command::Explain { schema, .. } | Command::GenerateViews { schema, .. } => {
+            overrides.schema = schema.clone()
+        }
         Command::Flight { listen, schema } => {
             overrides.flight_listen = listen.clone();
             overrides.schema = schema.clone();
@@ -104,6 +106,37 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Dlq { command } => return roles::dlq::run(command, &config).await,
+        Command::GenerateViews {
+            entities,
+            kinds,
+            index,
+            output,
+            apply,
+            check,
+            ..
+        } => {
+            use roles::generate_views::{Args, Mode};
+            let mode = match (output, apply, check) {
+                (Some(path), _, _) => Mode::Write(path),
+                (None, true, _) => Mode::Apply,
+                (None, false, true) => Mode::Check,
+                (None, false, false) => Mode::Print,
+            };
+            let mut kinds = if kinds.is_empty() {
+                vec![fraiseql::genviews::Kind::Tv]
+            } else {
+                kinds
+            };
+            kinds.sort();
+            kinds.dedup();
+            let args = Args {
+                entities,
+                kinds,
+                index,
+                mode,
+            };
+            return roles::generate_views::run(&config, args).await;
+        }
         Command::Health { url, timeout_ms } => return Ok(health(&url, timeout_ms).await),
         Command::Dashboard => {
             use std::io::Write;

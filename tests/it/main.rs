@@ -24,6 +24,7 @@ mod flight_role;
 mod flight_tickets;
 mod flight_tls;
 mod flight_types;
+mod generate_views;
 mod hostile;
 mod http;
 mod introspection;
