@@ -173,10 +173,10 @@ pub fn build(cfg: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError> {
     })
 }
 
-/// The HTTP client of a sink (reqwest is built without a default TLS provider; the binary
-/// installs ring).
+/// The HTTP client of a sink: the actions' client (rustls with ring, bundled roots, the
+/// crate's resolver) with the sink's request timeout.
 pub(crate) fn http_client(cfg: &SinkConfig) -> Result<reqwest::Client, SinkError> {
-    reqwest::Client::builder()
+    crate::actions::http_client_builder(Vec::new())
         .timeout(Duration::from_millis(cfg.request_timeout_ms))
         .connect_timeout(Duration::from_millis(cfg.request_timeout_ms.min(5_000)))
         .build()
