@@ -349,17 +349,20 @@ async fn sink_clickhouse_survives_kill9_and_a_clickhouse_restart() {
 
     let started = Instant::now();
     let mut child = spawn_serve(&db.url(), &path);
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The writer runs until every event happened (so each one is mid-stream), and at least
+    // until it wrote `posts` posts.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let db_url = db.url();
-        let done = done.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
             let (c, conn) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls)
                 .await
                 .unwrap();
             tokio::spawn(conn);
             let mut changes = 0usize;
-            for i in 0..posts {
+            let mut i = 0;
+            while i < posts || !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let id: uuid::Uuid = c
                     .query_one(
                         "INSERT INTO tb_post (title) VALUES ($1) RETURNING id",
@@ -381,32 +384,33 @@ async fn sink_clickhouse_survives_kill9_and_a_clickhouse_restart() {
                         .unwrap();
                     changes += 1;
                 }
-                if i % 5 == 0 {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                if i % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
+                i += 1;
             }
-            done.store(true, std::sync::atomic::Ordering::SeqCst);
             changes
         })
     };
     let table = chdb.events();
     let count_sql = format!("SELECT count() FROM {table} FINAL");
     let mut events = Vec::new();
-    // kill -9, a ClickHouse restart, kill -9: each once some changes have arrived since the
-    // previous event.
+    // kill -9, kill -9, a ClickHouse restart: each once some changes have arrived since the
+    // previous event, all while the writer writes.
     for step in 0..3 {
         let before = ch_u64(&count_sql).await;
         let moved = common::eventually(Duration::from_secs(60), || {
-            let (sql, done) = (count_sql.clone(), done.clone());
-            async move {
-                done.load(std::sync::atomic::Ordering::SeqCst) || ch_u64(&sql).await > before + 200
-            }
+            let sql = count_sql.clone();
+            async move { ch_u64(&sql).await > before + 300 }
         })
         .await;
         assert!(moved, "changes keep arriving before step {step}");
-        if step == 1 {
+        if step == 2 {
             let down = restart_clickhouse().await;
-            events.push(format!("ClickHouse restarted at {:?} (down {down:?})", started.elapsed()));
+            events.push(format!(
+                "ClickHouse restarted at {:?} (down {down:?})",
+                started.elapsed()
+            ));
         } else {
             child.kill().unwrap();
             child.wait().unwrap();
@@ -418,6 +422,8 @@ async fn sink_clickhouse_survives_kill9_and_a_clickhouse_restart() {
             child = spawn_serve(&db.url(), &path);
         }
     }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let changes = writer.await.unwrap() as u64;
     let written_at = started.elapsed();
     assert_eq!(change_count(&db).await, changes);
