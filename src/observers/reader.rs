@@ -201,8 +201,15 @@ impl Reader {
         let lock_name = format!("fraiseql.observers:{}", self.settings.consumer);
         let takeover = Duration::from_millis(self.settings.takeover_interval_ms.max(10));
         let standing_by = || info!(consumer = %self.settings.consumer, "another instance is the active observer reader; standing by");
-        match crate::db::leader::acquire(&client, &lock_name, takeover, shutdown, &lost, standing_by)
-            .await?
+        match crate::db::leader::acquire(
+            &client,
+            &lock_name,
+            takeover,
+            shutdown,
+            &lost,
+            standing_by,
+        )
+        .await?
         {
             crate::db::leader::Leadership::Acquired => {}
             crate::db::leader::Leadership::Shutdown => return Ok(()),

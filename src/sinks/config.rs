@@ -228,9 +228,9 @@ impl SinkConfig {
                 let probe = self.index.replace("{entity}", "e").replace("{month}", "m");
                 let valid = !probe.is_empty()
                     && !probe.starts_with(['-', '_', '+'])
-                    && probe.chars().all(|c| {
-                        c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c)
-                    });
+                    && probe
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
                 if !valid {
                     return Err(Invalid::new(
                         key("index"),
@@ -306,11 +306,15 @@ mod tests {
         bad("index = \"Bad{entity}\"", "index");
         bad("index = \"x-{entity}-{month}\"", "document_id");
         bad("url = \"ftp://x\"", "duplicate key");
-        bad("retry = { initial_delay_ms = 10, max_delay_ms = 5 }", "retry.max_delay_ms");
+        bad(
+            "retry = { initial_delay_ms = 10, max_delay_ms = 5 }",
+            "retry.max_delay_ms",
+        );
         let e = parse("[[sinks]]\nname = \"a\"\ntype = \"clickhouse\"\nurl = \"http://h\"\ntable = \"x; DROP\"\n")
             .unwrap_err();
         assert!(e.contains("table"), "{e}");
-        let e = parse("[[sinks]]\nname = \"a\"\ntype = \"kafka\"\nurl = \"http://h\"\n").unwrap_err();
+        let e =
+            parse("[[sinks]]\nname = \"a\"\ntype = \"kafka\"\nurl = \"http://h\"\n").unwrap_err();
         assert!(e.contains("kafka"), "{e}");
         let two = "[[sinks]]\nname = \"a\"\ntype = \"clickhouse\"\nurl = \"http://h\"\n";
         let e = parse(&format!("{two}{two}")).unwrap_err();

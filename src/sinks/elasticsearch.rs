@@ -119,10 +119,7 @@ pub fn encode_item(
         DocumentId::Event => {
             let mut doc = ev.document();
             doc["_fraiseql"] = meta;
-            vec![
-                json!({ "create": { "_index": index, "_id": ev.id } }),
-                doc,
-            ]
+            vec![json!({ "create": { "_index": index, "_id": ev.id } }), doc]
         }
     };
     let mut out = Vec::new();
@@ -149,7 +146,9 @@ pub fn read_bulk_response(batch: &Batch, body: &Value) -> Result<Ack, SinkError>
     let mut ack = Ack::default();
     for (index, item) in items.iter().enumerate() {
         let Some((action, result)) = item.as_object().and_then(|o| o.iter().next()) else {
-            return Err(SinkError::Protocol(format!("item {index} is not an object")));
+            return Err(SinkError::Protocol(format!(
+                "item {index} is not an object"
+            )));
         };
         let status = result.get("status").and_then(Value::as_u64).unwrap_or(0);
         match status {
@@ -323,8 +322,13 @@ mod tests {
         assert_eq!(lines[0]["index"]["version"], 7);
         assert_eq!(lines[0]["index"]["version_type"], "external");
         assert_eq!(lines[1]["title"], "t");
-        let del = encode_item("fx-{entity}", DocumentId::Entity, p, &event("DELETE", Value::Null))
-            .unwrap();
+        let del = encode_item(
+            "fx-{entity}",
+            DocumentId::Entity,
+            p,
+            &event("DELETE", Value::Null),
+        )
+        .unwrap();
         assert_eq!(del.iter().filter(|b| **b == b'\n').count(), 1);
         let ev = encode_item(
             "ev-{entity}-{month}",
@@ -355,7 +359,10 @@ mod tests {
             {"index": {"status": 400, "error": {"type": "mapper_parsing_exception", "reason": "bad"}}},
         ]});
         let ack = read_bulk_response(&batch, &body).unwrap();
-        assert_eq!((ack.applied, ack.already, ack.retry.clone()), (2, 1, vec![2]));
+        assert_eq!(
+            (ack.applied, ack.already, ack.retry.clone()),
+            (2, 1, vec![2])
+        );
         assert_eq!(ack.refused.len(), 1);
         assert_eq!(ack.refused[0].index, 4);
         assert!(ack.refused[0].reason.contains("mapper_parsing_exception"));

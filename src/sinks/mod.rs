@@ -365,7 +365,10 @@ impl Runner {
             let want = self.cfg.max_rows.saturating_sub(pending.rows()).max(1);
             let limit = i64::try_from(want).unwrap_or(i64::MAX);
             let rows = client
-                .query(&read, &[&from.txid.to_string(), &from.pk, &limit, &entities])
+                .query(
+                    &read,
+                    &[&from.txid.to_string(), &from.pk, &limit, &entities],
+                )
                 .await?;
             let page_full = rows.len() >= want;
             let mut stopped_early = false;
@@ -401,9 +404,11 @@ impl Runner {
                 pending.last = Some(position);
             }
             let oldest = pending.batch.records.first().map(|r| r.event.occurred_at);
-            m.lag_seconds.with_label_values(&[name]).set(oldest.map_or(0.0, |t| {
-                (chrono::Utc::now() - t).num_microseconds().unwrap_or(0) as f64 / 1e6
-            }));
+            m.lag_seconds
+                .with_label_values(&[name])
+                .set(oldest.map_or(0.0, |t| {
+                    (chrono::Utc::now() - t).num_microseconds().unwrap_or(0) as f64 / 1e6
+                }));
             let full = stopped_early
                 || pending.rows() >= self.cfg.max_rows
                 || pending.batch.bytes >= self.cfg.max_bytes;
@@ -591,9 +596,10 @@ pub async fn read_checkpoint(client: &Client, sink: &str) -> Result<Option<Posit
 
 /// Changes after `sink`'s checkpoint (all of them without one), counted up to 1,000,000.
 pub async fn lag(client: &Client, cfg: &SinkConfig) -> Result<i64, SinkError> {
-    let at = read_checkpoint(client, &cfg.name).await?.unwrap_or_default();
-    let entities: Option<Vec<String>> =
-        (!cfg.entities.is_empty()).then(|| cfg.entities.clone());
+    let at = read_checkpoint(client, &cfg.name)
+        .await?
+        .unwrap_or_default();
+    let entities: Option<Vec<String>> = (!cfg.entities.is_empty()).then(|| cfg.entities.clone());
     Ok(client
         .query_one(&lag_sql(), &[&at.txid.to_string(), &at.pk, &entities])
         .await?

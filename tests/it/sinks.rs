@@ -167,7 +167,11 @@ async fn ch_summary(table: &str) -> Vec<(String, i64, i64)> {
     .lines()
     .map(|l| {
         let f: Vec<&str> = l.split('\t').collect();
-        (f[0].to_string(), f[1].parse().unwrap(), f[2].parse().unwrap())
+        (
+            f[0].to_string(),
+            f[1].parse().unwrap(),
+            f[2].parse().unwrap(),
+        )
     })
     .collect()
 }
@@ -194,10 +198,20 @@ async fn sink_clickhouse_delivers_and_a_resent_batch_collapses() {
     let file = json!({"sinks": [sink]});
     std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
     let out = common::bin()
-        .args(["--config", path.to_str().unwrap(), "sink", "ddl", "clickhouse"])
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "sink",
+            "ddl",
+            "clickhouse",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ddl = String::from_utf8(out.stdout).unwrap();
     assert!(ddl.contains("ReplacingMergeTree(version)"), "{ddl}");
     apply_ddl(&ddl).await;
@@ -291,9 +305,19 @@ async fn restart_clickhouse() -> Duration {
             .stdout,
     )
     .unwrap();
-    let pid = pid.split_whitespace().next().expect("clickhouse-server runs").to_string();
+    let pid = pid
+        .split_whitespace()
+        .next()
+        .expect("clickhouse-server runs")
+        .to_string();
     let down_at = Instant::now();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     assert!(
         common::eventually(Duration::from_secs(30), || async { !clickhouse_up().await }).await,
         "ClickHouse stopped"
@@ -522,7 +546,14 @@ fn bulk_responder(es: Arc<Mutex<Es>>, every_429: u64) -> impl FnMut(&Request) ->
                     if stored.is_some() {
                         409
                     } else {
-                        es.docs.insert(key, Doc { version: 1, deleted: false, source: source.unwrap() });
+                        es.docs.insert(
+                            key,
+                            Doc {
+                                version: 1,
+                                deleted: false,
+                                source: source.unwrap(),
+                            },
+                        );
                         201
                     }
                 }
@@ -534,7 +565,11 @@ fn bulk_responder(es: Arc<Mutex<Es>>, every_429: u64) -> impl FnMut(&Request) ->
                         let existed = stored.as_ref().is_some_and(|d| !d.deleted);
                         es.docs.insert(
                             key,
-                            Doc { version: v, deleted, source: source.unwrap_or(Value::Null) },
+                            Doc {
+                                version: v,
+                                deleted,
+                                source: source.unwrap_or(Value::Null),
+                            },
                         );
                         match (deleted, existed) {
                             (true, false) => 404,
@@ -650,7 +685,10 @@ async fn sink_elasticsearch_bulk_latest_version_and_no_resurrection() {
     let dead: Vec<(String, String)> = db
         .client()
         .await
-        .query("SELECT entity, reason FROM fraiseql.tb_sink_dead_letter WHERE sink = 'es'", &[])
+        .query(
+            "SELECT entity, reason FROM fraiseql.tb_sink_dead_letter WHERE sink = 'es'",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -778,13 +816,18 @@ async fn sink_throughput_and_lag() {
     server.stop().await;
     let mut es_lags = Vec::new();
     for r in &rx.requests()[rx_from..] {
-        let arrived = chrono::Utc::now()
-            - chrono::Duration::from_std(r.at.elapsed()).unwrap_or_default();
+        let arrived =
+            chrono::Utc::now() - chrono::Duration::from_std(r.at.elapsed()).unwrap_or_default();
         for l in r.body.lines() {
             let v: Value = serde_json::from_str(l).unwrap();
             if let Some(at) = v["_fraiseql"]["occurred_at"].as_str() {
                 let at = chrono::DateTime::parse_from_rfc3339(at).unwrap();
-                es_lags.push((arrived - at.with_timezone(&chrono::Utc)).num_microseconds().unwrap() as f64 / 1000.0);
+                es_lags.push(
+                    (arrived - at.with_timezone(&chrono::Utc))
+                        .num_microseconds()
+                        .unwrap() as f64
+                        / 1000.0,
+                );
             }
         }
     }
