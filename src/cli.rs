@@ -129,6 +129,11 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Analytics sinks ([[sinks]]): what a backend needs before `serve` can write to it.
+    Sink {
+        #[command(subcommand)]
+        command: SinkCommand,
+    },
     /// Print the Grafana dashboard JSON built into this binary.
     Dashboard,
     /// Probe a health endpoint: exit 0 when it answers 2xx, 1 otherwise. Needs no shell
@@ -200,5 +205,17 @@ pub enum DlqCommand {
     Purge {
         #[arg(long, value_name = "AGE")]
         older_than: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SinkCommand {
+    /// Print what the configured sinks of a backend need created (a sink with the defaults
+    /// when none is configured): for ClickHouse the events table (ReplacingMergeTree) and
+    /// its hourly and daily roll-up materialized views; for Elasticsearch the index template
+    /// and ILM policy.
+    Ddl {
+        #[arg(value_enum, value_name = "BACKEND")]
+        backend: crate::sinks::SinkKind,
     },
 }

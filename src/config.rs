@@ -66,6 +66,8 @@ pub struct Config {
     pub change_log: crate::db::retention::ChangeLogConfig,
     /// Rate limits (`[rate_limit]`); absent: none.
     pub rate_limit: Option<crate::ratelimit::RateLimitConfig>,
+    /// Analytics sinks (`[[sinks]]`): the change log into ClickHouse or Elasticsearch.
+    pub sinks: Vec<crate::sinks::SinkConfig>,
     /// Where each top-level key came from, for error messages. Not part of the file format.
     #[serde(skip)]
     pub origins: Origins,
@@ -251,6 +253,7 @@ impl Config {
             self.auth.as_ref().map_or(Ok(()), |a| a.validate()),
             self.rate_limit.as_ref().map_or(Ok(()), |r| r.validate()),
             self.change_log.validate(),
+            crate::sinks::config::validate(&self.sinks),
             self.validate_across(),
         ];
         for r in sections {

@@ -20,6 +20,8 @@
 //!              queue (the seam: memory and Redis backends built in queue::build,
 //!                     capability traits, dead letters, the batching pump)
 //!              actions (webhook, Slack, e-mail, search, cache, NATS) · nats (JetStream)
+//!              sinks (the change log, batched and checkpointed, into ClickHouse and
+//!                     Elasticsearch; one leader per sink)
 //! support      metrics (every Prometheus family, defined once) · assets (dashboard)
 //!              net (name resolution for an empty root) · shutdown · redact (URLs safe to print)
 //!              backoff (the one retry delay: exponential, capped, equal jitter)
@@ -74,4 +76,5 @@ pub mod roles;
 pub mod schema;
 pub mod setting;
 pub mod shutdown;
+pub mod sinks;
 pub mod sql;

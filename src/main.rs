@@ -138,6 +138,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             return roles::generate_views::run(&config, args).await;
         }
         Command::Health { url, timeout_ms } => return Ok(health(&url, timeout_ms).await),
+        Command::Sink {
+            command: fraiseql::cli::SinkCommand::Ddl { backend },
+        } => print!("{}", roles::sink::ddl(&config, backend)),
         Command::Dashboard => {
             use std::io::Write;
             std::io::stdout().write_all(&fraiseql::assets::dashboard())?;

@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 use serde::{Deserialize, Serialize};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -47,8 +47,106 @@ pub struct Metrics {
     pub auth: AuthMetrics,
     /// Rate-limit decisions and the state of the limiter's store.
     pub rate_limit: RateLimitMetrics,
+    /// The analytics sinks (`[[sinks]]`): rows, batches, bytes, lag, failures.
+    pub sinks: SinkMetrics,
     /// Build information as labels; the value is always 1.
     pub build_info: IntGaugeVec,
+}
+
+/// `fraiseql_sink_*`, each labelled by `sink` (the configured name).
+pub struct SinkMetrics {
+    /// Changes the sink acknowledged (applied, or already applied before).
+    pub rows: IntCounterVec,
+    /// Batches acknowledged.
+    pub batches: IntCounterVec,
+    /// Encoded bytes sent (re-sent bytes included).
+    pub bytes: IntCounterVec,
+    /// Changes after the sink's checkpoint (counted up to 1,000,000).
+    pub lag_events: IntGaugeVec,
+    /// Age of the oldest change read but not yet acknowledged; 0 when caught up.
+    pub lag_seconds: GaugeVec,
+    /// Failures by `reason`: `unavailable`, `rejected` (a refused request), `item_retry` (a
+    /// refused item sent again), `dead_letter` (an item refused for good), `database`.
+    pub failures: IntCounterVec,
+}
+
+/// The `reason` labels of `fraiseql_sink_failures_total`.
+pub const SINK_FAILURE_REASONS: &[&str] = &[
+    "unavailable",
+    "rejected",
+    "item_retry",
+    "dead_letter",
+    "database",
+];
+
+impl SinkMetrics {
+    fn register(registry: &Registry) -> SinkMetrics {
+        let gauge_vec = |name: &str, help: &str| {
+            let g = GaugeVec::new(Opts::new(name, help).namespace(NAMESPACE), &["sink"])
+                .expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let lag_events = IntGaugeVec::new(
+            Opts::new(
+                "sink_lag_events",
+                "Changes after the sink's checkpoint (counted up to 1,000,000).",
+            )
+            .namespace(NAMESPACE),
+            &["sink"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(lag_events.clone()))
+            .expect("unique metric");
+        SinkMetrics {
+            rows: counter_vec(
+                registry,
+                "sink_rows_total",
+                "Changes acknowledged by the sink (applied, or already applied).",
+                &["sink"],
+            ),
+            batches: counter_vec(
+                registry,
+                "sink_batches_total",
+                "Batches acknowledged by the sink.",
+                &["sink"],
+            ),
+            bytes: counter_vec(
+                registry,
+                "sink_bytes_total",
+                "Encoded bytes sent to the sink, re-sent bytes included.",
+                &["sink"],
+            ),
+            lag_events,
+            lag_seconds: gauge_vec(
+                "sink_lag_seconds",
+                "Age of the oldest change read but not yet acknowledged by the sink; 0 when \
+                 caught up.",
+            ),
+            failures: counter_vec(
+                registry,
+                "sink_failures_total",
+                "Sink failures by reason (unavailable, rejected, item_retry, dead_letter, \
+                 database).",
+                &["sink", "reason"],
+            ),
+        }
+    }
+
+    /// Creates the series of one sink at zero, so a fresh process exports them.
+    pub fn known(&self, sink: &str) {
+        self.rows.with_label_values(&[sink]);
+        self.batches.with_label_values(&[sink]);
+        self.bytes.with_label_values(&[sink]);
+        self.lag_events.with_label_values(&[sink]);
+        self.lag_seconds.with_label_values(&[sink]);
+        for r in SINK_FAILURE_REASONS {
+            self.failures.with_label_values(&[sink, r]);
+        }
+    }
 }
 
 pub struct RateLimitMetrics {
@@ -240,6 +338,7 @@ impl Metrics {
             flight: FlightMetrics::register(&registry)
                 .expect("unique metric")
                 .with_known_tickets(),
+            sinks: SinkMetrics::register(&registry),
             build_info,
             registry,
         }

@@ -234,6 +234,14 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
 pub fn http_client_with_roots(
     extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 ) -> Result<reqwest::Client, reqwest::Error> {
+    http_client_builder(extra_roots).build()
+}
+
+/// The builder behind [`http_client_with_roots`], for clients that add their own limits
+/// (the analytics sinks' request timeouts).
+pub fn http_client_builder(
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+) -> reqwest::ClientBuilder {
     // Also the process default, for anything (lettre) that asks rustls for one. An error
     // only means a provider is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -256,7 +264,6 @@ pub fn http_client_with_roots(
         .pool_idle_timeout(Duration::from_secs(60))
         .tls_backend_preconfigured(tls)
         .dns_resolver(crate::net::Resolver)
-        .build()
 }
 
 /// A compiled action, ready to execute.

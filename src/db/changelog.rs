@@ -27,6 +27,11 @@ pub const ORDER: &str = "txid, pk";
 /// Holds back rows whose transaction is not older than every running one.
 pub const SAFE: &str = "txid < pg_snapshot_xmin(pg_current_snapshot())";
 
+/// Every column of a change event, with the transaction id as text (`txid`), in the order
+/// [`crate::observers::reader`] decodes them.
+pub const EVENT_COLUMNS: &str = "pk, txid::text AS txid, id, occurred_at, entity, entity_id, op, \
+     before, after, changed_fields, actor, tenant_id, trace_id, mutation";
+
 /// The row's transaction id as text (xid8 has no binary mapping in tokio-postgres).
 pub const TXID_TEXT: &str = "txid::text";
 

@@ -27,6 +27,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "change_log_retention",
         include_str!("migrations/0004_change_log_retention.sql"),
     ),
+    (5, "sinks", include_str!("migrations/0005_sinks.sql")),
 ];
 
 /// Arbitrary constant identifying FraiseQL's migration lock (`pg_advisory_xact_lock`).

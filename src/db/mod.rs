@@ -6,6 +6,7 @@
 
 pub mod changelog;
 pub mod config;
+pub mod leader;
 pub mod migrate;
 pub mod request;
 pub mod retention;

@@ -5,8 +5,10 @@
 //! position order `(txid, pk)` ([`crate::db::changelog`]), made of rows that are
 //! - older than the retention (`occurred_at`),
 //! - strictly before every durable checkpoint in the database (every row of
-//!   `fraiseql.tb_observer_checkpoint`: each observer reader group; the NATS publisher is the
-//!   reader — it publishes before its checkpoint moves — so its position is the same row), and
+//!   `fraiseql.v_change_log_checkpoint`: each observer reader group of
+//!   `fraiseql.tb_observer_checkpoint` — the NATS publisher is the reader: it publishes before
+//!   its checkpoint moves, so its position is the same row — and each analytics sink of
+//!   `fraiseql.tb_sink_checkpoint` as `sink:<name>`), and
 //! - older than every transaction still running ([`changelog::SAFE`], the reader's own rule):
 //!   a running transaction can still add rows at positions below later committed ones, and
 //!   those rows must not land behind what was pruned.
@@ -239,7 +241,7 @@ pub async fn prune(client: &mut Client, opts: &PruneOptions) -> Result<PruneRepo
     if !opts.required_consumers.is_empty() {
         let present: Vec<String> = client
             .query(
-                "SELECT consumer FROM fraiseql.tb_observer_checkpoint WHERE consumer = ANY($1)",
+                "SELECT consumer FROM fraiseql.v_change_log_checkpoint WHERE consumer = ANY($1)",
                 &[&opts.required_consumers],
             )
             .await?
@@ -266,7 +268,7 @@ pub async fn prune(client: &mut Client, opts: &PruneOptions) -> Result<PruneRepo
         // counts too.
         let checkpoint = tx
             .query_opt(
-                "SELECT consumer, last_txid::text, last_pk FROM fraiseql.tb_observer_checkpoint \
+                "SELECT consumer, last_txid::text, last_pk FROM fraiseql.v_change_log_checkpoint \
                  ORDER BY last_txid, last_pk LIMIT 1",
                 &[],
             )
@@ -409,11 +411,13 @@ pub fn required_consumers(config: &crate::config::Config) -> Vec<String> {
     let rt = &config.observer_runtime;
     // The reader (which is also the NATS publisher) runs when observers are configured.
     let reads = rt.run_reader && !config.observers.is_empty();
+    let mut consumers = Vec::new();
     if reads && rt.start_from == crate::observers::config::StartFrom::Beginning {
-        vec![rt.consumer.clone()]
-    } else {
-        Vec::new()
+        consumers.push(rt.consumer.clone());
     }
+    // Sinks always start from the beginning of the log.
+    consumers.extend(config.sinks.iter().map(|s| format!("sink:{}", s.name)));
+    consumers
 }
 
 /// `serve`'s periodic prune: every `prune_interval_ms` while `retention` is set, until

@@ -4,7 +4,7 @@
 //! A session runs on its own connection (not from the pool, because it must receive
 //! notifications and hold a session-level advisory lock):
 //! 1. `LISTEN fraiseql_changes`, then `pg_try_advisory_lock(hashtextextended('fraiseql.observers:' || consumer, 0))`
-//!    every `takeover_interval_ms` until it is ours. The lock belongs to the connection, so
+//!    every `takeover_interval_ms` until it is ours ([`crate::db::leader`]). The lock belongs to the connection, so
 //!    when the active instance dies (even by kill -9) PostgreSQL releases it as the socket
 //!    closes and a standby takes over within one interval.
 //! 2. Load the checkpoint `(last_txid, last_pk)` from `fraiseql.tb_observer_checkpoint`
@@ -103,13 +103,11 @@ const PUBLISH_HEADROOM: usize = 4096;
 /// `start_from = "now"`, rows visible in the start snapshot are history.
 fn read_sql() -> String {
     format!(
-        "SELECT pk, {txid} AS txid, id, occurred_at, entity, entity_id, op, \
-           before, after, changed_fields, actor, tenant_id, trace_id, mutation \
-         FROM fraiseql.tb_entity_change_log \
+        "SELECT {columns} FROM fraiseql.tb_entity_change_log \
          WHERE {after} AND {safe} \
            AND ($4::text IS NULL OR NOT pg_visible_in_snapshot(txid, $4::text::pg_snapshot)) \
          ORDER BY {order} LIMIT $3",
-        txid = changelog::TXID_TEXT,
+        columns = changelog::EVENT_COLUMNS,
         after = changelog::after("$1::text", "$2::bigint"),
         safe = changelog::SAFE,
         order = changelog::ORDER,
@@ -202,27 +200,20 @@ impl Reader {
 
         let lock_name = format!("fraiseql.observers:{}", self.settings.consumer);
         let takeover = Duration::from_millis(self.settings.takeover_interval_ms.max(10));
-        let mut announced = false;
-        loop {
-            let got: bool = client
-                .query_one(
-                    "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                    &[&lock_name],
-                )
-                .await?
-                .get(0);
-            if got {
-                break;
-            }
-            if !announced {
-                info!(consumer = %self.settings.consumer, "another instance is the active observer reader; standing by");
-                announced = true;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = lost.cancelled() => return Err(ReaderError::ConnectionLost),
-                _ = tokio::time::sleep(takeover) => {}
-            }
+        let standing_by = || info!(consumer = %self.settings.consumer, "another instance is the active observer reader; standing by");
+        match crate::db::leader::acquire(
+            &client,
+            &lock_name,
+            takeover,
+            shutdown,
+            &lost,
+            standing_by,
+        )
+        .await?
+        {
+            crate::db::leader::Leadership::Acquired => {}
+            crate::db::leader::Leadership::Shutdown => return Ok(()),
+            crate::db::leader::Leadership::Lost => return Err(ReaderError::ConnectionLost),
         }
 
         let (mut cursor, start) = self.load_checkpoint(&client).await?;
@@ -569,7 +560,9 @@ impl Reader {
     }
 }
 
-fn decode(row: &tokio_postgres::Row) -> Option<ChangeEvent> {
+/// A change-log row selected with the columns of the reader's query; `None` when a column
+/// does not decode.
+pub(crate) fn decode(row: &tokio_postgres::Row) -> Option<ChangeEvent> {
     Some(ChangeEvent {
         pk: row.try_get("pk").ok()?,
         id: row.try_get("id").ok()?,

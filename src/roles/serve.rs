@@ -1,6 +1,7 @@
-//! The `serve` role: GraphQL over HTTP, the observer runtime, health and metrics, over the
-//! shared database pool (and Arrow Flight beside it with `--with-flight`), and the periodic
-//! change-log prune when `[change_log] retention` is set.
+//! The `serve` role: GraphQL over HTTP, the observer runtime, the analytics sinks
+//! (`[[sinks]]`), health and metrics, over the shared database pool (and Arrow Flight beside
+//! it with `--with-flight`), and the periodic change-log prune when `[change_log] retention`
+//! is set.
 //!
 //! [`run`] binds the configured address; [`run_on`] takes an already-bound listener (tests
 //! bind port 0). Both return after a graceful shutdown. [`serve_http`] is the HTTP side the
@@ -162,6 +163,7 @@ pub(crate) async fn serve_http(
             shutdown.clone(),
         );
     }
+    let observers_enabled = observers;
     let observers = if observers {
         // The change-log retention runs beside the observers (serve only): it keeps every
         // row a checkpoint has not passed, so it is safe with any number of instances.
@@ -189,8 +191,16 @@ pub(crate) async fn serve_http(
             ),
         }
     });
+    // The sinks run beside the observers (serve only), each its own leader across
+    // instances; they stop on the shutdown token and are awaited before returning.
+    let sinks = tokio_util::task::TaskTracker::new();
+    if observers_enabled {
+        crate::sinks::spawn(&state.config, &sinks, &shutdown)?;
+    }
+    sinks.close();
     tracing::info!(%addr, startup_ms = started.elapsed().as_millis() as u64, "serving HTTP");
     http::serve(listener, state, shutdown).await?;
+    sinks.wait().await;
     if let Some(task) = observers {
         // The runtime drains on the same shutdown signal: in-flight jobs finish or are
         // handed back within observer_runtime.shutdown_grace_ms, then the checkpoint is

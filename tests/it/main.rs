@@ -44,6 +44,7 @@ mod read_tables;
 mod rls;
 mod schema;
 mod serve_graphql;
+mod sinks;
 mod soak;
 mod sql_params;
 mod trusted_documents;
