@@ -237,11 +237,20 @@ async fn sink_clickhouse_delivers_and_a_resent_batch_collapses() {
     )
     .await;
     assert_eq!(got, changes + more);
-    let (_, text) = common::get(&server.url("/metrics")).await;
-    let rows = text
-        .lines()
-        .find_map(|l| l.strip_prefix("fraiseql_sink_rows_total{sink=\"ch\"} "))
-        .and_then(|v| v.trim().parse::<f64>().ok());
+    // The rows are in ClickHouse before the sink has read its acknowledgement and counted
+    // them: the metric follows within moments.
+    let metric_rows = async || {
+        let (_, text) = common::get(&server.url("/metrics")).await;
+        text.lines()
+            .find_map(|l| l.strip_prefix("fraiseql_sink_rows_total{sink=\"ch\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let counted = std::time::Instant::now();
+    let mut rows = metric_rows().await;
+    while rows != Some((changes + more) as f64) && counted.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        rows = metric_rows().await;
+    }
     assert_eq!(rows, Some((changes + more) as f64), "metric rows");
     server.stop().await;
 
