@@ -537,7 +537,7 @@ fn bulk_responder(es: Arc<Mutex<Es>>, every_429: u64) -> impl FnMut(&Request) ->
                 target["_index"].as_str().unwrap_or_default().to_string(),
                 target["_id"].as_str().unwrap_or_default().to_string(),
             );
-            if es.items % every_429 == 0 {
+            if es.items.is_multiple_of(every_429) {
                 es.injected_429 += 1;
                 items.push(json!({kind: {"status": 429, "error": {"type": "es_rejected_execution_exception"}}}));
                 continue;
