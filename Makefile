@@ -29,7 +29,7 @@ NEXTEST := $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "$(CARGO) ne
 DEMO_DB ?= fraiseql_demo
 DEMO_URL ?= postgres://postgres@127.0.0.1:5432/$(DEMO_DB)
 
-.PHONY: help build run test test-deps static dist lint bench demo fuzz
+.PHONY: help build run test test-deps services static dist lint bench demo fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -64,10 +64,13 @@ dist: static ## release files in dist/: static binary and source tarballs, SHA25
 	  packaging/homebrew/fraiseql.rb.in > dist/fraiseql.rb
 	@cat dist/SHA256SUMS
 
-test: static test-deps ## run every test (unit + integration) against the local services
+test: services static test-deps ## run every test (unit + integration) against the local services
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(STATIC_ENV) $(NEXTEST) run --release --target $(STATIC_TARGET) --no-fail-fast
 
 test-deps: $(VENV_STAMP) $(TARGET_DIR)/tools/.nextest ## what the tests need beyond Rust and the services: the Python venv, cargo-nextest
+
+services: ## install what the tests need from the machine when missing, start the local services that are down (scripts/test-services)
+	scripts/test-services
 
 $(VENV_STAMP): requirements-test.txt
 	python3 -m venv $(VENV)
@@ -83,10 +86,11 @@ lint: ## cargo fmt --check and clippy with warnings denied
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-bench: build ## benchmarks: GraphQL vs PostGraphile (v4 blog, v5 shop); the cost of JWT auth; a rate-limited flood; Redis queue vs BullMQ; Flight vs ADBC and GraphQL JSON; observers commit→delivery; start-up and memory
+bench: build ## benchmarks: GraphQL vs PostGraphile (v4 blog, v5 shop); the write cost of generate-views' triggers; the cost of JWT auth; a rate-limited flood; Redis queue vs BullMQ; Flight vs ADBC and GraphQL JSON; observers commit→delivery; start-up and memory
 	python3 -m pip install -q -r bench/requirements.txt
 	python3 bench/graphql_bench.py --binary $(BIN)
 	python3 bench/shop_bench.py --binary $(BIN)
+	python3 bench/genviews_write_cost.py --binary $(BIN)
 	python3 bench/auth_bench.py --binary $(BIN)
 	python3 bench/ratelimit_flood.py --binary $(BIN)
 	bench/queue_bench.sh

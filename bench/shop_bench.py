@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """The shop side by side: FraiseQL over v_ views and over tv_ tables vs PostGraphile v5.
 
-Creates the database `fraiseql_shop_bench` from examples/shop (schema, seed, tv), starts
+Creates the database `fraiseql_shop_bench` from examples/shop (schema, seed; tv_order from
+`fraiseql generate-views --entity order --apply`, or examples/shop/tv.sql with
+--tv handwritten), starts
 `fraiseql serve` twice — examples/shop/schema.json as exported (orders from v_order, whose
 native columns number, status, placed_at sit beside `data`) and the same schema with Order
 pointed at tv_order (the stored copy) — and PostGraphile v5 (amber preset,
@@ -28,7 +30,7 @@ requests/s of PostGraphile v5 with a p99 no worse; over v_ ≥ 1×; every Fraise
 its pgbench ceiling.
 
 Usage: bench/shop_bench.py [--duration SECONDS] [--quick] [--binary PATH] [--json PATH]
-                           [--connections 1,16,64] [--strict]
+                           [--connections 1,16,64] [--tv generated|handwritten] [--strict]
 """
 import argparse
 import json
@@ -221,6 +223,8 @@ def main():
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "fraiseql"))
     ap.add_argument("--connections", default="1,16,64")
     ap.add_argument("--json", help="write the results to this file")
+    ap.add_argument("--tv", choices=("generated", "handwritten"), default="generated",
+                    help="tv_order from `fraiseql generate-views` (default) or examples/shop/tv.sql")
     ap.add_argument("--strict", action="store_true",
                     help="exit 1 when a run failed or a goal was missed")
     args = ap.parse_args()
@@ -239,9 +243,15 @@ def main():
     psql("postgres", f"CREATE DATABASE {DB}")
     env = dict(os.environ, FRAISEQL_DATABASE_URL=URL, FRAISEQL_LOG="warn")
     subprocess.run([args.binary, "db", "init"], env=env, check=True, stdout=subprocess.DEVNULL)
-    # tv.sql after the seed: its last statement fills tv_order in one pass.
-    for f in ("schema.sql", "seed.sql", "tv.sql"):
+    for f in ("schema.sql", "seed.sql"):
         psql_file(DB, os.path.join(SHOP, f))
+    if args.tv == "generated":
+        # The copy every user gets: tv_order, its triggers and indexes from generate-views.
+        subprocess.run([args.binary, "generate-views", "--schema", os.path.join(SHOP, "schema.json"),
+                        "--entity", "order", "--apply"], env=env, check=True, stdout=subprocess.DEVNULL)
+    else:
+        # tv.sql after the seed: its last statement fills tv_order in one pass.
+        psql_file(DB, os.path.join(SHOP, "tv.sql"))
     psql(DB, "ANALYZE")
     order_id = psql_value(DB, "SELECT id FROM tb_order WHERE number = 100750")
     print(f"data: {psql_value(DB, 'SELECT count(*) FROM tb_order')} orders, "
