@@ -335,49 +335,141 @@ where
 
 type FlightItem = Result<arrow_flight::FlightData, arrow_flight::error::FlightError>;
 
-/// A message whose batch buffers lie inside its body at 8-byte aligned offsets, else an
-/// error: arrow-ipc slices the buffers at the offsets the header gives and panics on one
-/// past the end, and arrow-data asserts the alignment of an offsets buffer it validates
-/// (both found by `make fuzz`, target `flight_put`). The IPC format pads every buffer to a
-/// multiple of 8 bytes, so no writer that follows it is refused. A header that does not
-/// parse is left to the decoder.
-fn checked(item: FlightItem) -> FlightItem {
-    let d = item?;
-    let Ok(msg) = arrow_ipc::root_as_message(&d.data_header) else {
-        return Ok(d);
-    };
-    let batch = match msg.header_type() {
-        arrow_ipc::MessageHeader::RecordBatch => msg.header_as_record_batch(),
-        arrow_ipc::MessageHeader::DictionaryBatch => {
-            msg.header_as_dictionary_batch().and_then(|b| b.data())
-        }
-        _ => None,
-    };
-    let body = d.data_body.len() as u64;
-    let fits = batch.and_then(|b| b.buffers()).is_none_or(|buffers| {
-        buffers.iter().all(|b| {
+/// Checks each message before arrow-ipc decodes it, so that no client input reaches one of
+/// the assertions arrow keeps for buffers it trusts (each kind found by `make fuzz`, target
+/// `flight_put`):
+/// - every buffer of a batch lies inside the message body at an 8-byte aligned offset:
+///   arrow-ipc slices the buffers at the offsets the header gives and panics on one past the
+///   end, and arrow-data asserts the alignment of an offsets buffer it validates;
+/// - every buffer of a record batch that arrow-data views as values or offsets of width w
+///   (from the layout of the upload's schema) is a whole number of w-byte values: its
+///   `typed_data` asserts that, and a 13-byte offsets buffer panicked (input `ZgBAISgqAA==`).
+///
+/// The IPC format pads every buffer to a multiple of 8 bytes and a writer writes whole
+/// values, so no writer that follows the format is refused. A header that does not parse is
+/// left to the decoder.
+#[derive(Default)]
+struct Checker {
+    /// Per buffer of a record batch, in IPC order, the width its length must be a multiple
+    /// of; `None` before a schema, or for a schema with a type no upload carries (such an
+    /// upload is refused at its schema, before any batch is decoded).
+    widths: Option<Vec<usize>>,
+}
+
+impl Checker {
+    fn check(&mut self, item: FlightItem) -> FlightItem {
+        let d = item?;
+        let Ok(msg) = arrow_ipc::root_as_message(&d.data_header) else {
+            return Ok(d);
+        };
+        let refuse = |m: String| Err(arrow_flight::error::FlightError::DecodeError(m));
+        let (batch, record) = match msg.header_type() {
+            arrow_ipc::MessageHeader::Schema => {
+                self.widths = arrow_schema::Schema::try_from(&d)
+                    .ok()
+                    .and_then(|s| buffer_widths(&s));
+                return Ok(d);
+            }
+            arrow_ipc::MessageHeader::RecordBatch => (msg.header_as_record_batch(), true),
+            arrow_ipc::MessageHeader::DictionaryBatch => (
+                msg.header_as_dictionary_batch().and_then(|b| b.data()),
+                false,
+            ),
+            _ => return Ok(d),
+        };
+        let Some((batch, buffers)) = batch.and_then(|b| Some((b, b.buffers()?))) else {
+            return Ok(d);
+        };
+        let body = d.data_body.len() as u64;
+        let fits = buffers.iter().all(|b| {
             u64::try_from(b.offset())
                 .ok()
                 .zip(u64::try_from(b.length()).ok())
                 .filter(|(o, _)| o % 8 == 0)
                 .and_then(|(o, l)| o.checked_add(l))
                 .is_some_and(|end| end <= body)
-        })
-    });
-    if fits {
+        });
+        if !fits {
+            return refuse(
+                "a buffer of the batch lies outside the message body or is not 8-byte aligned"
+                    .into(),
+            );
+        }
+        // A compressed buffer's length is its compressed size; arrow-ipc refuses those
+        // itself (no codec is built in).
+        if !record || batch.compression().is_some() {
+            return Ok(d);
+        }
+        let Some(widths) = &self.widths else {
+            return refuse("a record batch before a schema an upload can carry".into());
+        };
+        if widths.len() != buffers.len() {
+            return refuse(format!(
+                "the batch's buffers do not match its schema: {} buffers where the schema lays out {}",
+                buffers.len(),
+                widths.len()
+            ));
+        }
+        for (i, (b, &w)) in buffers.iter().zip(widths).enumerate() {
+            if b.length() % w as i64 != 0 {
+                return refuse(format!(
+                    "the batch's buffers do not match its schema: buffer {i} is {} bytes, not whole {w}-byte values",
+                    b.length()
+                ));
+            }
+        }
         Ok(d)
-    } else {
-        Err(arrow_flight::error::FlightError::DecodeError(
-            "a buffer of the batch lies outside the message body or is not 8-byte aligned".into(),
-        ))
     }
 }
 
-/// The upload's decoder: [`checked`] messages into arrow-ipc, with a guard. arrow-data
-/// validates a decoded batch's buffers with assertions for some layouts (an offsets buffer
-/// whose length is not a multiple of its width, found by `make fuzz`: input `ZgBAISgqAA==`
-/// of `flight_put`), so a client's malformed batch could panic the call. A panic while
-/// decoding becomes a decode error for this upload, and the decoder is not polled again.
+/// The buffers of a record batch of `schema` in IPC order (each field's validity bitmap,
+/// then its offsets and values, then its children's), as the width each one's length must
+/// be a multiple of (1 for bytes and bitmaps). `None` when a field has a type no upload
+/// accepts (`compatible`).
+fn buffer_widths(schema: &arrow_schema::Schema) -> Option<Vec<usize>> {
+    fn field(dt: &DataType, out: &mut Vec<usize>) -> Option<()> {
+        use DataType as D;
+        out.push(1);
+        match dt {
+            D::Boolean | D::FixedSizeBinary(_) => out.push(1),
+            D::Utf8 | D::Binary => out.extend([4, 1]),
+            D::LargeUtf8 | D::LargeBinary => out.extend([8, 1]),
+            D::List(f) => {
+                out.push(4);
+                field(f.data_type(), out)?;
+            }
+            D::LargeList(f) => {
+                out.push(8);
+                field(f.data_type(), out)?;
+            }
+            D::Int8
+            | D::Int16
+            | D::Int32
+            | D::Int64
+            | D::UInt8
+            | D::UInt16
+            | D::UInt32
+            | D::Float32
+            | D::Float64
+            | D::Decimal128(_, _)
+            | D::Date32
+            | D::Time64(_)
+            | D::Timestamp(_, _) => out.push(dt.primitive_width()?),
+            _ => return None,
+        }
+        Some(())
+    }
+    let mut out = Vec::new();
+    for f in schema.fields() {
+        field(f.data_type(), &mut out)?;
+    }
+    Some(out)
+}
+
+/// The upload's decoder: messages [`Checker`]-checked into arrow-ipc, with a guard. The
+/// checks refuse the inputs known to reach an assertion in arrow; the guard is for any
+/// other: a panic while decoding becomes a decode error for this upload, and the decoder is
+/// not polled again.
 struct Decoder {
     inner: FlightDataDecoder,
     failed: bool,
@@ -388,8 +480,9 @@ impl Decoder {
     where
         S: Stream<Item = FlightItem> + Send + 'static,
     {
+        let mut checker = Checker::default();
         Decoder {
-            inner: FlightDataDecoder::new(data.map(checked)),
+            inner: FlightDataDecoder::new(data.map(move |item| checker.check(item))),
             failed: false,
         }
     }
@@ -974,8 +1067,10 @@ mod fuzz_regressions {
         let res =
             tokio::spawn(async move { encode_upload("ta_fuzz", stream, &columns).await }).await;
         let err = res.expect("no panic").unwrap_err();
+        // Refused by the checks before arrow decodes it, not caught by the panic guard
+        // (under `make fuzz` libFuzzer's panic hook aborts before any guard runs).
         assert!(
-            matches!(&err, PutError::Decode(m) if m.contains("do not match its schema")),
+            matches!(&err, PutError::Decode(m) if m.contains("do not match its schema: buffer")),
             "{err}"
         );
     }

@@ -62,19 +62,30 @@ pub fn table_name(plan: &EntityPlan, kind: Kind) -> String {
     }
 }
 
-/// The columns of the stored copy, in order: name and SQL type (plus generated columns).
-fn stored_columns(plan: &EntityPlan, kind: Kind) -> Vec<(String, String)> {
+/// The typed columns of `ta_`/`va_`: one per scalar field, then each `--index` field that
+/// is not one of them (a nested field such as `customer__name`). A typed table has no
+/// `data` for a generated column to read, so an indexed nested field is a column of its
+/// own, computed from the view like the others.
+fn typed_columns(plan: &EntityPlan) -> impl Iterator<Item = &DataColumn> {
+    plan.scalar_columns.iter().chain(
+        plan.index_columns
+            .iter()
+            .filter(|c| !plan.scalar_columns.iter().any(|s| s.name == c.name)),
+    )
+}
+
+/// The columns of the stored copy, in order: name and SQL type (without the generated
+/// columns of `--index`, which PostgreSQL computes).
+pub fn stored_columns(plan: &EntityPlan, kind: Kind) -> Vec<(String, String)> {
     let mut cols = vec![("id".to_owned(), "uuid".to_owned())];
     match kind {
         Kind::Tv => {
             cols.extend(plan.view_columns.iter().cloned());
             cols.push(("data".into(), "jsonb".into()));
         }
-        Kind::Ta | Kind::Va => cols.extend(
-            plan.scalar_columns
-                .iter()
-                .map(|c| (c.name.clone(), c.sql_type.to_owned())),
-        ),
+        Kind::Ta | Kind::Va => {
+            cols.extend(typed_columns(plan).map(|c| (c.name.clone(), c.sql_type.to_owned())))
+        }
     }
     cols
 }
@@ -88,7 +99,7 @@ fn select_list(plan: &EntityPlan, kind: Kind) -> String {
             .collect::<Vec<_>>()
             .join(", "),
         Kind::Ta | Kind::Va => std::iter::once("v.id".to_owned())
-            .chain(plan.scalar_columns.iter().map(|c| {
+            .chain(typed_columns(plan).map(|c| {
                 format!(
                     "{} AS {}",
                     c.expr.replacen("data", "v.data", 1),
@@ -100,8 +111,28 @@ fn select_list(plan: &EntityPlan, kind: Kind) -> String {
     }
 }
 
-/// The generated columns of `--index` (and their indexes) on a stored copy.
-fn index_ddl(out: &mut String, plan: &EntityPlan, table: &str, quoted: &str) {
+/// The generated columns of `--index` (and their indexes) on a stored copy. On `ta_` every
+/// indexed field is already a typed column ([`typed_columns`]): only the indexes are made,
+/// on the fields it has.
+fn index_ddl(out: &mut String, plan: &EntityPlan, kind: Kind, table: &str, quoted: &str) {
+    if kind == Kind::Ta {
+        let typed: Vec<&str> = typed_columns(plan).map(|c| c.name.as_str()).collect();
+        for name in plan
+            .index_columns
+            .iter()
+            .map(|c| &c.name)
+            .chain(&plan.indexed_view_columns)
+            .filter(|n| typed.contains(&n.as_str()))
+        {
+            let _ = writeln!(
+                out,
+                "CREATE INDEX IF NOT EXISTS {} ON {quoted} ({});",
+                quote_ident(&format!("{table}_{name}_idx")),
+                quote_ident(name)
+            );
+        }
+        return;
+    }
     let gen_col = |c: &DataColumn| {
         format!(
             "ALTER TABLE {quoted} ADD COLUMN IF NOT EXISTS {} {} GENERATED ALWAYS AS ({}) STORED;\n",
@@ -373,7 +404,7 @@ pub fn entity_ddl(plan: &EntityPlan, kinds: &[Kind]) -> String {
                 );
             }
         }
-        index_ddl(&mut out, plan, &table, &quoted);
+        index_ddl(&mut out, plan, kind, &table, &quoted);
         refresh_function(&mut out, plan, kind);
         triggers(&mut out, plan, kind);
     }
@@ -476,7 +507,7 @@ mod tests {
     }
 
     #[test]
-    fn the_script_is_deterministic_and_locks_before_it_reads() {
+    fn the_script_is_deterministic_and_locks_before_it_collects_ids() {
         let a = script(&[plan()], &[Kind::Tv]);
         assert_eq!(a, script(&[plan()], &[Kind::Tv]));
         let body = a

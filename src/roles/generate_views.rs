@@ -110,26 +110,9 @@ pub async fn apply(
         for &kind in kinds.iter().filter(|k| **k != Kind::Va) {
             let table = plan.view.sibling(&emit::table_name(plan, kind));
             let have = existing_columns(&tx, &table).await?;
-            let want: Vec<(String, String)> = std::iter::once(("id".to_owned(), "uuid".to_owned()))
-                .chain(match kind {
-                    Kind::Tv => plan
-                        .view_columns
-                        .iter()
-                        .cloned()
-                        .chain([("data".to_owned(), "jsonb".to_owned())])
-                        .collect::<Vec<_>>(),
-                    _ => plan
-                        .scalar_columns
-                        .iter()
-                        .map(|c| {
-                            (
-                                c.name.clone(),
-                                c.sql_type
-                                    .replace("timestamptz", "timestamp with time zone"),
-                            )
-                        })
-                        .collect(),
-                })
+            let want: Vec<(String, String)> = emit::stored_columns(plan, kind)
+                .into_iter()
+                .map(|(n, t)| (n, t.replace("timestamptz", "timestamp with time zone")))
                 .collect();
             let differs = !have.is_empty() && have != want;
             if differs {

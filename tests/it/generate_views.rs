@@ -1,7 +1,9 @@
 //! `fraiseql generate-views`: the derived copies stay exactly equal to their views under
 //! concurrent random writes (blog, and the nested example it was not written for), GraphQL
 //! answers the same from `v_` and `tv_`, a view with no foreign-key path is refused with a
-//! message naming the table, `--apply` is idempotent and `--check` detects drift.
+//! message naming the table, `--apply` is idempotent and `--check` detects drift; the typed
+//! copies (`ta_`, `va_`) and the `--index` columns on the shop stay exact too, and the
+//! index serves a filter on a nested field.
 
 use crate::common;
 
@@ -498,4 +500,195 @@ async fn generate_views_a_changed_view_is_an_upgrade() {
     db.batch("UPDATE tb_post SET views = views + 100 WHERE pk_post % 2 = 0")
         .await;
     assert_no_drift(&db, &plans, &[Kind::Tv]).await;
+}
+
+fn shop_op(r: &mut Lcg) -> String {
+    let n = r.next(1_000_000);
+    let customer = pick("tb_customer", "pk_customer");
+    let product = pick("tb_product", "pk_product");
+    let order = pick("tb_order", "pk_order");
+    let item = pick("tb_order_item", "pk_order_item");
+    match r.next(14) {
+        0 => format!(
+            "INSERT INTO tb_customer (email, name, country) VALUES ('g{n}@x', 'Gen {n}', 'FR')"
+        ),
+        1 => format!("UPDATE tb_customer SET name = 'renamed {n}' WHERE pk_customer = {customer}"),
+        2 => format!("DELETE FROM tb_customer WHERE pk_customer = {customer} AND random() < 0.2"),
+        3 => format!(
+            "UPDATE tb_product SET name = 'P {n}', sku = 'SKU-G{n}' WHERE pk_product = {product}"
+        ),
+        4 => format!(
+            "INSERT INTO tb_order (number, fk_customer, placed_at) VALUES ({}, {customer}, now() - interval '{} minutes')",
+            200_000 + n,
+            n % 5000
+        ),
+        5 | 6 => format!(
+            "UPDATE tb_order SET status = 'shipped', total = total + 1, placed_at = placed_at + interval '1 hour' WHERE pk_order = {order}"
+        ),
+        7 => format!("UPDATE tb_order SET fk_customer = {customer} WHERE pk_order = {order}"),
+        8 => format!("DELETE FROM tb_order WHERE pk_order = {order} AND random() < 0.5"),
+        9 => format!(
+            "INSERT INTO tb_order_item (fk_order, fk_product, line, quantity, unit_price) VALUES ({order}, {product}, {}, 1, 9.5)",
+            10 + n % 1000
+        ),
+        10 | 11 => {
+            format!("UPDATE tb_order_item SET quantity = quantity + 1 WHERE pk_order_item = {item}")
+        }
+        12 => format!("DELETE FROM tb_order_item WHERE pk_order_item = {item}"),
+        // A multi-row statement.
+        _ => format!(
+            "UPDATE tb_order_item SET unit_price = unit_price + 1 WHERE pk_order_item % 97 = {}",
+            n % 97
+        ),
+    }
+}
+
+/// Column name → type of a relation, in column order; `generated` only the stored generated
+/// columns.
+async fn columns_of(db: &TestDb, rel: &str, generated: bool) -> Vec<(String, String)> {
+    let client = db.client().await;
+    client
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
+              WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped \
+                AND (NOT $2 OR attgenerated = 's') ORDER BY attnum",
+            &[&rel, &generated],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Rows of `a` not in `b` plus rows of `b` not in `a`, over the given columns.
+async fn except_both_ways(db: &TestDb, a: &str, b: &str, cols: &str) -> i64 {
+    db.client()
+        .await
+        .query_one(
+            &format!(
+                "SELECT (SELECT count(*) FROM (SELECT {cols} FROM {a} EXCEPT ALL SELECT {cols} FROM {b}) x) \
+                      + (SELECT count(*) FROM (SELECT {cols} FROM {b} EXCEPT ALL SELECT {cols} FROM {a}) y)"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn generate_views_typed_copies_and_index_columns_stay_exact() {
+    let db = TestDb::new().await;
+    db.run_file("examples/shop/schema.sql").await;
+    db.run_file("examples/shop/seed.sql").await;
+    let kinds = [Kind::Tv, Kind::Ta, Kind::Va];
+    let mut a = args(&kinds, &["total", "customer.name"]);
+    a.entities = vec!["order".into()];
+    let (plans, applied) = apply(&db, "examples/shop/schema.json", &a).await;
+    let tables: Vec<_> = applied.iter().map(|a| a.table.as_str()).collect();
+    assert!(
+        tables.contains(&"tv_order") && tables.contains(&"ta_order"),
+        "{tables:?}"
+    );
+
+    // ta_order: one typed column per scalar field, types from the compiled schema.
+    let ta = columns_of(&db, "ta_order", false).await;
+    for (name, ty) in [
+        ("id", "uuid"),
+        ("number", "integer"),
+        ("status", "text"),
+        ("placed_at", "timestamp with time zone"),
+    ] {
+        assert!(
+            ta.iter().any(|(n, t)| n == name && t == ty),
+            "ta_order lacks {name} {ty}: {ta:?}"
+        );
+    }
+    assert!(!ta.iter().any(|(n, _)| n == "data"), "{ta:?}");
+    // BRIN on its timestamp column.
+    let brin = db
+        .texts("SELECT indexdef FROM pg_indexes WHERE tablename = 'ta_order' AND indexdef LIKE '%USING brin%'")
+        .await;
+    let client = db.client().await;
+    assert!(brin.iter().any(|d| d.contains("(placed_at)")), "{brin:?}");
+    // --index on tv_: stored generated columns over `data`; on ta_ (no `data`): the nested
+    // field is a typed column of its own. A b-tree index on each, on both.
+    let generated = columns_of(&db, "tv_order", true).await;
+    assert_eq!(
+        generated,
+        [
+            ("total".to_owned(), "numeric".to_owned()),
+            ("customer__name".to_owned(), "text".to_owned())
+        ],
+        "tv_order"
+    );
+    assert!(columns_of(&db, "ta_order", true).await.is_empty());
+    assert!(
+        ta.contains(&("customer__name".to_owned(), "text".to_owned())),
+        "{ta:?}"
+    );
+    assert!(
+        ta.contains(&("total".to_owned(), "numeric".to_owned())),
+        "{ta:?}"
+    );
+    for table in ["tv_order", "ta_order"] {
+        let btrees: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_indexes WHERE tablename = $1 AND indexdef LIKE '%USING btree%' \
+                   AND (indexdef LIKE '%(total)' OR indexdef LIKE '%(customer__name)')",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(btrees, 2, "{table}: a b-tree index per --index field");
+    }
+    // The index serves a filter on the nested field.
+    client
+        .batch_execute("SET enable_seqscan = off")
+        .await
+        .unwrap();
+    for table in ["tv_order", "ta_order"] {
+        let plan: Vec<String> = client
+            .query(
+                &format!("EXPLAIN SELECT id FROM {table} WHERE customer__name = 'Customer 001'"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            plan.iter()
+                .any(|l| l.contains(&format!("{table}_customer__name_idx"))),
+            "{plan:?}"
+        );
+    }
+    let cols = ta
+        .iter()
+        .filter(|(n, _)| n != "updated_at")
+        .map(|(n, _)| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert_eq!(
+        except_both_ways(&db, "ta_order", "va_order", &cols).await,
+        0
+    );
+
+    let tally = random_writes(&db, 8, 600, shop_op).await;
+    assert!(tally.committed >= 450, "{tally:?}");
+    // Both stored copies equal the view, and the typed view equals the typed table.
+    assert_eq!(assert_no_drift(&db, &plans, &kinds).await, 2);
+    assert_eq!(
+        except_both_ways(&db, "ta_order", "va_order", &cols).await,
+        0
+    );
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM ta_order", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(n > 1000, "{n}");
 }

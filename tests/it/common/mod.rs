@@ -162,6 +162,16 @@ impl TestDb {
     }
 
     /// Runs a SQL file of this crate (e.g. `examples/blog/seed.sql`).
+    /// The first column of every row `sql` returns, as text (catalog lookups, EXPLAIN).
+    pub async fn texts(&self, sql: &str) -> Vec<String> {
+        let client = self.client().await;
+        let rows = client
+            .query(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
     pub async fn run_file(&self, rel: &str) {
         let sql = std::fs::read_to_string(crate_path(rel)).expect("SQL file");
         self.batch(&sql).await;
