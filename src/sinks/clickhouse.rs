@@ -59,9 +59,16 @@ impl ClickHouse {
         })
     }
 
+    /// Runs `sql` with `body`. `wait_end_of_query=1` holds the answer until the query has
+    /// finished, so its status is the query's outcome; and a 200 that still carries
+    /// `X-ClickHouse-Exception-Code` (sent when the status went out before the failure,
+    /// ClickHouse issue 65117) is an error, retried, never an acknowledgement: taken as one,
+    /// the batch would be checkpointed and lost.
     async fn query(&self, sql: &str, body: Vec<u8>) -> Result<String, SinkError> {
         let mut url = self.url.clone();
-        url.query_pairs_mut().append_pair("query", sql);
+        url.query_pairs_mut()
+            .append_pair("wait_end_of_query", "1")
+            .append_pair("query", sql);
         let r = self
             .client
             .post(url)
@@ -70,10 +77,20 @@ impl ClickHouse {
             .await
             .map_err(|e| SinkError::Unavailable(describe(e)))?;
         let status = r.status().as_u16();
+        let exception = r
+            .headers()
+            .get("x-clickhouse-exception-code")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let text = r
             .text()
             .await
             .map_err(|e| SinkError::Unavailable(describe(e)))?;
+        if let Some(code) = exception.filter(|_| status == 200) {
+            return Err(SinkError::Unavailable(format!(
+                "ClickHouse answered 200 with exception code {code}: {}",
+                text.chars().take(500).collect::<String>()
+            )));
+        }
         if status != 200 {
             return Err(SinkError::Rejected {
                 status,
@@ -228,6 +245,86 @@ pub fn ddl(cfg: &SinkConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A one-request HTTP server on loopback that answers `response` and hands back the
+    /// request it read (head and body, by Content-Length).
+    async fn answer_once(response: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let served = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = conn.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if got.len() >= end + 4 + len || n == 0 {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            conn.write_all(response.as_bytes()).await.unwrap();
+            conn.shutdown().await.unwrap();
+            String::from_utf8_lossy(&got).to_string()
+        });
+        (url, served)
+    }
+
+    fn sink(url: &str) -> ClickHouse {
+        let cfg: SinkConfig = toml::from_str(&format!(
+            "name = \"a\"\ntype = \"clickhouse\"\nurl = \"{url}\"\n"
+        ))
+        .unwrap();
+        ClickHouse::new(&cfg).unwrap()
+    }
+
+    /// ClickHouse can answer an INSERT that failed with status 200 and the failure only in
+    /// the `X-ClickHouse-Exception-Code` header (ClickHouse issue 65117: a receive timeout
+    /// while reading the body; the status is sent before the query ends). Taken as an
+    /// acknowledgement, the batch's changes would be lost: it must be an error, retried.
+    #[tokio::test]
+    async fn a_200_with_an_exception_code_is_not_an_acknowledgement() {
+        let (url, served) = answer_once(
+            "HTTP/1.1 200 OK\r\nX-ClickHouse-Exception-Code: 209\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let got = sink(&url)
+            .query("INSERT INTO `events` FORMAT JSONEachRow", b"{}\n".to_vec())
+            .await;
+        let request = served.await.unwrap();
+        assert!(
+            matches!(&got, Err(SinkError::Unavailable(m)) if m.contains("209")),
+            "{got:?}"
+        );
+        // The status is asked to wait for the end of the query.
+        let line = request.lines().next().unwrap();
+        assert!(line.contains("wait_end_of_query=1"), "{line}");
+    }
+
+    #[tokio::test]
+    async fn a_plain_200_is_an_acknowledgement() {
+        let (url, served) =
+            answer_once("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+        let got = sink(&url)
+            .query("INSERT INTO `events` FORMAT JSONEachRow", b"{}\n".to_vec())
+            .await;
+        served.await.unwrap();
+        assert_eq!(got.unwrap(), "");
+    }
 
     #[test]
     fn row_carries_the_position_and_the_images_as_text() {
